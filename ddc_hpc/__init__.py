@@ -1,0 +1,8 @@
+"""ddc_hpc: decomposition and composition of CNNs for MPI clusters (Gu, Zhang, Liu, Cai, ETNA 2022)."""
+
+from .compose import compose, theorem_error
+from .models import build_model, model_names
+from .partition import tile_slices, tile_slices_nd
+
+__all__ = ["build_model", "model_names", "compose", "theorem_error", "tile_slices", "tile_slices_nd"]
+__version__ = "0.1.0"
