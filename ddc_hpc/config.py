@@ -1,0 +1,237 @@
+"""Run configuration: TOML file + `--set key=value` overrides -> frozen, validated dataclasses.
+
+Validation is pure and deterministic, so every rank reaches the same verdict on the same input
+before any collective; a wrong value raises BadInput (exit 2) with a message saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from .errors import BadInput
+
+STRATEGIES = ("ddc", "random", "both")
+BACKENDS = ("auto", "gloo", "nccl", "mpi")
+OPTIMIZERS = ("adam", "sgd")
+TASKS = ("classification", "regression", "autoencoder")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "cifar_resnet20"
+    width: int = 16
+    num_classes: int = 10
+    task: str = "classification"
+
+
+@dataclass(frozen=True)
+class DecomposeConfig:
+    partitions: int = 4
+    grid: tuple[int, ...] = ()  # empty: the most nearly square grid of `partitions` tiles
+    overlap: int = 0
+    crop: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"
+    val_fraction: float = 0.2
+    limit: int = 0  # 0: every training sample
+    in_memory: bool = True
+    augment: bool = True
+    max_shift: int = 4
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    plateau_patience: int = 0  # 0: off; the paper divides the lr by sqrt(10) after 5 flat epochs
+    plateau_factor: float = 1 / math.sqrt(10)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    strategy: str = "both"
+    seed: int = 0
+    backend: str = "auto"
+    device: str = "auto"
+    threads: int = 0  # 0: cores of this node / ranks on this node
+    deterministic: bool = False
+    checkpoint_every: int = 1  # epochs; 0: only on signals and at phase ends
+    collective_timeout: float = 300.0  # seconds a collective may wait before the job is ended
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    decompose: DecomposeConfig = field(default_factory=DecomposeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sub: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=3, lr=2e-3))
+    global_: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=2, lr=5e-4))
+    # The GNet-R baseline; epochs 0 means sub.epochs + global.epochs (the paper's protocol).
+    random: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=2e-3))
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def random_epochs(self) -> int:
+        return self.random.epochs or self.sub.epochs + self.global_.epochs
+
+    def to_dict(self) -> dict:
+        return {_toml_name(f.name): dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def digest(self) -> str:
+        """Hash of the resolved configuration: ranks and resumed runs must agree on it."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _toml_name(attr: str) -> str:
+    return attr.rstrip("_")  # `global` is a Python keyword
+
+
+SECTIONS = {_toml_name(f.name): f for f in dataclasses.fields(Config)}
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(where: str, value, annotation):
+    """Check a TOML value against a dataclass field type; ints are accepted where floats are."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise BadInput(f"{where} must be a list such as [1, 2], got {value!r}")
+        return tuple(_coerce(f"{where}[{i}]", v, typing.get_args(annotation)[0]) for i, v in enumerate(value))
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, annotation)
+    if not ok:
+        raise BadInput(f"{where} must be {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(raw: dict) -> Config:
+    sections = {}
+    for name, values in raw.items():
+        if name not in SECTIONS:
+            raise BadInput(f"unknown config section [{name}]{_did_you_mean(name, SECTIONS)}")
+        if not isinstance(values, dict):
+            raise BadInput(f"[{name}] must be a table of keys, got {values!r}")
+        section = SECTIONS[name]
+        default = section.default_factory()
+        hints = typing.get_type_hints(type(default))
+        for key in sorted(set(values) - set(hints)):
+            raise BadInput(f"unknown key {name}.{key}{_did_you_mean(key, hints)}")
+        typed = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()}
+        sections[section.name] = dataclasses.replace(default, **typed)
+    return Config(**sections)
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`a.b=value` -> (['a', 'b'], value); value in TOML syntax, bare words taken as strings."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise BadInput(f"--set expects key=value (e.g. sub.epochs=5), got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip().split("."), parsed
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """The resolved, validated configuration of a run."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise BadInput(f"config file {path} does not exist") from None
+        except OSError as err:
+            raise BadInput(f"config file {path} cannot be read: {err.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise BadInput(f"config file {path} is not valid TOML: {err}") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        if len(keys) != 2:
+            raise BadInput(f"--set key must be section.key (e.g. sub.epochs), got {'.'.join(keys)!r}")
+        raw.setdefault(keys[0], {})
+        if not isinstance(raw[keys[0]], dict):
+            raise BadInput(f"[{keys[0]}] must be a table of keys")
+        raw[keys[0]][keys[1]] = value
+    config = _build(raw)
+    validate(config)
+    return config
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise BadInput(message)
+
+
+def _one_of(where: str, value: str, choices) -> None:
+    _require(value in choices, f"{where} = {value!r} is not one of {', '.join(choices)}{_did_you_mean(value, choices)}")
+
+
+def validate(config: Config) -> None:
+    """Ranges and choices that need no data and no model; raises BadInput on the first problem."""
+    m, d, r = config.model, config.decompose, config.run
+    _require(m.num_classes >= 1, f"model.num_classes must be >= 1, got {m.num_classes}")
+    _require(m.width >= 1, f"model.width must be >= 1, got {m.width}")
+    _one_of("model.task", m.task, TASKS)
+    _require(d.partitions >= 1, f"decompose.partitions must be >= 1, got {d.partitions}")
+    _require(d.overlap >= 0 and d.crop >= 0, "decompose.overlap and decompose.crop must be >= 0")
+    if d.grid:
+        _require(
+            all(g >= 1 for g in d.grid) and math.prod(d.grid) == d.partitions,
+            f"decompose.grid = {list(d.grid)} has {math.prod(d.grid)} tiles but decompose.partitions = "
+            f"{d.partitions}; the grid must have exactly one tile per sub-network",
+        )
+    data = config.data
+    _require(0.0 < data.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {data.val_fraction}")
+    _require(data.limit >= 0, f"data.limit must be >= 0 (0 = all samples), got {data.limit}")
+    _require(data.max_shift >= 0, f"data.max_shift must be >= 0, got {data.max_shift}")
+    for name in ("sub", "global", "random"):
+        p = getattr(config, name if name != "global" else "global_")
+        _require(p.epochs >= 0, f"{name}.epochs must be >= 0, got {p.epochs}")
+        _require(p.batch_size >= 1, f"{name}.batch_size must be >= 1, got {p.batch_size}")
+        _require(math.isfinite(p.lr) and p.lr > 0, f"{name}.lr must be a positive number, got {p.lr}")
+        _one_of(f"{name}.optimizer", p.optimizer, OPTIMIZERS)
+        _require(0 < p.gamma <= 1 and 0 < p.plateau_factor <= 1, f"{name}.gamma and plateau_factor must be in (0, 1]")
+        _require(p.plateau_patience >= 0, f"{name}.plateau_patience must be >= 0")
+        _require(list(p.milestones) == sorted(set(p.milestones)) and all(x > 0 for x in p.milestones),
+                 f"{name}.milestones must be increasing positive epochs, got {list(p.milestones)}")
+    _one_of("run.strategy", r.strategy, STRATEGIES)
+    _one_of("run.backend", r.backend, BACKENDS)
+    _one_of("run.device", r.device, DEVICES)
+    _require(r.threads >= 0, f"run.threads must be >= 0 (0 = automatic), got {r.threads}")
+    _require(r.checkpoint_every >= 0, f"run.checkpoint_every must be >= 0, got {r.checkpoint_every}")
+    _require(r.collective_timeout > 0, f"run.collective_timeout must be > 0 seconds, got {r.collective_timeout}")
+    if r.strategy != "random":
+        _require(config.sub.epochs >= 1, "sub.epochs must be >= 1 when the strategy trains sub-networks")
