@@ -1,0 +1,361 @@
+"""The only module that reads the environment or touches MPI / torch.distributed.
+
+MPI is the source of truth for rank, size and local rank; torch.distributed is bootstrapped from
+it (rank 0 picks host and port and broadcasts them). Every collective here has a deadline, and an
+exception on any rank ends the whole job (MPI Abort, as `python -m mpi4py` does): a hung job
+burns a cluster allocation, a dead one costs a minute.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from mpi4py import MPI
+
+from .errors import BadInput
+
+PHASES = ("sub", "compose", "global", "random")
+EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: checkpoint written, run again (or requeued) to resume
+
+
+class Preempted(Exception):
+    """A stop signal arrived; the state is checkpointed and the job should be resumed later."""
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective waited past run.collective_timeout: some other rank is stuck or gone."""
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    device: torch.device
+    timeout: float = 300.0
+    comm: MPI.Comm = field(default_factory=lambda: MPI.COMM_WORLD, repr=False, compare=False)
+    # Collectives this rank took part in, by phase: the evidence that the sub phase talks to no one.
+    collectives: collections.Counter = field(default_factory=collections.Counter, repr=False, compare=False)
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+
+_phase = "startup"
+
+
+def set_phase(name: str) -> None:
+    """Name the phase for error messages and collective counts; fire an injected fault if asked."""
+    global _phase
+    _phase = name
+    fault = os.environ.get("DDC_FAULT", "")
+    if fault:
+        fault_phase, _, fault_rank = fault.partition(":")
+        if fault_phase == name and fault_rank.strip() in ("", "*", str(MPI.COMM_WORLD.Get_rank())):
+            raise RuntimeError(f"injected fault DDC_FAULT={fault} at the start of phase {name!r}")
+
+
+def current_phase() -> str:
+    return _phase
+
+
+def check_launcher(mpi_size: int) -> None:
+    """SLURM started several tasks but MPI sees one: the classic wrong `srun --mpi` plugin."""
+    ntasks = int(os.environ.get("SLURM_NTASKS", os.environ.get("SLURM_NPROCS", "1")) or 1)
+    if ntasks > 1 and mpi_size == 1 and "SLURM_STEP_ID" in os.environ:
+        raise BadInput(
+            f"SLURM started {ntasks} tasks but MPI reports a world of size 1: every task runs alone "
+            f"and would train the same thing {ntasks} times. srun's MPI plugin does not match the MPI "
+            "that mpi4py was built against. Use `srun --mpi=pmix` (Open MPI, recent MPICH) or "
+            "`srun --mpi=pmi2` (MPICH, Intel MPI); `srun --mpi=list` shows what this cluster offers."
+        )
+
+
+def _pick_device(preference: str, local_rank: int) -> torch.device:
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise BadInput("run.device = 'cuda' but no CUDA device is visible on this node")
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)  # before any NCCL or CUDA context is made
+        return device
+    return torch.device("cpu")
+
+
+def init_world() -> World:
+    """The MPI world on the CPU; configure_world later picks the run's device and deadline."""
+    comm = MPI.COMM_WORLD
+    check_launcher(comm.Get_size())
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    world = World(
+        rank=comm.Get_rank(),
+        size=comm.Get_size(),
+        local_rank=node.Get_rank(),
+        local_size=node.Get_size(),
+        device=torch.device("cpu"),
+        comm=comm,
+    )
+    node.Free()
+    return world
+
+
+def configure_world(world: World, device: str, timeout: float) -> World:
+    """The world with the run's device (one per local rank) and collective deadline."""
+    return dataclasses.replace(world, device=_pick_device(device, world.local_rank), timeout=timeout)
+
+
+def configure_threads(world: World, threads: int, deterministic: bool) -> int:
+    """Give each rank its share of this node's cores, so ranks x threads never oversubscribes."""
+    if not threads:
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        threads = int(cpus) if cpus else max(1, len(os.sched_getaffinity(0)) // world.local_size)
+    torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    return threads
+
+
+def _wait(world: World, request: MPI.Request, what: str):
+    """Complete a non-blocking collective, or raise once run.collective_timeout has passed."""
+    world.collectives[_phase] += 1
+    deadline = time.monotonic() + world.timeout
+    pause = 1e-4
+    while True:
+        done, result = request.test()
+        if done:
+            return result
+        if time.monotonic() > deadline:
+            raise CollectiveTimeout(
+                f"{what} in phase {_phase!r} did not complete within {world.timeout:g} s: another rank "
+                "is stuck or dead (raise run.collective_timeout if a phase is legitimately slower)"
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def allgather(world: World, value, what: str = "allgather") -> list:
+    """Every rank's (picklable) value, in rank order."""
+    return _wait(world, world.comm.iallgather(value), what)
+
+
+def bcast(world: World, value, what: str = "broadcast"):
+    return _wait(world, world.comm.ibcast(value, root=0), what)
+
+
+def barrier(world: World, what: str = "barrier") -> None:
+    _wait(world, world.comm.Ibarrier(), what)
+
+
+def agree(world: World, value, what: str) -> None:
+    """Stop every rank with exit 2 when ranks hold different values (configs, code versions)."""
+    values = allgather(world, value, f"comparing {what}")
+    odd = [r for r, v in enumerate(values) if v != values[0]]
+    if odd:
+        err = BadInput(
+            f"ranks disagree on {what}: rank 0 has {values[0]!r} but rank(s) {odd} have "
+            f"{[values[r] for r in odd]!r}; every rank must see the same files and code"
+        )
+        err.collective = True
+        raise err
+
+
+def gather_outcome(world: World, error: BadInput | None) -> None:
+    """Collective verdict on per-rank validation: all ranks raise the first rank's error, together."""
+    errors = allgather(world, None if error is None else str(error), "validating the input")
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if failed:
+        rank, message = failed[0]
+        err = BadInput(message if len(failed) == world.size else f"rank {rank}: {message}")
+        err.collective = True
+        raise err
+
+
+def gatherv(world: World, flat: np.ndarray, root: int = 0) -> np.ndarray | None:
+    """One Gatherv of a float32 vector per rank, uneven lengths; the concatenation on `root`."""
+    from .partition import gatherv_layout
+
+    flat = np.ascontiguousarray(flat, dtype=np.float32)
+    counts, displs = gatherv_layout(allgather(world, flat.size, "exchanging Gatherv counts"))
+    recv = np.empty(sum(counts), dtype=np.float32) if world.rank == root else None
+    spec = [recv, counts, displs, MPI.FLOAT] if world.rank == root else None
+    _wait(world, world.comm.Igatherv(flat, spec, root=root), "Gatherv of sub-network weights")
+    return recv
+
+
+# ---- torch.distributed ----------------------------------------------------------------------
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        if dist.is_mpi_available():
+            return "mpi"
+        return "nccl" if device.type == "cuda" else "gloo"
+    if backend == "mpi" and not dist.is_mpi_available():
+        raise BadInput(
+            "run.backend = 'mpi' but this torch has no MPI backend (PyPI wheels never do); use "
+            "'auto', 'gloo', 'nccl', or 'mpi4py' (the toolkit's own MPI allreduce engine)"
+        )
+    if backend == "nccl" and device.type != "cuda":
+        raise BadInput("run.backend = 'nccl' needs GPUs; on CPUs use 'gloo', 'mpi4py' or 'auto'")
+    return backend
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(world: World, backend: str) -> str:
+    """torch.distributed over the MPI world; rank 0 chooses the rendezvous and broadcasts it."""
+    if dist.is_initialized():
+        return dist.get_backend()
+    timeout = datetime.timedelta(seconds=world.timeout)
+    if backend == "mpi":
+        dist.init_process_group("mpi", timeout=timeout)
+        return backend
+    address = None
+    if world.is_root:
+        address = (
+            os.environ.get("MASTER_ADDR") or socket.gethostname(),
+            int(os.environ.get("MASTER_PORT") or _free_port()),
+        )
+    host, port = bcast(world, address, "broadcasting the torch.distributed rendezvous")
+    dist.init_process_group(
+        backend, init_method=f"tcp://{host}:{port}", rank=world.rank, world_size=world.size, timeout=timeout
+    )
+    return backend
+
+
+def new_groups(rank_lists: list[list[int]]) -> list:
+    """One torch.distributed group per rank list; every rank must call this with the same lists."""
+    return [dist.new_group(ranks) for ranks in rank_lists]
+
+
+def group_size(group=None) -> int:
+    return dist.get_world_size(group) if dist.is_initialized() else 1
+
+
+def group_rank(group=None) -> int:
+    return dist.get_rank(group) if dist.is_initialized() else 0
+
+
+def all_reduce_sum(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum over the group in place (a no-op without torch.distributed: a one-rank group)."""
+    if dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return tensor
+
+
+def broadcast_object(value, group=None, src: int = 0):
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src, group=group)
+    return box[0]
+
+
+def current_backend() -> str:
+    return dist.get_backend() if dist.is_initialized() else "none"
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---- preemption ------------------------------------------------------------------------------
+
+_stop_signal: int | None = None
+
+
+def install_stop_handlers() -> None:
+    """SIGUSR1 (SLURM's warning before the time limit) and SIGTERM only raise a flag; the training
+    loop checkpoints at the next step boundary."""
+
+    def handler(signum, _frame):
+        global _stop_signal
+        _stop_signal = signum
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def stop_requested() -> bool:
+    return _stop_signal is not None
+
+
+def any_stop_requested(group=None) -> bool:
+    """True on every rank of the group if any rank got a stop signal (one tiny allreduce)."""
+    flag = torch.tensor([1.0 if stop_requested() else 0.0])
+    return bool(all_reduce_sum(flag, group).item() > 0)
+
+
+def requeue(world: World) -> bool:
+    """Under SLURM, rank 0 puts the job back in the queue; the requeued job resumes from the out dir."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not (job and world.is_root):
+        return False
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if result.returncode:
+        print(f"rank 0: scontrol requeue {job} failed: {result.stderr.strip()}", file=sys.stderr, flush=True)
+    return result.returncode == 0
+
+
+def restart_count() -> int:
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
+
+# ---- fail fast -------------------------------------------------------------------------------
+
+def run_guarded(main, debug: bool = False, log=None) -> None:
+    """Run main(); any exception on any rank ends the whole job with the rank and cause named.
+
+    Exit 0 done, 2 bad input, 75 preempted (checkpoint written), 1 anything else. A failure that
+    other ranks cannot know about is turned into MPI Abort, so nobody waits in a collective.
+    """
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    abort = size > 1
+    try:
+        main()
+        code = 0
+    except BadInput as err:
+        code = 2
+        collective = getattr(err, "collective", False)
+        abort = abort and not collective
+        if rank == 0 or not collective:
+            prefix = "error: " if collective or size == 1 else f"rank {rank}: error: "
+            print(f"{prefix}{err}", file=sys.stderr, flush=True)
+        if debug:
+            traceback.print_exc()
+    except Preempted as err:
+        code, abort = EXIT_PREEMPTED, False
+        print(f"rank {rank}: {err}", file=sys.stderr, flush=True)
+    except BaseException as err:  # noqa: BLE001 - the whole point is to catch everything
+        code = 130 if isinstance(err, KeyboardInterrupt) else 1
+        detail = traceback.format_exc()
+        if log is not None:
+            log(detail)
+        print(f"rank {rank}: {type(err).__name__} in phase {_phase!r}: {err}", file=sys.stderr, flush=True)
+        if debug or size == 1:
+            print(detail, file=sys.stderr, flush=True)
+    if abort and code != 0:
+        sys.stderr.flush()
+        comm.Abort(code)
+    shutdown_distributed()
+    sys.exit(code)
