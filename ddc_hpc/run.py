@@ -1,0 +1,299 @@
+"""`python -m ddc_hpc.run`: config -> World -> phases (sub, compose, global, random) -> report.
+
+    srun -n 4 python -m ddc_hpc.run --config jobs/x.toml      # or mpiexec -n 4 ...
+    python -m ddc_hpc.run                                      # one rank, the built-in quickstart
+
+Exit codes: 0 done, 2 bad input (nothing trained, no traceback), 75 stopped by a signal with a
+checkpoint written (run again with the same --out to resume), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from . import comm, report
+from .checkpoint import Slot, atomic_write, existing_digests, save_torch
+from .compose import compose, flatten_state, state_numel, theorem_error, unflatten_state
+from .config import Config, load_config
+from .data import Splits, check_tiles, load_dataset, make_batch
+from .errors import BadInput
+from .models import build_model
+from .partition import default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd
+from .train import Job, PhaseData, evaluate, fit
+
+THEOREM_RTOL = 1e-4  # composed logits vs sum of sub-network logits, relative to max |logit|
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything decided before any training: validated on every rank before any collective."""
+
+    config: Config
+    out: Path
+    data: Splits
+    tiles: list[tuple[slice, ...]]
+    resume: bool
+
+    @property
+    def partitions(self) -> int:
+        return self.config.decompose.partitions
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ddc_hpc.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="job TOML (default: the built-in quickstart)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, TOML syntax (e.g. --set sub.epochs=5)")
+    parser.add_argument("--out", help="output directory (default: runs/<timestamp>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input too")
+    return parser.parse_args(argv)
+
+
+def model_options(config: Config, input_size: int) -> dict:
+    """Options of build_model for this run (VGG's flatten head needs the input size)."""
+    options = {"width": config.model.width}
+    if config.model.name.startswith("vgg"):
+        options["input_size"] = input_size
+    return options
+
+
+def build(config: Config, partitions: int, input_size: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(config.model.name, config.model.num_classes, partitions=partitions,
+                       **model_options(config, input_size))
+
+
+def prepare(args: argparse.Namespace, stamp: str) -> Plan:
+    """Parse and check everything; raises BadInput before any work is done."""
+    config = load_config(args.config, args.set)
+    d = config.decompose
+    grid = d.grid or default_grid(d.partitions)
+    data = load_dataset(config.data.source, num_classes=config.model.num_classes,
+                        val_fraction=config.data.val_fraction, seed=config.run.seed,
+                        limit=config.data.limit or None, in_memory=config.data.in_memory)
+    spatial = data.train.image_shape[:-1]
+    if len(grid) != len(spatial):
+        raise BadInput(f"decompose.grid {list(grid)} has {len(grid)} axes but the images have {len(spatial)}")
+    try:
+        tiles = tile_slices_nd(spatial, grid, d.overlap, d.crop)
+    except ValueError as err:
+        raise BadInput(f"the tile layout does not fit the {spatial} images: {err}") from None
+    check_tiles(data.train.image_shape, tiles)
+    try:  # widths must split into K sub-networks; the meta device builds without allocating
+        with torch.device("meta"):
+            build(config, 1, spatial[0], 0)
+            build(config, d.partitions, tile_shape(tiles)[0], 0)
+    except (ValueError, TypeError, KeyError) as err:
+        raise BadInput(f"model {config.model.name!r} cannot be built as configured: {err}") from None
+    out = Path(args.out or f"runs/{stamp}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{comm.MPI.COMM_WORLD.Get_rank()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise BadInput(f"output directory {out} is not writable ({err.strerror}); choose another --out") from None
+    digests = existing_digests(out / "checkpoints")
+    if digests - {config.digest()}:
+        raise BadInput(f"{out} holds checkpoints of a different configuration; use a new --out, or the "
+                       f"original config (see {out / 'config.toml'}) to resume")
+    if args.resume and not digests:
+        raise BadInput(f"--resume: {out} holds no checkpoint to resume from")
+    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests))
+
+
+def code_version() -> str:
+    """Hash of this package's sources: ranks running different code must not train together."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class Logger:
+    """Per-rank log file; rank 0 also prints, so the terminal shows one line per epoch."""
+
+    def __init__(self, path: Path, echo: bool):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a", buffering=1)
+        self.echo = echo
+
+    def __call__(self, message: str) -> None:
+        stamp = datetime.datetime.now().strftime("%H:%M:%S")
+        self.file.write(f"{stamp} {message}\n")
+        if self.echo:
+            print(message, flush=True)
+
+
+def phase_data(plan: Plan, tile) -> PhaseData:
+    return PhaseData(train=plan.data.train, val=plan.data.val, mean=plan.data.mean, tile=tile,
+                     augment=plan.config.data.augment, max_shift=plan.config.data.max_shift)
+
+
+def wrap_ddp(model: torch.nn.Module, world: comm.World, group=None) -> torch.nn.Module:
+    model = model.to(world.device)
+    if comm.group_size(group) == 1:
+        return model
+    device_ids = [world.device.index] if world.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, process_group=group)
+
+
+def run_job(job: Job, world: comm.World, slot_name: str, plan: Plan) -> list[dict]:
+    """Fit a job, or take its finished state from the out dir; checkpoints are read by all peers."""
+    saved = Slot(plan.out / "checkpoints", slot_name, plan.config.digest()).load_latest()
+    if saved is not None and saved["finished"]:
+        job.module.load_state_dict(saved["model"])
+        job.log(f"[{job.name}] finished earlier; loaded from checkpoint")
+        return list(saved["history"])
+    if saved is not None:
+        job.log(f"[{job.name}] resuming at epoch {saved['epoch'] + 1}, step {saved['step'] + 1}")
+    return fit(job, world.device, resume=saved)
+
+
+def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
+    """Train this rank's sub-networks on their tiles: no communication between sub-domains."""
+    comm.set_phase("sub")
+    cfg, K = plan.config, plan.partitions
+    tic = time.perf_counter()
+    groups = None
+    if world.size > K:  # several ranks per sub-network: data parallel inside each group only
+        comm.init_distributed(world, comm.resolve_backend(cfg.run.backend, world.device))
+        groups = comm.new_groups([subnet_group(k, world.size, K) for k in range(K)])
+    trained = {}
+    for k in subnets_of_rank(world.rank, world.size, K):
+        group = groups[k] if groups else None
+        model = build(cfg, K, tile_shape(plan.tiles)[0], cfg.run.seed * 1000 + k + 1)
+        writer = subnet_owner(k, world.size, K) == world.rank
+        slot = Slot(plan.out / "checkpoints", f"sub_{k}", cfg.digest()) if writer else None
+        job = Job(name=f"sub_{k}", model=wrap_ddp(model, world, group), config=cfg.sub,
+                  data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
+                  rank=world.rank, group=group, checkpoint_every=cfg.run.checkpoint_every, log=log)
+        history = run_job(job, world, f"sub_{k}", plan)
+        if writer:
+            save_torch(_model_file(job.module, plan, plan.tiles[k]), plan.out / f"subnet_{k}.pt")
+            trained[k] = (job.module, history)
+    return {"trained": trained, "seconds": time.perf_counter() - tic,
+            "collectives": world.collectives["sub"]}
+
+
+def _model_file(module: torch.nn.Module, plan: Plan, tile=None) -> dict:
+    """A saved network with what it takes to rebuild and feed it (spec, training mean, tile)."""
+    return {"spec": getattr(module, "ddc_spec", None), "state_dict": module.state_dict(),
+            "mean": plan.data.mean, "tile": tile, "config": plan.config.to_dict()}
+
+
+def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tuple[dict, torch.nn.Module | None]:
+    """One Gatherv of every trained sub-network to rank 0, which composes and checks Theorem 2.1."""
+    comm.set_phase("compose")
+    cfg, K = plan.config, plan.partitions
+    tic = time.perf_counter()
+    mine = sorted(sub["trained"])
+    flat = np.concatenate([flatten_state(sub["trained"][k][0]).numpy() for k in mine] or [np.zeros(0, np.float32)])
+    summaries = comm.allgather(world, {k: sub["trained"][k][1] for k in mine} | {"seconds": sub["seconds"]},
+                               "gathering sub-network metrics")
+    gathered = comm.gatherv(world, flat)
+    info = {"seconds_sub": max(s.pop("seconds") for s in summaries), "histories": {}}
+    for s in summaries:
+        info["histories"].update(s)
+    if not world.is_root:
+        return info | {"seconds": time.perf_counter() - tic}, None
+    subnets, offset = [], 0
+    owners = sorted(range(K), key=lambda k: (subnet_owner(k, world.size, K), k))
+    by_k = {}
+    for k in owners:
+        net = build(cfg, K, tile_shape(plan.tiles)[0], 0)
+        n = state_numel(net)
+        unflatten_state(net, torch.from_numpy(gathered[offset : offset + n]))
+        by_k[k], offset = net, offset + n
+    subnets = [by_k[k].eval() for k in range(K)]
+    global_net = compose(subnets, build(cfg, 1, plan.data.train.image_shape[0], 0), task=cfg.model.task).eval()
+    probe_images, _ = plan.data.val.read(np.arange(min(16, len(plan.data.val))))
+    probe = make_batch(probe_images, mean=plan.data.mean, tile=None, augment=False, generator=None)
+    error = theorem_error(global_net, subnets, probe, task=cfg.model.task)
+    log(f"[compose] Theorem 2.1 on {len(probe)} probe images: max |F(x) - sum_k F_k(x)| = "
+        f"{error['max_abs']:.3g} (relative {error['max_rel']:.3g})")
+    if not error["max_rel"] <= THEOREM_RTOL:
+        raise RuntimeError(f"the composed network does not equal the sum of its sub-networks: relative error "
+                           f"{error['max_rel']:.3g} > {THEOREM_RTOL:g}; this model holds a layer compose "
+                           "does not handle exactly")
+    save_torch(_model_file(global_net, plan), plan.out / "composed_model.pt")
+    info.update(max_abs_error=error["max_abs"], max_rel_error=error["max_rel"], bytes_gathered=gathered.nbytes)
+    return info | {"seconds": time.perf_counter() - tic}, global_net
+
+
+def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Module, log: Logger) -> dict:
+    """Data-parallel training of a global network over all ranks (GNet-T or the GNet-R baseline)."""
+    comm.set_phase(name)
+    cfg = plan.config
+    tic = time.perf_counter()
+    comm.init_distributed(world, comm.resolve_backend(cfg.run.backend, world.device))
+    ddp = wrap_ddp(model, world, group=None)  # DDP broadcasts rank 0's weights to every rank
+    phase_cfg = cfg.global_ if name == "global" else dataclasses.replace(cfg.random, epochs=cfg.random_epochs)
+    slot = Slot(plan.out / "checkpoints", name, cfg.digest()) if world.is_root else None
+    job = Job(name=name, model=ddp, config=phase_cfg, data=phase_data(plan, None), slot=slot,
+              seed=cfg.run.seed + (1 if name == "global" else 2), rank=world.rank, group=None,
+              checkpoint_every=cfg.run.checkpoint_every, log=log)
+    initial = evaluate(ddp, job.data, world.device) if name == "global" else None
+    history = run_job(job, world, name, plan)
+    if world.is_root:
+        save_torch(_model_file(job.module, plan), plan.out / ("model.pt" if name == "global" else "random_model.pt"))
+    return {"history": history, "initial": initial, "seconds": time.perf_counter() - tic}
+
+
+def pipeline(args: argparse.Namespace) -> None:
+    world = comm.init_world()
+    stamp = comm.bcast(world, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), "choosing the run name")
+    plan, error = None, None
+    try:
+        plan = prepare(args, stamp)
+    except BadInput as err:
+        error = err
+    comm.gather_outcome(world, error)
+    cfg = plan.config
+    comm.agree(world, (cfg.digest(), code_version()), "the configuration and code version")
+    world = comm.configure_world(world, cfg.run.device, cfg.run.collective_timeout)
+    threads = comm.configure_threads(world, cfg.run.threads, cfg.run.deterministic)
+    log = Logger(plan.out / "logs" / f"rank{world.rank}.log", echo=world.is_root)
+    if world.is_root:
+        atomic_write(plan.out / "config.toml", cfg.to_toml().encode())
+        (plan.out / "results.json").unlink(missing_ok=True)  # a finished-looking file only at the very end
+    log(report.plan_text(plan, world, threads))
+    if args.dry_run:
+        return
+    comm.install_stop_handlers()
+    results = {"strategy": cfg.run.strategy, "world_size": world.size, "partitions": plan.partitions,
+               "model": cfg.model.name, "dataset": cfg.data.source, "threads": threads,
+               "device": str(world.device), "resumed": plan.resume, "slurm_restarts": comm.restart_count()}
+    if cfg.run.strategy in ("ddc", "both"):
+        sub = sub_phase(plan, world, log)
+        compose_info, global_net = compose_phase(plan, world, sub, log)
+        model = global_net if world.is_root else build(cfg, 1, plan.data.train.image_shape[0], 0)
+        trained = global_phase(plan, world, "global", model, log)
+        results.update(report.ddc_results(plan, sub, compose_info, trained))
+    if cfg.run.strategy in ("random", "both"):
+        baseline = build(cfg, 1, plan.data.train.image_shape[0], cfg.run.seed + 7919)
+        results["random"] = report.phase_result(global_phase(plan, world, "random", baseline, log))
+    results["backend"] = comm.current_backend()
+    if world.is_root:
+        report.write(plan.out, results)
+        print(report.table(results), flush=True)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    comm.run_guarded(lambda: pipeline(args), debug=args.debug)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Fit and evaluate loops shared by every phase: optimizers, LR schedules, resumable state.
+
+One loop serves the sub-networks (one rank or a data-parallel group), the composed global net and
+the random baseline. Every step's randomness (augmentation, dropout) is seeded from (seed, epoch,
+step), so a run stopped at a step boundary and resumed follows exactly the uninterrupted path.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from . import comm
+from .checkpoint import Slot
+from .config import PhaseConfig
+from .data import ImageSet, make_batch
+from .partition import shard_range
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or Inf: the phase stops, the last good checkpoint stays."""
+
+
+@dataclass
+class PhaseData:
+    train: ImageSet
+    val: ImageSet
+    mean: torch.Tensor
+    tile: tuple[slice, ...] | None = None  # None: full images
+    augment: bool = True
+    max_shift: int = 4
+
+
+@dataclass
+class Job:
+    """One trainable thing: what it is, how it is trained, where its checkpoints live."""
+
+    name: str
+    model: nn.Module  # possibly DDP-wrapped; `module` below is the bare network
+    config: PhaseConfig
+    data: PhaseData
+    slot: Slot | None  # only the writer of the group gets one
+    seed: int
+    rank: int = 0  # world rank, for messages
+    group: object = None  # torch.distributed group of data-parallel peers, None for a lone rank
+    checkpoint_every: int = 1
+    log: Callable[[str], None] = print
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def module(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)
+
+
+def make_optimizer(params, config: PhaseConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, step]).generate_state(1)[0])
+
+
+def epoch_order(n: int, seed: int, epoch: int, group) -> list[int]:
+    """This rank's sample order for an epoch: torch's DistributedSampler over the peers."""
+    sampler = DistributedSampler(range(n), num_replicas=comm.group_size(group), rank=comm.group_rank(group),
+                                 shuffle=True, seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: PhaseData, device: torch.device, group=None,
+             batch_size: int = 256) -> dict:
+    """Top-1/top-5 accuracy and mean loss on the validation set, split over the group's ranks."""
+    was_training = model.training
+    model.eval()
+    indices = np.asarray(shard_range(len(data.val), comm.group_rank(group), comm.group_size(group)))
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, count
+    for start in range(0, len(indices), batch_size):
+        images, labels = data.val.read(indices[start : start + batch_size])
+        x = make_batch(images, mean=data.mean, tile=data.tile, augment=False, generator=None).to(device)
+        logits = model(x).float().cpu()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        sums += torch.tensor([
+            F.cross_entropy(logits, labels, reduction="sum").item(),
+            (top[:, 0] == labels).sum().item(),
+            (top == labels[:, None]).any(dim=1).sum().item(),
+            len(labels),
+        ], dtype=torch.float64)
+    comm.all_reduce_sum(sums, group)
+    model.train(was_training)
+    loss, top1, top5, n = sums.tolist()
+    return {"val_loss": loss / max(n, 1), "val_accuracy": top1 / max(n, 1), "val_top5": top5 / max(n, 1),
+            "val_samples": int(n)}
+
+
+def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict]:
+    """Train `job.config.epochs` epochs (continuing from `resume`); returns the per-epoch history."""
+    cfg, data, model = job.config, job.data, job.model
+    optimizer = make_optimizer(model.parameters(), cfg)
+    milestones = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.plateau_factor, patience=max(cfg.plateau_patience, 1))
+    start_epoch, start_step, partial = 0, 0, {"loss": 0.0, "seen": 0, "seconds": 0.0}
+    if resume is not None:
+        job.module.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        milestones.load_state_dict(resume["milestones"])
+        plateau.load_state_dict(resume["plateau"])
+        job.history = list(resume["history"])
+        start_epoch, start_step, partial = resume["epoch"], resume["step"], dict(resume["partial"])
+
+    def state(epoch: int, step: int, finished: bool) -> dict:
+        return {"model": job.module.state_dict(), "optimizer": optimizer.state_dict(),
+                "milestones": milestones.state_dict(), "plateau": plateau.state_dict(),
+                "history": job.history, "epoch": epoch, "step": step, "partial": dict(partial),
+                "finished": finished}
+
+    def save(epoch: int, step: int, finished: bool = False) -> None:
+        if job.slot is not None:
+            job.slot.save(state(epoch, step, finished), epoch=epoch, step=step, finished=finished)
+
+    lone = comm.group_size(job.group) == 1
+    phase_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        order = epoch_order(len(data.train), job.seed, epoch, job.group)
+        steps = math.ceil(len(order) / cfg.batch_size)
+        model.train()
+        tic = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for step in range(start_step if epoch == start_epoch else 0, steps):
+            seed = step_seed(job.seed, epoch, step)
+            torch.manual_seed(seed)  # dropout and any other global-RNG use
+            images, labels = data.train.read(np.asarray(order[step * cfg.batch_size : (step + 1) * cfg.batch_size]))
+            x = make_batch(images, mean=data.mean, tile=data.tile, augment=data.augment,
+                           generator=torch.Generator().manual_seed(seed), max_shift=data.max_shift)
+            x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), labels)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"phase {job.name}, epoch {epoch + 1}, step {step + 1}, rank {job.rank}: "
+                    f"the loss is {loss.item()}; lower {job.name.split('_')[0]}.lr or check the data "
+                    "(the last good checkpoint is kept)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().double().cpu() * len(labels)
+            partial["seen"] += len(labels)
+            stop = comm.stop_requested() if lone else comm.any_stop_requested(job.group)
+            if stop:
+                partial["loss"] += loss_sum.item()
+                partial["seconds"] += time.perf_counter() - tic
+                save(epoch, step + 1)
+                raise comm.Preempted(
+                    f"stop signal in phase {job.name} at epoch {epoch + 1}, step {step + 1}: "
+                    "checkpoint written; run again with the same --out to resume")
+        train_seconds = partial["seconds"] + time.perf_counter() - tic
+        metrics = evaluate(model, data, device, job.group)
+        samples = partial["seen"]
+        seen = torch.tensor([float(samples)], dtype=torch.float64)
+        loss_total = comm.all_reduce_sum(torch.tensor([partial["loss"] + loss_sum.item()], dtype=torch.float64),
+                                         job.group)
+        comm.all_reduce_sum(seen, job.group)
+        row = {"phase": job.name, "epoch": epoch + 1, "loss": loss_total.item() / max(seen.item(), 1),
+               **metrics, "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds, "train_samples": int(seen.item()),
+               "seconds": time.perf_counter() - tic + partial["seconds"],
+               "images_per_second": seen.item() / max(train_seconds, 1e-9)}
+        job.history.append(row)
+        partial = {"loss": 0.0, "seen": 0, "seconds": 0.0}
+        milestones.step()
+        if cfg.plateau_patience:
+            plateau.step(metrics["val_accuracy"])
+        job.log(_progress_line(row, cfg.epochs, time.perf_counter() - phase_start, epoch + 1 - start_epoch))
+        last = epoch + 1 == cfg.epochs
+        if last or (job.checkpoint_every and (epoch + 1) % job.checkpoint_every == 0):
+            save(epoch + 1, 0, finished=last)
+    return job.history
+
+
+def _progress_line(row: dict, epochs: int, elapsed: float, done_here: int) -> str:
+    eta = elapsed / max(done_here, 1) * (epochs - row["epoch"])
+    return (f"[{row['phase']}] epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  "
+            f"val {100 * row['val_accuracy']:.2f}%  lr {row['lr']:.2g}  {row['seconds']:.1f} s  "
+            f"{row['images_per_second']:.0f} img/s  ETA {eta:.0f} s")
