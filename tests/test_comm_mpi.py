@@ -1,0 +1,83 @@
+"""comm at 1, 2 and 4 ranks (pytest-mpi: `mpiexec -n N python -m pytest --with-mpi -m mpi`)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ddc_hpc import comm
+from ddc_hpc.errors import BadInput
+
+pytestmark = pytest.mark.mpi
+
+
+@pytest.fixture(scope="module")
+def world():
+    return comm.init_world()
+
+
+def test_world_matches_mpi(world):
+    from mpi4py import MPI
+
+    assert (world.rank, world.size) == (MPI.COMM_WORLD.rank, MPI.COMM_WORLD.size)
+    assert world.local_size == world.size and world.local_rank == world.rank  # one node here
+    assert world.is_root == (world.rank == 0)
+
+
+def test_gatherv_with_uneven_counts(world):
+    mine = np.arange(world.rank * 2, dtype=np.float32) + 100 * world.rank  # rank 0 sends nothing
+    got = comm.gatherv(world, mine)
+    if world.is_root:
+        expected = np.concatenate([np.arange(r * 2, dtype=np.float32) + 100 * r for r in range(world.size)])
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert got is None
+
+
+def test_agree_passes_on_equal_values_and_stops_every_rank_on_a_difference(world):
+    comm.agree(world, "same", "a value")
+    if world.size == 1:
+        return
+    with pytest.raises(BadInput, match=r"rank\(s\) \[1\]"):
+        comm.agree(world, "odd" if world.rank == 1 else "same", "a value")
+
+
+def test_gather_outcome_raises_on_all_ranks_when_one_rank_failed(world):
+    comm.gather_outcome(world, None)
+    failing = BadInput("data file missing") if world.rank == world.size - 1 else None
+    with pytest.raises(BadInput, match="data file missing"):
+        comm.gather_outcome(world, failing)
+
+
+def test_torch_distributed_bootstrapped_from_mpi(world):
+    assert comm.init_distributed(world, "gloo") == "gloo"
+    total = comm.all_reduce_sum(torch.tensor([float(world.rank)]))
+    assert total.item() == sum(range(world.size))
+    comm.shutdown_distributed()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_a_collective_that_a_rank_never_joins_times_out(world):
+    private = dataclasses.replace(world, comm=world.comm.Dup(), timeout=0.5)
+    if world.rank == 0:
+        with pytest.raises(comm.CollectiveTimeout, match="did not complete within 0.5 s"):
+            comm.barrier(private, "a lonely barrier")
+    comm.barrier(world)  # rank 0 has given up; the others now join its pending barrier
+    if world.rank != 0:
+        private.comm.Ibarrier().Wait()
+
+
+def test_wrong_srun_mpi_plugin_is_diagnosed(monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    with pytest.raises(BadInput, match="--mpi=pmi2"):
+        comm.check_launcher(1)
+    comm.check_launcher(4)  # a real 4-rank world is fine
+
+
+def test_fault_injection_names_phase_and_rank(monkeypatch, world):
+    monkeypatch.setenv("DDC_FAULT", f"global:{world.rank}")
+    comm.set_phase("sub")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        comm.set_phase("global")

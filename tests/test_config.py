@@ -1,0 +1,59 @@
+"""Config: TOML + --set overrides -> frozen dataclasses; every bad value is a BadInput."""
+
+import pytest
+
+from ddc_hpc.config import load_config, parse_override
+from ddc_hpc.errors import BadInput
+
+
+def test_defaults_are_the_quickstart():
+    c = load_config()
+    assert (c.model.name, c.decompose.partitions, c.run.strategy, c.data.source) == (
+        "cifar_resnet20", 4, "both", "synthetic")
+    assert c.random_epochs == c.sub.epochs + c.global_.epochs
+
+
+def test_file_and_overrides_combine(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text('[model]\nname = "cnn11"\n[global]\nepochs = 7\nmilestones = [2, 5]\n')
+    c = load_config(path, ["global.lr=0.01", "data.source=npz:/tmp/x.npz", "decompose.grid=[1, 4]"])
+    assert c.model.name == "cnn11" and c.global_.epochs == 7 and c.global_.milestones == (2, 5)
+    assert c.global_.lr == 0.01 and c.data.source == "npz:/tmp/x.npz" and c.decompose.grid == (1, 4)
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    c = load_config(None, ["sub.epochs=9", "decompose.overlap=4"])
+    (tmp_path / "config.toml").write_text(c.to_toml())
+    assert load_config(tmp_path / "config.toml").digest() == c.digest()
+
+
+def test_parse_override_reads_toml_values():
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    assert parse_override("a.b=word") == (["a", "b"], "word")
+    assert parse_override("a.b=true") == (["a", "b"], True)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("sub.epoch=3", "did you mean 'epochs'"),
+    ("sbu.epochs=3", "did you mean 'sub'"),
+    ("sub.lr=fast", "sub.lr must be float"),
+    ("sub.batch_size=0", "sub.batch_size must be >= 1"),
+    ("global.epochs=2.5", "global.epochs must be int"),
+    ("decompose.grid=[2, 3]", "exactly one tile per sub-network"),
+    ("run.backend=ncll", "did you mean 'nccl'"),
+    ("data.val_fraction=1.5", "data.val_fraction"),
+    ("sub.milestones=[5, 2]", "increasing"),
+    ("nodot=1", "section.key"),
+])
+def test_bad_values_name_the_key(override, expected):
+    with pytest.raises(BadInput, match=expected.replace("[", r"\[")):
+        load_config(None, [override])
+
+
+def test_unreadable_config_files(tmp_path):
+    with pytest.raises(BadInput, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nname = 1")
+    with pytest.raises(BadInput, match="not valid TOML"):
+        load_config(bad)

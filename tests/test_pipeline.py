@@ -1,0 +1,101 @@
+"""The whole pipeline through its CLI, at 1, 2 and 4 ranks, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import launch, results, run_pipeline, sets
+
+PROMISED = {"strategy", "world_size", "partitions", "model", "dataset", "sub", "compose", "global", "random"}
+PER_PHASE = {"seconds", "epochs", "val_accuracy"}
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+def test_pipeline_completes_with_every_promised_key(ranks, tmp_path):
+    out = tmp_path / "run"
+    done = run_pipeline(ranks, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = results(out)
+    assert PROMISED <= set(r)
+    for phase in ("sub", "compose", "global", "random"):
+        assert PER_PHASE <= set(r[phase]), phase
+    assert r["world_size"] == ranks and r["partitions"] == 4
+    assert len(r["sub"]["per_subnet_val_accuracy"]) == 4
+    assert r["compose"]["max_abs_error"] <= 1e-4
+    assert r["sub"]["collectives"] == 0, "the sub phase must not communicate"
+    for name in ("model.pt", "random_model.pt", "composed_model.pt", "metrics.csv", "config.toml",
+                 "accuracy.png", "phase_seconds.png", *(f"subnet_{k}.pt" for k in range(4))):
+        assert (out / name).exists(), name
+    assert len(list((out / "logs").glob("rank*.log"))) == ranks
+    assert "GNet-T, composed, not trained" in done.stdout
+
+
+def test_composed_init_accuracy_equals_serial_recomputation(tiny_run):
+    out, _ = tiny_run
+    r = results(out)
+    evaluated = launch(1, "ddc_hpc.evaluate", "--checkpoint", str(out / "composed_model.pt"),
+                       "--run", str(out), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["top1"] == pytest.approx(r["compose"]["init_val_accuracy"], abs=1e-9)
+
+
+def test_more_ranks_than_subnetworks_train_in_groups(tmp_path):
+    out = tmp_path / "run"
+    done = run_pipeline(4, out, "decompose.partitions=2", "run.strategy=ddc")
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = results(out)
+    assert r["partitions"] == 2 and len(r["sub"]["per_subnet_val_accuracy"]) == 2
+    assert r["sub"]["collectives"] == 0  # only allreduces inside each sub-network's own group
+    assert r["compose"]["max_abs_error"] <= 1e-4
+
+
+@pytest.mark.parametrize("phase", ["sub", "compose", "global", "random"])
+def test_fault_on_any_rank_ends_the_whole_job_quickly(phase, tmp_path):
+    out = tmp_path / "run"
+    done = run_pipeline(4, out, env={"DDC_FAULT": f"{phase}:3"}, timeout=60)
+    assert done.returncode != 0
+    assert "rank 3" in done.stderr and "injected fault" in done.stderr
+    assert not (out / "results.json").exists()
+
+
+def test_bad_config_value_exits_2_without_traceback(tmp_path):
+    done = launch(1, "ddc_hpc.run", "--out", str(tmp_path / "run"), *sets("sub.epochs=-3"))
+    assert done.returncode == 2
+    assert "sub.epochs" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_config_at_four_ranks_is_reported_once(tmp_path):
+    done = launch(4, "ddc_hpc.run", "--out", str(tmp_path / "run"), *sets("run.strategy=dcc"), timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("did you mean 'ddc'") == 1 and "Traceback" not in done.stderr
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
+    out = tmp_path / "run"
+    done = launch(2, "ddc_hpc.run", "--out", str(out), "--dry-run", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "rank -> sub-networks: 0:[0, 2], 1:[1, 3]" in done.stdout
+    assert not (out / "results.json").exists() and not list(out.glob("*.pt"))
+
+
+def test_metrics_csv_has_a_row_per_epoch_and_phase(tiny_run):
+    out, _ = tiny_run
+    lines = (out / "metrics.csv").read_text().splitlines()
+    phases = [line.split(",")[0] for line in lines[1:]]
+    assert sorted(set(phases)) == ["global", "random", "sub_0", "sub_1", "sub_2", "sub_3"]
+    assert phases.count("random") == 2  # sub.epochs + global.epochs, the paper's protocol
+
+
+def test_saved_global_model_reloads(tiny_run):
+    out, _ = tiny_run
+    saved = torch.load(out / "model.pt", weights_only=False)
+    from ddc_hpc import build_model
+
+    spec = dict(saved["spec"])
+    model = build_model(spec.pop("name"), spec.pop("num_classes"), **spec)
+    model.load_state_dict(saved["state_dict"])
+    assert np.isfinite(sum(p.sum().item() for p in model.parameters()))
