@@ -1,0 +1,107 @@
+"""`python -m ddc_hpc.info`: parameters and FLOPs of a global network and one sub-network,
+the paper's Tables 2.2 / 3.1 / 3.4.
+
+    python -m ddc_hpc.info --model cifar_resnet32 --partitions 4 --input-size 32 --tile-size 20
+
+Models are built on the meta device, so even VGG16 costs no memory and no arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from .models import build_model, model_defaults, model_options
+from .partition import default_grid, tile_shape, tile_slices
+from .sizes import count_flops, count_params
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, like every other bad input
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'32' -> (32, 32); '112x56' -> (112, 56)."""
+    try:
+        parts = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with positive sizes, got {text!r}")
+    return parts
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m ddc_hpc.info", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a name from ddc_hpc.model_names()")
+    parser.add_argument("--partitions", type=int, default=4, help="K sub-networks (default 4)")
+    parser.add_argument("--input-size", type=_size, help="global input, N or HxW (default: the model's)")
+    parser.add_argument("--tile-size", type=_size,
+                        help="sub-network input (default: a tile of the non-overlapping default grid, "
+                             "input/2 for K=4)")
+    parser.add_argument("--num-classes", type=int, help="default: 10 for CIFAR models, 1000 for ImageNet ones")
+    parser.add_argument("--width", type=int, help="base width (default: the model's, 64)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _meta_model(name: str, num_classes: int, partitions: int, size: tuple[int, int] | None, width: int | None):
+    options = {} if width is None else {"width": width}
+    if size is not None and "input_size" in model_options(name):  # a flatten-FC head is built for its input
+        options["input_size"] = size[0] if size[0] == size[1] else size
+    with torch.device("meta"):
+        return build_model(name, num_classes, partitions, **options)
+
+
+def _measure(name: str, num_classes: int, partitions: int, size: tuple[int, int], width: int | None) -> dict:
+    model = _meta_model(name, num_classes, partitions, size, width)
+    in_channels = model.ddc_spec.get("in_channels", 3)
+    return {"params": count_params(model), "flops": count_flops(model, (in_channels, *size))}
+
+
+def sizes(name: str, partitions: int, input_size: tuple[int, int] | None = None,
+          tile_size: tuple[int, int] | None = None, num_classes: int | None = None, width: int | None = None) -> dict:
+    """{"global": {"params", "flops"}, "sub": {...}} plus the resolved settings."""
+    defaults = model_defaults(name)
+    num_classes = num_classes or defaults["num_classes"]
+    _meta_model(name, num_classes, partitions, None, width)  # a K the widths refuse is the first thing to say
+    input_size = input_size or (defaults["input_size"],) * 2
+    tile_size = tile_size or tile_shape(tile_slices(*input_size, grid=default_grid(partitions)))
+    return {
+        "global": _measure(name, num_classes, 1, input_size, width),
+        "sub": _measure(name, num_classes, partitions, tile_size, width),
+        "model": name, "partitions": partitions, "num_classes": num_classes,
+        "input_size": list(input_size), "tile_size": list(tile_size),
+    }
+
+
+def _table(report: dict) -> str:
+    g, s = report["global"], report["sub"]
+    header = (f"{report['model']}, {report['num_classes']} classes, K={report['partitions']}: global "
+              f"{'x'.join(map(str, report['input_size']))}, sub-network {'x'.join(map(str, report['tile_size']))}")
+    rows = [f"{'':8}{'params':>14}{'GFLOPs':>12}",
+            f"{'global':8}{g['params']:>14,}{g['flops'] / 1e9:>12.4f}",
+            f"{'sub':8}{s['params']:>14,}{s['flops'] / 1e9:>12.4f}",
+            f"{'ratio':8}{g['params'] / s['params']:>14.2f}{g['flops'] / s['flops']:>12.2f}"]
+    return "\n".join([header, *rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        report = sizes(args.model, args.partitions, args.input_size, args.tile_size, args.num_classes, args.width)
+    except ValueError as error:
+        parser.error(str(error))
+    print(json.dumps(report) if args.json else _table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
