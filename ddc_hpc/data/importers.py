@@ -1,0 +1,112 @@
+"""Import any source into the project's HDF5 format (``python -m ddc_hpc.data import ...``)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadInput
+from .hdf5 import H5Meta, H5Writer, content_checksum
+from .sources import KINDS, open_raw
+
+IMPORT_KINDS = ("npz", "cifar10", "cifar100", "food101", "imagefolder", "h5", "synthetic")
+_BLOCK = 512  # samples per read/append
+
+
+def import_dataset(kind: str, source: str, out, *, size: int | None = None, download: bool = False,
+                   compression: str | None = None, workers: int = 1, classes: list[str] | None = None,
+                   force: bool = False, command: str | None = None, progress: bool | None = None) -> Path:
+    """Copy source ``source`` of ``kind`` into the HDF5 file ``out`` (atomically); returns its path.
+
+    ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal).
+    """
+    if kind not in IMPORT_KINDS:
+        raise BadInput(f"cannot import kind {kind!r}: use one of {', '.join(IMPORT_KINDS)}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise BadInput(f"{out} already exists: remove it or pass --force to replace it")
+    if kind != "synthetic" and Path(source).exists():
+        source = str(Path(source).resolve())  # recorded in the file's `source` attribute
+    spec = source if kind == "synthetic" and source.startswith("synthetic") else f"{kind}:{source}"
+    raw = open_raw(spec, in_memory=False, size=size, download=download, workers=workers)
+    names = raw.classes
+    if classes is not None:
+        if len(classes) < len(names):
+            raise BadInput(f"--classes gives {len(classes)} names but the labels need at least {len(names)}")
+        names = list(classes)
+    stores = [("train", raw.train)] + ([("test", raw.test)] if raw.test is not None and len(raw.test) else [])
+    if len(raw.train) == 0:
+        raise BadInput(f"{raw.description}: the dataset is empty (no training samples)")
+    total = sum(len(s) for _, s in stores)
+    from tqdm import tqdm
+
+    command = command if command is not None else shlex.join([Path(sys.executable).name, "-m", "ddc_hpc.data",
+                                                               *sys.argv[1:]])
+    with H5Writer(out, image_shape=raw.train.image_shape, classes=names, source=raw.description,
+                  command=command, compression=compression) as writer, \
+            tqdm(total=total, unit="img", disable=(None if progress is None else not progress),
+                 desc=f"import {kind}", file=sys.stderr) as bar:
+        for split, store in stores:
+            for start in range(0, len(store), _BLOCK):
+                stop = min(len(store), start + _BLOCK)
+                writer.append(split, store.read(np.arange(start, stop)), store.labels[start:stop])
+                bar.update(stop - start)
+    return out
+
+
+def describe(path, verify: bool = False) -> dict:
+    """What ``info`` prints, as a dict (``--json``)."""
+    meta = H5Meta(path)
+    info = {
+        "file": str(meta.path),
+        "bytes": meta.path.stat().st_size,
+        "format": f"{meta.attrs.get('format', 'unknown (foreign file)')} v{meta.attrs.get('format_version', '?')}",
+        "source": meta.attrs.get("source", ""),
+        "command": meta.attrs.get("command", ""),
+        "created": meta.attrs.get("created", ""),
+        "checksum": meta.attrs.get("checksum", ""),
+        "image_shape": list(meta.image_shape),
+        "classes": meta.classes,
+        "splits": {},
+    }
+    for split, (n, shape, labels) in meta.splits.items():
+        info["splits"][split] = {"count": n, "shape": [n, *shape],
+                                 "per_class": np.bincount(labels, minlength=len(meta.classes)).tolist()}
+    if verify:
+        t = time.perf_counter()
+        actual = content_checksum(path)
+        info["checksum_verified"] = actual == info["checksum"]
+        info["checksum_actual"] = actual
+        info["verify_seconds"] = round(time.perf_counter() - t, 2)
+    return info
+
+
+def format_info(info: dict) -> str:
+    mb = info["bytes"] / 1e6
+    lines = [
+        f"file      {info['file']}  ({mb:.1f} MB)",
+        f"format    {info['format']}",
+        f"source    {info['source']}",
+        f"command   {info['command']}",
+        f"created   {info['created']}",
+        f"checksum  {info['checksum']}"
+        + ("" if "checksum_verified" not in info else
+           ("  (verified)" if info["checksum_verified"] else f"  MISMATCH: content is {info['checksum_actual']}")),
+    ]
+    for split, s in info["splits"].items():
+        lines.append(f"{split:<9} {s['count']} images, shape {tuple(s['shape'])}, uint8")
+    classes = info["classes"]
+    lines.append(f"classes   {len(classes)}")
+    splits = list(info["splits"])
+    width = max(len(c) for c in classes)
+    lines.append("  " + " " * (5 + width) + "".join(f"{s:>9}" for s in splits))
+    for i, name in enumerate(classes):
+        lines.append(f"  {i:>3}  {name:<{width}}" + "".join(f"{info['splits'][s]['per_class'][i]:>9}" for s in splits))
+    return "\n".join(lines)
+
+
+__all__ = ["import_dataset", "describe", "format_info", "IMPORT_KINDS", "KINDS"]

@@ -1,0 +1,162 @@
+"""``load_dataset``: a source string -> train/validation ImageSets, class names, training mean."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import BadInput
+from .sources import ArrayStore, FileStore, open_raw
+
+MEAN_SAMPLES = 10_000  # a lazily read training set's mean is estimated from this many samples
+
+
+class ImageSet:
+    """A read-only view of a subset of one split's samples.
+
+    ``labels`` (int64, this subset's, in memory) and ``image_shape`` ``(*spatial, C)``;
+    ``read(indices)`` -> uint8 (n, *spatial, C) and int64 (n,) torch tensors, pixels exactly as
+    stored, indices relative to this subset. Picklable; file handles open lazily per process.
+    """
+
+    def __init__(self, store, index: np.ndarray | None = None, name: str = ""):
+        self._store = store
+        self._index = None if index is None else np.asarray(index, dtype=np.int64)
+        self.labels: np.ndarray = store.labels if index is None else store.labels[self._index]
+        self.image_shape: tuple = tuple(store.image_shape)
+        self.name = name or getattr(store, "description", "")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return f"ImageSet({self.name!r}, n={len(self)}, image_shape={self.image_shape})"
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self._store, ArrayStore)
+
+    def _global(self, indices) -> np.ndarray:
+        local = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(local) and (local.min() < 0 or local.max() >= len(self)):
+            raise IndexError(f"indices must lie in 0..{len(self) - 1}, got {local.min()}..{local.max()}")
+        return local if self._index is None else self._index[local]
+
+    def read(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        local = np.asarray(indices, dtype=np.int64).reshape(-1)
+        images = np.ascontiguousarray(self._store.read(self._global(local)))
+        if not images.flags.writeable:
+            images = images.copy()
+        return torch.from_numpy(images), torch.from_numpy(self.labels[local].astype(np.int64))
+
+    def subset(self, indices) -> ImageSet:
+        """A view of some of this view's samples (indices relative to this view)."""
+        return ImageSet(self._store, self._global(indices), self.name)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: ImageSet
+    val: ImageSet
+    classes: list[str]
+    mean: torch.Tensor  # (C,) per-channel training mean in [0, 1] units
+
+
+def _stratified_pick(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` positions of `labels`, each class in proportion to its size (largest remainders),
+    chosen at random within the class; sorted."""
+    n = len(labels)
+    count = min(max(count, 0), n)
+    classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    exact = sizes * (count / n) if n else sizes * 0.0
+    take = np.floor(exact).astype(np.int64)
+    remainder = count - int(take.sum())
+    if remainder > 0:
+        order = np.lexsort((np.arange(len(classes)), -(exact - take)))  # largest fraction first, stable
+        take[order[:remainder]] += 1
+    picked = []
+    for c in range(len(classes)):
+        members = np.flatnonzero(inverse == c)
+        picked.append(rng.permutation(members)[: take[c]])
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train positions, validation positions), seeded, each class split in the same proportion."""
+    rng = np.random.default_rng([seed, 0])
+    val = _stratified_pick(labels, int(round(len(labels) * val_fraction)), rng)
+    mask = np.ones(len(labels), bool)
+    mask[val] = False
+    return np.flatnonzero(mask), val
+
+
+def channel_mean(images: ImageSet, seed: int = 0, max_samples: int | None = MEAN_SAMPLES) -> torch.Tensor:
+    """Per-channel mean in [0, 1] units: exact when the set is in memory or small, else estimated
+    from ``max_samples`` seeded samples (every rank gets the same value: integer sums)."""
+    n = len(images)
+    if n == 0:
+        raise BadInput("cannot compute the training mean of an empty training set")
+    index = np.arange(n)
+    if not images.in_memory and max_samples is not None and n > max_samples:
+        index = np.sort(np.random.default_rng([seed, 2]).choice(n, max_samples, replace=False))
+    total = np.zeros(images.image_shape[-1], np.int64)
+    for start in range(0, len(index), 4096):
+        pixels = images.read(index[start:start + 4096])[0].numpy()
+        total += pixels.reshape(-1, pixels.shape[-1]).sum(0, dtype=np.int64)
+    pixels_per_channel = len(index) * int(np.prod(images.image_shape[:-1]))
+    return torch.tensor(total / (pixels_per_channel * 255.0), dtype=torch.float32)
+
+
+def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, seed: int,
+                 limit: int | None = None, in_memory: bool = True, val_limit: int | None = None) -> Splits:
+    """Open ``source`` and split it into training and validation sets.
+
+    The validation set is the source's own test split when it has one (HDF5 ``test`` group,
+    npz ``x_test``, CIFAR's test batch, Food-101's test list, ImageFolder's test/ or val/),
+    else a seeded stratified ``val_fraction`` of the training split.  ``limit`` keeps a seeded
+    stratified choice of that many training samples (``val_limit`` likewise for validation).
+    ``in_memory``: hold npz/HDF5/CIFAR data in memory (HDF5 only if it takes at most a quarter of
+    the available memory); otherwise every process reads only the samples it asks for.
+    Every problem with the data raises BadInput here, before any training.
+    """
+    if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
+        raise BadInput(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    for name, value in (("limit", limit), ("val_limit", val_limit)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise BadInput(f"{name} must be a positive number of samples, got {value!r}")
+    if num_classes is not None and (not isinstance(num_classes, (int, np.integer)) or num_classes < 1):
+        raise BadInput(f"num_classes must be a positive integer, got {num_classes!r}")
+    raw = open_raw(source, in_memory=in_memory, num_classes=num_classes)
+    classes = list(raw.classes)
+    if len(raw.train) == 0:
+        raise BadInput(f"{raw.description}: the dataset is empty (no training samples)")
+    if num_classes is not None and len(classes) != num_classes:
+        named = any(c != str(i) for i, c in enumerate(classes))
+        hint = "" if named else (
+            f" (without class names the count is the largest label + 1 = {len(classes)}; store the class "
+            "names — an npz 'classes' array, or import with --classes — if some classes have no samples)")
+        raise BadInput(f"{raw.description} has {len(classes)} classes but the model is built for "
+                       f"num_classes={num_classes}: set model.num_classes = {len(classes)} or use the "
+                       f"matching dataset{hint}")
+    spatial = raw.train.image_shape[:-1]
+    if min(spatial, default=0) < 1 or raw.train.image_shape[-1] < 1:
+        raise BadInput(f"{raw.description}: images have shape {raw.train.image_shape}; need (*spatial, C)")
+    for store in (raw.train, raw.test):
+        if isinstance(store, FileStore):
+            store.check_sizes()
+
+    if raw.test is not None and len(raw.test):
+        train, val = ImageSet(raw.train, None, raw.description), ImageSet(raw.test, None, raw.description + " (test)")
+    else:
+        train_idx, val_idx = stratified_split(raw.train.labels, float(val_fraction), seed)
+        if len(train_idx) == 0:
+            raise BadInput(f"{raw.description}: val_fraction={val_fraction} leaves no training samples")
+        train = ImageSet(raw.train, train_idx, raw.description)
+        val = ImageSet(raw.train, val_idx, raw.description + " (validation)")
+    if limit is not None and limit < len(train):
+        train = train.subset(_stratified_pick(train.labels, int(limit), np.random.default_rng([seed, 1])))
+    if val_limit is not None and val_limit < len(val):
+        val = val.subset(_stratified_pick(val.labels, int(val_limit), np.random.default_rng([seed, 3])))
+    return Splits(train=train, val=val, classes=classes, mean=channel_mean(train, seed))

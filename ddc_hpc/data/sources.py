@@ -1,0 +1,490 @@
+"""Readers for every kind of source: they turn a source into class names and one or two *stores*.
+
+A store is a split of a dataset that can hand out samples by index:
+
+    store.labels        int64 (N,), in memory
+    store.image_shape   (*spatial, C)
+    store.read(index)   uint8 (len(index), *spatial, C), in the order of `index`, exactly as stored
+    len(store)
+
+Kinds: ``synthetic``, ``npz``, ``h5``, ``cifar10``, ``cifar100``, ``food101``, ``imagefolder``.
+The importers (``importers.py``) copy any of them into the HDF5 format; the loader (``loader.py``)
+reads any of them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadInput
+from .hdf5 import H5Meta, H5Store, check_labels
+
+KINDS = ("synthetic", "npz", "h5", "cifar10", "cifar100", "food101", "imagefolder")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+SYNTHETIC_DEFAULTS = {"n": 2000, "seed": 0, "size": 32, "noise": 40.0}
+FOOD101_SIZE = 224  # the paper's input size
+
+
+class ArrayStore:
+    """A split held in memory as one uint8 array."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, description: str):
+        self.images, self.labels = images, labels
+        self.image_shape = tuple(images.shape[1:])
+        self.description = description
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, index) -> np.ndarray:
+        return self.images[np.asarray(index, dtype=np.int64)]
+
+    def read_all(self) -> np.ndarray:
+        return self.images
+
+
+class FileStore:
+    """A split of image files decoded on demand (PIL), optionally resized and center-cropped.
+
+    ``size``: resize the shorter side to ``size`` px (bilinear) and crop the central size x size
+    square, as torchvision's Resize(size) + CenterCrop(size); None keeps the stored size, which
+    must then be the same for every image.
+    """
+
+    def __init__(self, paths: Sequence[str], labels: np.ndarray, size: int | None, description: str,
+                 workers: int = 1):
+        self.paths, self.labels, self.size = list(paths), labels, size
+        self.description, self.workers = description, max(1, int(workers))
+        if size is not None:
+            self.image_shape = (size, size, 3)
+        elif self.paths:
+            self.image_shape = decode_image(self.paths[0], None).shape
+        else:
+            self.image_shape = (0, 0, 3)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _decode(self, i: int) -> np.ndarray:
+        image = decode_image(self.paths[i], self.size)
+        if image.shape != self.image_shape:
+            raise BadInput(
+                f"{self.paths[i]} is {image.shape[1]}x{image.shape[0]} but {self.paths[0]} is "
+                f"{self.image_shape[1]}x{self.image_shape[0]}: images of different sizes need "
+                "--size N (import) or '?size=N' (source string) to resize and center-crop them"
+            )
+        return image
+
+    def read(self, index) -> np.ndarray:
+        index = [int(i) for i in np.asarray(index, dtype=np.int64)]
+        out = np.empty((len(index), *self.image_shape), np.uint8)
+        if self.workers > 1 and len(index) > 1:
+            with ThreadPoolExecutor(self.workers) as pool:  # PIL releases the GIL while decoding
+                for j, image in enumerate(pool.map(self._decode, index)):
+                    out[j] = image
+        else:
+            for j, i in enumerate(index):
+                out[j] = self._decode(i)
+        return out
+
+    def check_sizes(self) -> None:
+        """BadInput unless every file has the same size (reads headers only)."""
+        if self.size is not None or not self.paths:
+            return
+        from PIL import Image
+
+        h, w = self.image_shape[:2]
+        for path in self.paths:
+            try:
+                with Image.open(path) as im:
+                    if im.size != (w, h):
+                        raise BadInput(
+                            f"{path} is {im.size[0]}x{im.size[1]} but {self.paths[0]} is {w}x{h}: images "
+                            "of different sizes need '?size=N' in the source (e.g. imagefolder:ROOT?size=224) "
+                            "or an import with --size N"
+                        )
+            except OSError as exc:
+                raise BadInput(f"cannot read image {path}: {exc}") from None
+
+
+def decode_image(path: str, size: int | None) -> np.ndarray:
+    """RGB uint8 (H, W, 3); with ``size``: shorter side resized to size, central square cropped."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if size is not None:
+                w, h = im.size
+                short = min(w, h)
+                im.draft("RGB", (max(1, w * size // short), max(1, h * size // short)))  # fast JPEG downscale
+            im = im.convert("RGB")
+            if size is not None:
+                w, h = im.size
+                if w <= h:
+                    new = (size, int(size * h / w))
+                else:
+                    new = (int(size * w / h), size)
+                if new != (w, h):
+                    im = im.resize(new, Image.Resampling.BILINEAR)
+                w, h = im.size
+                top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+                im = im.crop((left, top, left + size, top + size))
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadInput(f"cannot read image {path}: {exc}") from None
+
+
+@dataclass
+class RawData:
+    classes: list[str]
+    train: object
+    test: object | None
+    description: str
+
+
+# ---------------------------------------------------------------------------- parsing source strings
+
+
+def parse_source(source: str) -> tuple[str, str, dict[str, str]]:
+    """``"KIND:ARG?opt=v&opt=v"`` -> (kind, arg, options).  A bare path ending in .h5/.hdf5/.npz
+    is taken as that kind; ``synthetic`` takes its options as ARG (``synthetic:n=5000,seed=1``)."""
+    if not isinstance(source, str) or not source.strip():
+        raise BadInput(f"data source must be a non-empty string such as 'synthetic' or 'h5:PATH', got {source!r}")
+    source = source.strip()
+    kind, sep, rest = source.partition(":")
+    if not sep or kind not in KINDS:
+        lower = source.lower()
+        if lower.endswith((".h5", ".hdf5")):
+            kind, rest = "h5", source
+        elif lower.endswith(".npz"):
+            kind, rest = "npz", source
+        elif source == "synthetic":
+            kind, rest = "synthetic", ""
+        else:
+            raise BadInput(
+                f"unknown data source {source!r}: use one of "
+                + ", ".join("synthetic" if k == "synthetic" else f"{k}:PATH" for k in KINDS)
+            )
+    if kind == "synthetic":
+        arg, query = "", rest.lstrip("?")
+    else:
+        arg, _, query = rest.partition("?")
+        if not arg:
+            raise BadInput(f"data source {source!r} needs a path after '{kind}:'")
+    options = {}
+    for item in filter(None, query.replace("&", ",").split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise BadInput(f"data source {source!r}: option {item!r} must be key=value")
+        options[key.strip()] = value.strip()
+    return kind, arg, options
+
+
+def _int_option(options, key, source):
+    if key not in options:
+        return None
+    value = options.pop(key)
+    try:
+        return int(value)
+    except ValueError:
+        raise BadInput(f"data source {source!r}: option {key} must be an integer, got {value!r}") from None
+
+
+def _no_more_options(options, source):
+    if options:
+        raise BadInput(f"data source {source!r}: unknown option(s) {', '.join(sorted(options))}")
+
+
+# ----------------------------------------------------------------------------------------- readers
+
+
+def open_raw(source: str, *, in_memory: bool = True, num_classes: int | None = None, size: int | None = None,
+             download: bool = False, workers: int = 1) -> RawData:
+    """Open any source; ``size`` (file sources only) overrides a '?size=' option."""
+    kind, arg, options = parse_source(source)
+    if size is not None and kind not in ("food101", "imagefolder"):
+        raise BadInput(f"--size applies to food101 and imagefolder sources, not {kind}")
+    if kind == "synthetic":
+        return _open_synthetic(options, source, num_classes)
+    if kind == "npz":
+        _no_more_options(options, source)
+        return open_npz(arg)
+    if kind == "h5":
+        _no_more_options(options, source)
+        return open_h5_source(arg, in_memory)
+    if kind in ("cifar10", "cifar100"):
+        _no_more_options(options, source)
+        return open_cifar(arg, kind, download)
+    size = size if size is not None else _int_option(options, "size", source)
+    _no_more_options(options, source)
+    if size is not None and size < 1:
+        raise BadInput(f"size must be a positive number of pixels, got {size}")
+    if kind == "food101":
+        return open_food101(arg, size or FOOD101_SIZE, download, workers)
+    return open_imagefolder(arg, size, workers)
+
+
+def _open_synthetic(options, source, num_classes) -> RawData:
+    from .synthetic import synthetic
+
+    opts = dict(SYNTHETIC_DEFAULTS)
+    classes = num_classes or 10
+    try:
+        for key, value in options.items():
+            if key in ("classes", "num_classes"):
+                classes = int(value)
+            elif key in opts:
+                opts[key] = type(SYNTHETIC_DEFAULTS[key])(value)
+            else:
+                raise BadInput(f"data source {source!r}: unknown option {key!r} "
+                               f"(synthetic takes n, seed, size, noise, classes)")
+    except ValueError:
+        raise BadInput(f"data source {source!r}: options must be numbers, e.g. synthetic:n=5000,seed=1") from None
+    if opts["n"] < 1 or opts["size"] < 4 or classes < 1:
+        raise BadInput(f"data source {source!r}: need n >= 1, size >= 4 and at least one class")
+    images, labels = synthetic(opts["n"], opts["seed"], num_classes=classes, size=opts["size"], noise=opts["noise"])
+    desc = "synthetic:" + ",".join(f"{k}={v}" for k, v in {**opts, "classes": classes}.items())
+    return RawData([f"class{i}" for i in range(classes)], ArrayStore(images, labels, desc), None, desc)
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise BadInput(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise BadInput(f"{what} {path} is not a file")
+    return path
+
+
+def open_npz(path) -> RawData:
+    """npz with ``x`` (N, *spatial, C) uint8 and ``y``; or ``x_train``/``y_train`` (+ ``x_test``/
+    ``y_test``, the test split); optional ``classes`` (array of names)."""
+    path = _require_file(Path(path), "npz file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            if {"x", "y"} <= keys:
+                parts = {"train": (z["x"], z["y"])}
+            elif {"x_train", "y_train"} <= keys:
+                parts = {"train": (z["x_train"], z["y_train"])}
+                if {"x_test", "y_test"} <= keys:
+                    parts["test"] = (z["x_test"], z["y_test"])
+            else:
+                raise BadInput(f"{path} holds arrays {sorted(keys)}; expected 'x' and 'y' "
+                               "(or 'x_train', 'y_train' and optionally 'x_test', 'y_test')")
+            names = [str(c) for c in z["classes"]] if "classes" in keys else None
+    except BadInput:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise BadInput(f"cannot read {path} as npz ({type(exc).__name__}: {exc}): the file is "
+                       "truncated, corrupt or not an npz archive") from None
+    stores, shape = {}, None
+    for split, (x, y) in parts.items():
+        where = f"{path} ({split})"
+        if x.dtype != np.uint8:
+            raise BadInput(f"{where}: images must be uint8 pixels 0..255, got {x.dtype}"
+                           + (" — convert with (x * 255).round().astype(np.uint8) if values are in [0, 1]"
+                              if np.issubdtype(x.dtype, np.floating) else ""))
+        if x.ndim < 3:
+            raise BadInput(f"{where}: images must be (N, *spatial, C), e.g. (N, H, W, C), got shape {x.shape}"
+                           " (for grayscale add a channel axis: x[..., None])")
+        if shape is not None and x.shape[1:] != shape:
+            raise BadInput(f"{path}: test images are {x.shape[1:]}, training images {shape}")
+        shape = x.shape[1:]
+        labels = check_labels(y, len(names) if names else None, where)
+        if len(labels) != len(x):
+            raise BadInput(f"{where}: {len(x)} images but {len(labels)} labels")
+        stores[split] = ArrayStore(np.ascontiguousarray(x), labels, f"npz:{path}")
+    if names is None:
+        top = max((int(s.labels.max()) for s in stores.values() if len(s)), default=-1)
+        names = [str(i) for i in range(top + 1)]
+    return RawData(names, stores["train"], stores.get("test"), f"npz:{path}")
+
+
+def open_h5_source(path, in_memory: bool) -> RawData:
+    meta = H5Meta(path)
+    stores = {}
+    for split, (_, shape, labels) in meta.splits.items():
+        store = H5Store(meta.path, split, labels, shape)
+        if in_memory and _fits_in_memory(sum(int(np.prod((len(labels), *shape))) for _, shape, labels in
+                                             meta.splits.values())):
+            store = ArrayStore(store.read_all(), labels, store.description)
+        stores[split] = store
+    return RawData(meta.classes, stores["train"], stores.get("test"), f"h5:{meta.path}")
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1 << 62
+
+
+def _fits_in_memory(nbytes: int) -> bool:
+    """Held in memory only if it takes at most a quarter of the available memory (several ranks
+    per node each hold a copy)."""
+    return nbytes <= _available_memory() // 4
+
+
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                "batches.meta", "label_names", "labels"),
+    "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_label_names", "fine_labels"),
+}
+
+
+def open_cifar(root, kind: str, download: bool = False) -> RawData:
+    """The python-pickle CIFAR layout torchvision uses: ROOT/cifar-10-batches-py/data_batch_1..5,
+    test_batch, batches.meta (CIFAR-100: ROOT/cifar-100-python/train, test, meta; fine labels)."""
+    folder, train_files, test_file, meta_file, names_key, labels_key = _CIFAR[kind]
+    root = Path(root)
+    if download:
+        _download(kind, root)
+    base = root / folder if (root / folder).is_dir() else root
+    if not (base / meta_file).is_file():
+        raise BadInput(f"{kind}: no {folder}/{meta_file} under {root}; point at the folder that holds "
+                       f"{folder} (torchvision's root), or add --download where there is internet")
+    names = [str(c) for c in _unpickle(base / meta_file, kind)[names_key]]
+
+    def load(files):
+        xs, ys = [], []
+        for name in files:
+            d = _unpickle(_require_file(base / name, f"{kind} file"), kind)
+            try:
+                data = np.asarray(d["data"], dtype=np.uint8)
+                xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+                ys.append(check_labels(np.asarray(d[labels_key]), len(names), str(base / name)))
+            except (KeyError, ValueError) as exc:
+                raise BadInput(f"{base / name} is not a {kind} batch ({type(exc).__name__}: {exc})") from None
+            if len(xs[-1]) != len(ys[-1]):
+                raise BadInput(f"{base / name}: {len(xs[-1])} images but {len(ys[-1])} labels")
+        return ArrayStore(np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys), f"{kind}:{root}")
+
+    return RawData(names, load(train_files), load([test_file]), f"{kind}:{root}")
+
+
+def _unpickle(path: Path, kind: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as exc:
+        raise BadInput(f"cannot read {path} as a {kind} pickle ({type(exc).__name__}: {exc}); "
+                       "the file is truncated or corrupt") from None
+
+
+def _download(kind: str, root: Path) -> None:
+    import torchvision.datasets as tvd
+
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "food101": tvd.Food101}[kind]
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        if kind == "food101":
+            cls(str(root), split="train", download=True)
+        else:
+            cls(str(root), train=True, download=True)
+    except Exception as exc:  # noqa: BLE001 — network errors come in many types
+        raise BadInput(f"cannot download {kind} into {root}: {exc}") from None
+
+
+def open_food101(root, size: int, download: bool = False, workers: int = 1) -> RawData:
+    """ROOT/food-101/images/<class>/<id>.jpg with meta/classes.txt and meta/train.txt, test.txt
+    (lines "class/id"; torchvision's train.json/test.json are read when the .txt are missing)."""
+    root = Path(root)
+    if download:
+        _download("food101", root)
+    base = root / "food-101" if (root / "food-101").is_dir() else root
+    images, meta = base / "images", base / "meta"
+    if not images.is_dir() or not meta.is_dir():
+        raise BadInput(f"food101: no food-101/images and food-101/meta under {root}; point at the folder "
+                       "that holds food-101 (torchvision's root), or add --download where there is internet")
+    if (meta / "classes.txt").is_file():
+        names = [line.strip() for line in (meta / "classes.txt").read_text().splitlines() if line.strip()]
+    else:
+        names = sorted(p.name for p in images.iterdir() if p.is_dir())
+    index = {name: i for i, name in enumerate(names)}
+    stores = {}
+    for split in ("train", "test"):
+        if (meta / f"{split}.txt").is_file():
+            entries = [line.strip() for line in (meta / f"{split}.txt").read_text().splitlines() if line.strip()]
+        elif (meta / f"{split}.json").is_file():
+            entries = [e for ids in json.loads((meta / f"{split}.json").read_text()).values() for e in ids]
+        else:
+            raise BadInput(f"food101: {meta} has neither {split}.txt nor {split}.json")
+        paths, labels = [], []
+        for entry in entries:
+            cls = entry.split("/")[0]
+            if cls not in index:
+                raise BadInput(f"food101: {meta}/{split}.txt names class {cls!r}, not in classes.txt")
+            paths.append(str(images / f"{entry}.jpg"))
+            labels.append(index[cls])
+        missing = [p for p in paths[:1] + paths[-1:] if not os.path.isfile(p)]
+        if missing:
+            raise BadInput(f"food101: image {missing[0]} listed in meta/{split}.txt does not exist")
+        stores[split] = FileStore(paths, np.array(labels, dtype=np.int64), size, f"food101:{root}", workers)
+    return RawData(names, stores["train"], stores["test"], f"food101:{root}")
+
+
+def _class_files(folder: Path) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        files.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                     if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith("."))
+    return files
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def open_imagefolder(root, size: int | None, workers: int = 1) -> RawData:
+    """A class-per-folder tree (ROOT/<class>/**/<image>), classes in sorted order as torchvision's
+    ImageFolder; ROOT/train and ROOT/test (or ROOT/val) holding such trees give a test split."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInput(f"imagefolder: {root} is not a folder")
+    top = _class_dirs(root)
+    held_out = next((d for d in ("test", "val") if d in top), None)
+    if "train" in top and held_out and _class_dirs(root / "train") and _class_dirs(root / held_out):
+        train_root, test_root = root / "train", root / held_out
+    else:
+        train_root, test_root = root, None
+    names = _class_dirs(train_root)
+    if not names:
+        raise BadInput(f"imagefolder: {train_root} has no class folders (expected ROOT/<class>/<image files>)")
+    stores = {}
+    for split, folder in (("train", train_root), ("test", test_root)):
+        if folder is None:
+            continue
+        extra = sorted(set(_class_dirs(folder)) - set(names))
+        if extra:
+            raise BadInput(f"imagefolder: {folder} has classes {extra} that {train_root} lacks")
+        paths, labels = [], []
+        for i, name in enumerate(names):
+            if (folder / name).is_dir():
+                files = _class_files(folder / name)
+                paths += files
+                labels += [i] * len(files)
+        if not paths:
+            raise BadInput(f"imagefolder: no image files ({', '.join(IMG_EXTENSIONS)}) under {folder}")
+        stores[split] = FileStore(paths, np.array(labels, dtype=np.int64), size, f"imagefolder:{root}", workers)
+    if size is None:
+        first = stores["train"].image_shape
+        for store in stores.values():
+            store.image_shape = first
+    return RawData(names, stores["train"], stores.get("test"), f"imagefolder:{root}")
