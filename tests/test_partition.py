@@ -1,0 +1,105 @@
+"""Tile layouts of the paper's experiments and the rank / Gatherv arithmetic (no MPI needed)."""
+
+import pytest
+
+from ddc_hpc.partition import (
+    default_grid, gatherv_layout, shard_range, subnet_group, subnet_owner, subnets_of_rank, tile_shape,
+    tile_slices, tile_slices_nd,
+)
+
+
+def starts(tiles, axis):
+    return sorted({t[axis].start for t in tiles})
+
+
+def test_cifar_2x2_without_overlap_gives_four_16x16_tiles_covering_the_image():
+    tiles = tile_slices(32, 32)
+    assert tile_shape(tiles) == (16, 16)
+    assert tiles == [(slice(0, 16), slice(0, 16)), (slice(0, 16), slice(16, 32)),
+                     (slice(16, 32), slice(0, 16)), (slice(16, 32), slice(16, 32))]
+
+
+def test_cifar_2x2_with_overlap_4_gives_20x20_tiles_flush_with_the_borders():
+    tiles = tile_slices(32, 32, overlap=4)
+    assert tile_shape(tiles) == (20, 20)
+    assert starts(tiles, 0) == starts(tiles, 1) == [0, 12]
+
+
+def test_food101_224_2x2_overlap_28_gives_140x140_tiles():
+    tiles = tile_slices(224, 224, overlap=28)
+    assert tile_shape(tiles) == (140, 140)
+    assert starts(tiles, 0) == [0, 84]
+
+
+def test_16_partitions_crop_24_4x4_grid_overlap_26_gives_70x70_tiles_inside_the_crop():
+    tiles = tile_slices(224, 224, grid=(4, 4), overlap=26, crop=24)
+    assert len(tiles) == 16 and tile_shape(tiles) == (70, 70)
+    assert starts(tiles, 1) == [24, 59, 95, 130]
+    assert max(t[0].stop for t in tiles) == 224 - 24
+
+
+def test_2x4_grid_for_8_partitions_is_row_major():
+    tiles = tile_slices(32, 32, grid=(2, 4))
+    assert len(tiles) == 8 and tile_shape(tiles) == (16, 8)
+    assert [t[1].start for t in tiles[:4]] == [0, 8, 16, 24]
+    assert {t[0].start for t in tiles[:4]} == {0}
+
+
+def test_3d_2x2x2_grid_cuts_a_volume_into_eight_cubes():
+    tiles = tile_slices_nd((8, 8, 8), (2, 2, 2), overlap=2)
+    assert len(tiles) == 8 and tile_shape(tiles) == (6, 6, 6)
+    assert tiles[-1] == (slice(2, 8),) * 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(height=30, width=32, grid=(4, 4)), "does not split into 4"),
+    (dict(height=32, width=32, overlap=20), "overlap 20"),
+    (dict(height=32, width=32, crop=16), "crop 16"),
+    (dict(height=32, width=32, overlap=-1), ">= 0"),
+    (dict(height=32, width=32, crop=-2), ">= 0"),
+    (dict(height=32, width=32, grid=(2, 2, 2)), "grid"),
+    (dict(height=32, width=32, grid=(1, 2), overlap=2), "at least 2 tiles"),
+])
+def test_bad_layouts_are_refused_with_the_reason(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tile_slices(**kwargs)
+
+
+@pytest.mark.parametrize("partitions, ndim, grid", [
+    (1, 2, (1, 1)), (2, 2, (1, 2)), (4, 2, (2, 2)), (8, 2, (2, 4)), (16, 2, (4, 4)), (8, 3, (2, 2, 2)),
+])
+def test_default_grid_is_the_most_even_one(partitions, ndim, grid):
+    assert default_grid(partitions, ndim) == grid
+
+
+def test_default_grid_refuses_zero_partitions():
+    with pytest.raises(ValueError):
+        default_grid(0)
+
+
+def test_sub_networks_are_dealt_round_robin_when_ranks_do_not_exceed_them():
+    assert [subnets_of_rank(r, 4, 4) for r in range(4)] == [[0], [1], [2], [3]]
+    assert [subnets_of_rank(r, 2, 4) for r in range(2)] == [[0, 2], [1, 3]]
+    assert subnets_of_rank(0, 1, 4) == [0, 1, 2, 3]
+
+
+def test_extra_ranks_form_one_contiguous_group_per_sub_network():
+    assert [subnets_of_rank(r, 8, 4) for r in range(8)] == [[0], [0], [1], [1], [2], [2], [3], [3]]
+    assert subnet_group(1, 8, 4) == [2, 3] and subnet_owner(1, 8, 4) == 2
+    assert subnet_owner(3, 2, 4) == 1
+
+
+def test_a_rank_outside_the_world_is_refused():
+    with pytest.raises(ValueError, match="rank 4"):
+        subnets_of_rank(4, 4, 4)
+
+
+def test_gatherv_layout_lays_uneven_blocks_end_to_end():
+    assert gatherv_layout([3, 0, 5]) == ([3, 0, 5], [0, 3, 3])
+    with pytest.raises(ValueError):
+        gatherv_layout([2, -1])
+
+
+def test_shards_cover_every_index_once():
+    shards = [shard_range(10, r, 3) for r in range(3)]
+    assert [i for s in shards for i in s] == list(range(10))
