@@ -1,0 +1,140 @@
+"""Registry, sizes against torchvision and the paper, and the width split of every model."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from ddc_hpc.models import build_model, model_defaults, model_names, model_options
+
+CONTRACT_NAMES = [*(f"cifar_resnet{d}" for d in (20, 32, 44, 56, 110)), *(f"resnet{d}" for d in (18, 34, 50, 101, 152)),
+                  *(f"vgg{d}" for d in (11, 13, 16, 19)), "cnn11"]
+
+
+def meta_model(*args, **kwargs) -> nn.Module:
+    with torch.device("meta"):
+        return build_model(*args, **kwargs)
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_registry_lists_the_contract_names_sorted():
+    assert model_names() == sorted(model_names())
+    assert set(CONTRACT_NAMES) <= set(model_names())
+
+
+@pytest.mark.parametrize("name", [n for n in CONTRACT_NAMES if not n.startswith("cifar") and n != "cnn11"])
+def test_imagenet_models_have_torchvisions_exact_layers(name):
+    ours = meta_model(name, 1000)
+    with torch.device("meta"):
+        reference = getattr(torchvision.models, name)(weights=None)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+
+
+@pytest.mark.parametrize("name, params", [("resnet50", 25_557_032), ("resnet101", 44_549_160), ("vgg16", 138_357_544)])
+def test_parameter_counts_of_the_papers_imagenet_models(name, params):
+    assert param_count(meta_model(name, 1000)) == params
+
+
+@pytest.mark.parametrize("name, global_millions, sub_millions", [
+    ("cifar_resnet32", 7.44, 0.47), ("cifar_resnet56", 13.65, 0.86), ("cifar_resnet110", 27.62, 1.74),
+])
+def test_cifar_resnets_match_table_3_1_within_3_percent(name, global_millions, sub_millions):
+    assert param_count(meta_model(name, 10)) / 1e6 == pytest.approx(global_millions, rel=0.03)
+    assert param_count(meta_model(name, 10, partitions=4)) / 1e6 == pytest.approx(sub_millions, rel=0.03)
+
+
+def _weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_partitions_divide_every_hidden_width_and_keep_inputs_and_classes(name):
+    K, options = 4, dict(width=8)
+    if "fc_width" in model_options(name):
+        options["fc_width"] = 64
+    full, sub = meta_model(name, 7, **options), meta_model(name, 7, partitions=K, **options)
+    layers, sub_layers = _weighted_layers(full), _weighted_layers(sub)
+    assert [n for n, _ in layers] == [n for n, _ in sub_layers]
+    for i, ((layer_name, layer), (_, sub_layer)) in enumerate(zip(layers, sub_layers)):
+        w, s = layer.weight.shape, sub_layer.weight.shape
+        assert w[0] == (7 if i == len(layers) - 1 else K * s[0]), layer_name
+        if i == 0:
+            assert w[1] == s[1] == 3
+        elif not hasattr(layer, "feature_shape"):  # a flatten-FC's input also shrinks with the tile
+            assert w[1] == K * s[1], layer_name
+    assert sub_layers[-1][1].weight.shape[0] == 7
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_ddc_spec_records_every_option_and_rebuilds_the_model(name):
+    model = meta_model(name, 5, partitions=2, width=16)
+    spec = json.loads(json.dumps(model.ddc_spec))  # as a checkpoint would store it
+    assert spec == {"name": name, "num_classes": 5, "partitions": 2, **model_options(name), "width": 16}
+    rebuilt = meta_model(**spec)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_in_channels_option_changes_only_the_first_layer(name):
+    size = model_defaults(name)["input_size"]
+    model = meta_model(name, 3, width=8, in_channels=1)
+    assert model(torch.zeros(1, 1, size, size, device="meta")).shape == (1, 3)
+
+
+def test_an_unknown_model_name_suggests_close_matches():
+    with pytest.raises(ValueError, match="resnet50"):
+        build_model("resnet05", 10)
+
+
+def test_an_unknown_option_is_named():
+    with pytest.raises(TypeError, match="depth_multiplier"):
+        build_model("cifar_resnet20", 10, depth_multiplier=2)
+
+
+def test_a_fixed_family_argument_is_not_an_option():
+    with pytest.raises(TypeError, match="layers"):
+        build_model("resnet18", 10, layers=(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("name, options, partitions, message", [
+    ("resnet50", {}, 5, "conv1: 64 channels do not split into 5 sub-networks"),
+    ("cifar_resnet20", dict(width=12), 8, "conv1: 12 channels do not split into 8"),
+    ("vgg11", dict(width=8, fc_width=100), 8, "classifier.0: 100 features do not split into 8"),
+])
+def test_a_width_that_k_does_not_divide_is_named_with_its_layer(name, options, partitions, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(name, 10, partitions, **options)
+
+
+@pytest.mark.parametrize("num_classes, partitions", [(0, 1), (10, 0), (10, 2.0)])
+def test_bad_class_or_partition_counts_are_refused(num_classes, partitions):
+    with pytest.raises(ValueError):
+        build_model("cnn11", num_classes, partitions)
+
+
+def test_vgg_head_reads_its_own_final_feature_map():
+    assert meta_model("vgg16", 1000).classifier[0].feature_shape == (512, 7, 7)
+    sub = meta_model("vgg16", 101, partitions=4, input_size=140)
+    assert sub.classifier[0].feature_shape == (128, 4, 4)
+    assert sub.classifier[0].in_features == 128 * 4 * 4 and sub.classifier[0].out_features == 1024
+    assert meta_model("vgg11", 10, input_size=(112, 56)).classifier[0].feature_shape == (512, 3, 1)
+
+
+def test_vgg_refuses_too_small_an_input_and_an_input_it_was_not_built_for():
+    with pytest.raises(ValueError, match="at least 32"):
+        build_model("vgg11", 10, input_size=16)
+    model = meta_model("vgg11", 10, width=8, input_size=64)
+    with pytest.raises(ValueError, match="input_size"):
+        model(torch.zeros(1, 3, 96, 96, device="meta"))
+
+
+@pytest.mark.parametrize("dims, shape", [(1, (2, 3, 64)), (2, (2, 3, 16, 16)), (3, (2, 3, 16, 16, 16))])
+def test_cnn11_comes_in_1d_2d_and_3d(dims, shape):
+    model = meta_model("cnn11", 4, width=8, dims=dims)
+    assert model(torch.zeros(shape, device="meta")).shape == (2, 4)
+    assert sum(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()) == 10
