@@ -217,7 +217,7 @@ def open_raw(source: str, *, in_memory: bool = True, num_classes: int | None = N
         return _open_synthetic(options, source, num_classes)
     if kind == "npz":
         _no_more_options(options, source)
-        return open_npz(arg)
+        return open_npz(arg, num_classes)
     if kind == "h5":
         _no_more_options(options, source)
         return open_h5_source(arg, in_memory)
@@ -264,7 +264,7 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
-def open_npz(path) -> RawData:
+def open_npz(path, num_classes: int | None = None) -> RawData:
     """npz with ``x`` (N, *spatial, C) uint8 and ``y``; or ``x_train``/``y_train`` (+ ``x_test``/
     ``y_test``, the test split); optional ``classes`` (array of names)."""
     path = _require_file(Path(path), "npz file")
@@ -299,7 +299,7 @@ def open_npz(path) -> RawData:
         if shape is not None and x.shape[1:] != shape:
             raise BadInput(f"{path}: test images are {x.shape[1:]}, training images {shape}")
         shape = x.shape[1:]
-        labels = check_labels(y, len(names) if names else None, where)
+        labels = check_labels(y, len(names) if names else num_classes, where)
         if len(labels) != len(x):
             raise BadInput(f"{where}: {len(x)} images but {len(labels)} labels")
         stores[split] = ArrayStore(np.ascontiguousarray(x), labels, f"npz:{path}")
