@@ -286,18 +286,17 @@ def flatten_state(module: nn.Module) -> torch.Tensor:
     """All parameters and buffers (BatchNorm statistics and num_batches_tracked included), in
     state_dict order, as one 1-D tensor: what a rank sends in the compose phase's Gatherv.
 
-    The dtype is the state's floating dtype (float32 normally).  Integer buffers are cast to it;
+    The dtype is float32, or float64 for a float64 state (bf16/fp16 states are widened, not
+    rounded further).  Integer buffers are cast to it;
     an integer the dtype cannot hold exactly (above 2**24 in float32) raises instead of being
     rounded, so unflatten_state always restores the exact state.
     """
     state = module.state_dict(keep_vars=True)
     dtype = torch.float32
-    floating = [t.dtype for t in state.values() if t.is_floating_point()]
-    if floating:
-        dtype = floating[0]
-        for other in floating[1:]:
-            dtype = torch.promote_types(dtype, other)
-    exact = 2 ** (torch.finfo(dtype).nmant + 1)
+    for t in state.values():
+        if t.is_floating_point():
+            dtype = torch.promote_types(dtype, t.dtype)
+    exact = 2 / torch.finfo(dtype).eps  # the largest integer every smaller one is exact below
     for name, t in state.items():
         if not t.is_floating_point() and t.numel() and t.abs().max().item() > exact:
             raise ValueError(f"{name} = {t.abs().max().item()} is not exact in {dtype}: cannot flatten")

@@ -1,0 +1,254 @@
+"""Composition (eq. 2.11-2.14) checked against Theorem 2.1 and independent constructions."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddc_hpc.compose import compose, field_origins, flatten_state, state_numel, theorem_error, unflatten_state
+from ddc_hpc.models import build_model, model_defaults, model_names
+
+torch.set_num_threads(1)
+TOLERANCE = 1e-5  # relative, float32
+
+
+def randomize_batchnorm(net: nn.Module) -> nn.Module:
+    """Trained-looking BatchNorm: random affine and running statistics, so composition must move them."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.num_batches_tracked.fill_(int(torch.randint(1, 100, ())))
+    return net
+
+
+def composed(name: str, K: int, num_classes: int = 10, task: str = "classification", **options):
+    subnets = [randomize_batchnorm(build_model(name, num_classes, K, **options)) for _ in range(K)]
+    return compose(subnets, build_model(name, num_classes, 1, **options), task=task), subnets
+
+
+def has_flatten_fc(name: str) -> bool:
+    with torch.device("meta"):
+        return any(hasattr(m, "feature_shape") for m in build_model(name, 10).modules())
+
+
+GAP_MODELS = [n for n in model_names() if not has_flatten_fc(n)]
+
+
+@pytest.mark.parametrize("K", [2, 4, 8])
+@pytest.mark.parametrize("name", GAP_MODELS)
+def test_theorem_2_1_global_output_is_the_sum_of_sub_outputs(name, K):
+    torch.manual_seed(K)
+    global_net, subnets = composed(name, K, width=16)
+    size = 16 if model_defaults(name)["input_size"] <= 32 else 32
+    # 16 samples: train-mode BatchNorm over fewer values, at a 1x1 map, amplifies rounding
+    x = torch.randn(16, 3, size, size)
+    for train in (False, True):
+        assert theorem_error(global_net, subnets, x, train=train)["max_rel"] <= TOLERANCE, f"train={train}"
+
+
+def test_a_hidden_conv_is_block_diagonal_and_equals_a_grouped_conv():
+    K = 4
+    global_net, subnets = composed("cifar_resnet20", K, width=8)
+    weight = global_net.layer1[0].conv1.weight
+    sub_weights = [s.layer1[0].conv1.weight for s in subnets]
+    o, i = sub_weights[0].shape[:2]
+    for row in range(K):
+        for col in range(K):
+            block = weight[row * o:(row + 1) * o, col * i:(col + 1) * i]
+            assert torch.equal(block, sub_weights[row] if row == col else torch.zeros_like(block))
+    x = torch.randn(2, K * i, 8, 8)
+    grouped = F.conv2d(x, torch.cat(sub_weights), padding=1, groups=K)
+    torch.testing.assert_close(F.conv2d(x, weight, padding=1), grouped, rtol=1e-5, atol=1e-6)
+
+
+def test_feature_maps_of_layers_1_3_5_are_the_sub_networks_maps_channel_group_by_channel_group():
+    K = 4
+    global_net, subnets = composed("cnn11", K, width=8)
+    x = torch.randn(2, 3, 32, 32)
+
+    def feature_maps(net):
+        units = [m for m in net.features if isinstance(m, nn.Sequential)]  # the conv-BN-ReLU layers
+        maps = {}
+        hooks = [units[layer - 1].register_forward_hook(lambda m, i, out, layer=layer: maps.__setitem__(layer, out))
+                 for layer in (1, 3, 5)]
+        with torch.no_grad():
+            net.eval()(x)
+        for h in hooks:
+            h.remove()
+        return maps
+
+    global_maps = feature_maps(global_net)
+    for k, sub in enumerate(subnets):
+        for layer, sub_map in feature_maps(sub).items():
+            c = sub_map.shape[1]
+            torch.testing.assert_close(global_maps[layer][:, k * c:(k + 1) * c], sub_map, rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_statistics_are_concatenated_and_batch_count_is_the_maximum():
+    global_net, subnets = composed("cifar_resnet20", 2, width=8)
+    bn, sub_bns = global_net.layer2[0].bn1, [s.layer2[0].bn1 for s in subnets]
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        assert torch.equal(getattr(bn, attr), torch.cat([getattr(b, attr) for b in sub_bns]))
+    assert bn.num_batches_tracked == max(b.num_batches_tracked for b in sub_bns)
+
+
+def test_regression_output_is_the_mean_of_the_sub_outputs():
+    K = 4
+    global_net, subnets = composed("cifar_resnet20", K, num_classes=3, task="regression", width=8)
+    assert theorem_error(global_net, subnets, torch.randn(4, 3, 16, 16), task="regression")["max_rel"] <= TOLERANCE
+    torch.testing.assert_close(global_net.fc.bias, torch.stack([s.fc.bias for s in subnets]).mean(0))
+
+
+def mlp(features: int, hidden: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, outputs))
+
+
+def test_autoencoder_output_is_the_concatenation_of_sub_outputs_on_their_feature_segments():
+    K, features, hidden = 4, 6, 5
+    subnets = [mlp(features, hidden, features) for _ in range(K)]
+    global_net = compose(subnets, mlp(K * features, K * hidden, K * features), task="autoencoder")
+    x = torch.randn(8, K * features)
+    expected = torch.cat([s(seg) for s, seg in zip(subnets, x.chunk(K, dim=1))], dim=1)
+    torch.testing.assert_close(global_net(x), expected, rtol=1e-5, atol=1e-6)
+    assert theorem_error(global_net, subnets, x, task="autoencoder")["max_rel"] <= TOLERANCE
+
+
+def test_an_autoencoder_refuses_a_layer_that_sums_the_sub_networks():
+    subnets = [mlp(6, 5, 3) for _ in range(2)]
+    with pytest.raises(ValueError, match="autoencoder"):
+        compose(subnets, mlp(12, 10, 3), task="autoencoder")
+
+
+def depthwise_net(channels: int, groups_per_channel: bool = True) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1, groups=channels if groups_per_channel else 2),
+        nn.BatchNorm2d(channels), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 5))
+
+
+def test_depthwise_convs_compose_by_concatenation():
+    K = 4
+    subnets = [randomize_batchnorm(depthwise_net(4)) for _ in range(K)]
+    global_net = compose(subnets, depthwise_net(4 * K))
+    assert torch.equal(global_net[3].weight, torch.cat([s[3].weight for s in subnets]))
+    for train in (False, True):
+        assert theorem_error(global_net, subnets, torch.randn(8, 3, 8, 8), train=train)["max_rel"] <= TOLERANCE
+
+
+def test_a_grouped_conv_with_as_many_groups_as_its_sub_networks_is_refused():
+    subnets = [depthwise_net(4, groups_per_channel=False) for _ in range(2)]
+    with pytest.raises(ValueError, match="grouped conv with 2 groups"):
+        compose(subnets, depthwise_net(8, groups_per_channel=False))
+
+
+@pytest.mark.parametrize("tile, K, grid, origins", [
+    (140, 4, None, [(0, 0), (0, 3), (3, 0), (3, 3)]),    # overlapping tiles: 4x4 fields on a 7x7 map
+    (112, 4, None, [(0, 0), (0, 4), (4, 0), (4, 4)]),    # non-overlapping: 3x3 fields
+    ((224, 56), 4, (1, 4), [(0, 0), (0, 2), (0, 4), (0, 6)]),
+    ((112, 56), 8, None, [(r, c) for r in (0, 4) for c in (0, 2, 4, 6)]),  # the 2x4 grid of 8 partitions
+])
+def test_vgg_flatten_fc_places_each_sub_network_at_its_tiles_field(tile, K, grid, origins):
+    torch.manual_seed(0)
+    options = dict(width=8, fc_width=64)
+    subnets = [build_model("vgg11", 10, K, input_size=tile, **options).eval() for _ in range(K)]
+    global_net = compose(subnets, build_model("vgg11", 10, 1, input_size=224, **options), grid=grid).eval()
+    C, H, W = global_net.classifier[0].feature_shape
+    c, h, w = subnets[0].classifier[0].feature_shape
+    assert field_origins((H, W), (h, w), grid or (2, 2) if K == 4 else (2, 4)) == origins
+    sub_maps = torch.randn(K, 2, c, h, w)
+    # Noise wherever no field lies: the composed weights there must be zero.
+    global_map = torch.randn(2, C, H, W)
+    for k, (row, col) in enumerate(origins):
+        global_map[:, k * c:(k + 1) * c, row:row + h, col:col + w] = sub_maps[k]
+    with torch.no_grad():
+        logits = global_net.classifier(global_map.flatten(1))
+        expected = sum(s.classifier(m.flatten(1)) for s, m in zip(subnets, sub_maps))
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_field_origins_spread_like_the_tiles():
+    assert field_origins((7,), (4,), (1,)) == [(0,)]
+    assert field_origins((8, 8, 8), (4, 4, 4), (2, 2, 2))[-1] == (4, 4, 4)
+    with pytest.raises(ValueError, match="does not fit"):
+        field_origins((3, 3), (4, 4), (2, 2))
+
+
+def test_mismatched_structures_are_refused_naming_the_module():
+    subnets = [build_model("cifar_resnet20", 10, 2, width=8) for _ in range(2)]
+    with pytest.raises(ValueError, match="modules"):
+        compose(subnets, build_model("cifar_resnet32", 10, 1, width=8))
+    other = [nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"0 \(Conv2d\).*0 \(Linear\)"):
+        compose(other, nn.Sequential(nn.Linear(3, 8), nn.ReLU()))
+
+
+def test_sub_networks_of_another_partition_count_are_refused_with_the_shapes():
+    subnets = [build_model("cifar_resnet20", 10, 4, width=8) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"conv1.*\b8\b.*\b2\b"):
+        compose(subnets, build_model("cifar_resnet20", 10, 1, width=8))
+
+
+def test_a_conv_with_other_stride_is_refused():
+    subnets = [nn.Sequential(nn.Conv2d(3, 4, 3, stride=2)) for _ in range(2)]
+    with pytest.raises(ValueError, match="0: stride"):
+        compose(subnets, nn.Sequential(nn.Conv2d(3, 8, 3)))
+
+
+@pytest.mark.parametrize("layer", [lambda n: nn.LayerNorm(n), lambda n: nn.PReLU(n), lambda n: nn.GroupNorm(2, n)])
+def test_an_unsupported_layer_with_parameters_is_an_error_not_skipped(layer):
+    subnets = [nn.Sequential(nn.Linear(4, 4), layer(4)) for _ in range(2)]
+    with pytest.raises(TypeError, match=f"1: cannot compose a {type(layer(4)).__name__}"):
+        compose(subnets, nn.Sequential(nn.Linear(4, 8), layer(8)))
+
+
+def test_an_unknown_task_is_refused():
+    with pytest.raises(ValueError, match="task"):
+        compose([nn.Linear(2, 2)], nn.Linear(2, 2), task="segmentation")
+
+
+def test_theorem_check_leaves_modes_and_running_statistics_as_found():
+    global_net, subnets = composed("cifar_resnet20", 2, width=8)
+    global_net.eval()
+    subnets[0].layer1.train()
+    nets = [global_net, *subnets]
+    modes = [[m.training for m in n.modules()] for n in nets]
+    state = [{k: v.clone() for k, v in n.state_dict().items()} for n in nets]
+    theorem_error(global_net, subnets, torch.randn(4, 3, 16, 16), train=True)
+    assert [[m.training for m in n.modules()] for n in nets] == modes
+    for net, saved in zip(nets, state):
+        assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
+
+
+def test_flat_state_round_trips_parameters_and_batchnorm_buffers_exactly():
+    source = randomize_batchnorm(build_model("cifar_resnet20", 10, 2, width=8))
+    flat = flatten_state(source)
+    assert flat.dtype == torch.float32 and flat.shape == (state_numel(source),)
+    target = build_model("cifar_resnet20", 10, 2, width=8)
+    unflatten_state(target, flat)
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="does not fit"):
+        unflatten_state(target, flat[:-1])
+
+
+def test_a_batch_count_float32_cannot_hold_exactly_is_refused():
+    net = nn.BatchNorm1d(2)
+    net.num_batches_tracked.fill_(2**24 + 1)
+    with pytest.raises(ValueError, match="num_batches_tracked"):
+        flatten_state(net)
+    assert flatten_state(net.double()).dtype == torch.float64  # float64 holds it
+
+
+@pytest.mark.xfail(strict=True, reason="ddc_hpc/__init__.py resolves `compose` lazily in __getattr__, but importing "
+                   "the ddc_hpc.compose submodule (as run.py does) binds ddc_hpc.compose to the module; "
+                   "fix: import .compose eagerly in __init__.py, then drop this marker")
+def test_the_public_compose_is_the_function_even_after_its_module_was_imported():
+    import ddc_hpc
+    import ddc_hpc.compose as compose_module
+
+    assert ddc_hpc.compose is compose_module.compose

@@ -1,0 +1,96 @@
+"""Parameter and FLOP counts (eq. 2.10) against hand counts and the paper's tables, and the info CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ddc_hpc import info
+from ddc_hpc.models import build_model
+from ddc_hpc.sizes import count_flops, count_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("layer, input_shape, flops", [
+    (nn.Conv2d(3, 8, 3, padding=1), (3, 10, 10), 10 * 10 * (2 * 3 * 9 - 1) * 8),
+    (nn.Conv2d(8, 8, 3, stride=2, groups=4), (8, 9, 9), 4 * 4 * (2 * 2 * 9 - 1) * 8),
+    (nn.Conv1d(2, 4, 5), (2, 20), 16 * (2 * 2 * 5 - 1) * 4),
+    (nn.Conv3d(2, 3, 3, padding=1), (2, 4, 4, 4), 64 * (2 * 2 * 27 - 1) * 3),
+    (nn.Linear(10, 4), (10,), (2 * 10 - 1) * 4),
+])
+def test_eq_2_10_per_layer(layer, input_shape, flops):
+    assert count_flops(layer, input_shape) == flops
+
+
+def test_flops_add_up_over_layers_and_params_count_every_parameter():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
+    assert count_flops(net, (3, 6, 6)) == 36 * (2 * 27 - 1) * 4 + (2 * 144 - 1) * 2
+    assert count_params(net) == (3 * 9 * 4 + 4) + 8 + (144 * 2 + 2)
+
+
+def test_counting_leaves_the_training_mode_alone():
+    net = nn.Sequential(nn.Linear(3, 3), nn.Dropout()).train()
+    count_flops(net, (3,))
+    assert all(m.training for m in net.modules())
+
+
+def meta_flops(name, partitions, size, **options):
+    with torch.device("meta"):
+        return count_flops(build_model(name, 10, partitions, **options), (3, size, size))
+
+
+def test_cifar_resnet32_flops_match_table_3_1():
+    assert meta_flops("cifar_resnet32", 1, 32) / 1e9 == pytest.approx(2.24, rel=0.05)
+    assert meta_flops("cifar_resnet32", 4, 16) / 1e9 == pytest.approx(0.0345, rel=0.02)
+    assert meta_flops("cifar_resnet32", 4, 20) / 1e9 == pytest.approx(0.0539, rel=0.02)
+
+
+def test_info_reports_global_and_sub_network_with_vgg_built_for_its_tile(capsys):
+    assert info.main(["--model", "vgg16", "--partitions", "4", "--input-size", "224", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["global"]["params"] == 138_357_544
+    assert report["sub"]["params"] == pytest.approx(4.17e6, rel=0.01)  # Table 2.2, 112x112 tile
+    assert report["tile_size"] == [112, 112]
+
+
+def test_info_prints_a_table_with_ratios(capsys):
+    assert info.main(["--model", "cifar_resnet32", "--partitions", "4", "--input-size", "32", "--tile-size", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "global" in out and "sub" in out and "ratio" in out and "20x20" in out
+
+
+def run_info(*args):
+    return subprocess.run([sys.executable, "-m", "ddc_hpc.info", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+
+
+def test_info_cli_json_for_the_papers_resnet32():
+    result = run_info("--model", "cifar_resnet32", "--partitions", "4", "--input-size", "32", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["global"]["flops"] / 1e9 == pytest.approx(2.24, rel=0.05)
+    assert report["sub"] == {"params": pytest.approx(0.47e6, rel=0.03), "flops": pytest.approx(0.0345e9, rel=0.02)}
+
+
+def test_info_cli_unknown_model_is_one_line_and_exit_code_2():
+    result = run_info("--model", "resnet05", "--partitions", "4")
+    assert result.returncode == 2
+    assert "unknown model 'resnet05'; did you mean resnet50" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--model", "resnet50", "--partitions", "5"), "conv1: 64 channels do not split into 5 sub-networks"),
+    (("--model", "vgg16", "--tile-size", "16"), "at least 32 px"),
+    (("--model", "vgg16", "--tile-size", "1x2x3"), "expected N or HxW"),
+])
+def test_info_bad_arguments_exit_2_with_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        info.main(list(args))
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in stderr and stderr.count("\n") == 1
