@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import datetime
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -130,31 +131,44 @@ def configure_threads(world: World, threads: int, deterministic: bool) -> int:
     return threads
 
 
-def _wait(world: World, request: MPI.Request, what: str):
+def _wait(world: World, request: MPI.Request, what: str) -> None:
     """Complete a non-blocking collective, or raise once run.collective_timeout has passed."""
     world.collectives[_phase] += 1
     deadline = time.monotonic() + world.timeout
     pause = 1e-4
-    while True:
-        done, result = request.test()
-        if done:
-            return result
+    while not request.Test():
         if time.monotonic() > deadline:
-            raise CollectiveTimeout(
+            err = CollectiveTimeout(
                 f"{what} in phase {_phase!r} did not complete within {world.timeout:g} s: another rank "
                 "is stuck or dead (raise run.collective_timeout if a phase is legitimately slower)"
             )
+            err.request = request  # still pending: freeing it would be erroneous MPI
+            raise err
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
 
 
 def allgather(world: World, value, what: str = "allgather") -> list:
     """Every rank's (picklable) value, in rank order."""
-    return _wait(world, world.comm.iallgather(value), what)
+    from .partition import gatherv_layout
+
+    data = np.frombuffer(pickle.dumps(value), dtype=np.uint8)
+    sizes = np.zeros(world.size, dtype=np.int64)
+    _wait(world, world.comm.Iallgather(np.array([data.size], dtype=np.int64), sizes), what)
+    counts, displs = gatherv_layout(sizes.tolist())
+    buffer = np.empty(sum(counts), dtype=np.uint8)
+    _wait(world, world.comm.Iallgatherv(data, [buffer, counts, displs, MPI.BYTE]), what)
+    return [pickle.loads(buffer[d : d + c].tobytes()) for c, d in zip(counts, displs)]
 
 
 def bcast(world: World, value, what: str = "broadcast"):
-    return _wait(world, world.comm.ibcast(value, root=0), what)
+    """Rank 0's (picklable) value on every rank."""
+    data = np.frombuffer(pickle.dumps(value), dtype=np.uint8) if world.is_root else None
+    size = np.array([0 if data is None else data.size], dtype=np.int64)
+    _wait(world, world.comm.Ibcast(size, root=0), what)
+    buffer = data.copy() if world.is_root else np.empty(int(size[0]), dtype=np.uint8)
+    _wait(world, world.comm.Ibcast(buffer, root=0), what)
+    return pickle.loads(buffer.tobytes())
 
 
 def barrier(world: World, what: str = "barrier") -> None:

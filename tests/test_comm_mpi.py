@@ -61,11 +61,14 @@ def test_torch_distributed_bootstrapped_from_mpi(world):
 def test_a_collective_that_a_rank_never_joins_times_out(world):
     private = dataclasses.replace(world, comm=world.comm.Dup(), timeout=0.5)
     if world.rank == 0:
-        with pytest.raises(comm.CollectiveTimeout, match="did not complete within 0.5 s"):
+        with pytest.raises(comm.CollectiveTimeout, match="did not complete within 0.5 s") as timed_out:
             comm.barrier(private, "a lonely barrier")
     comm.barrier(world)  # rank 0 has given up; the others now join its pending barrier
-    if world.rank != 0:
+    if world.rank == 0:
+        timed_out.value.request.Wait()
+    else:
         private.comm.Ibarrier().Wait()
+    private.comm.Free()
 
 
 def test_wrong_srun_mpi_plugin_is_diagnosed(monkeypatch):
