@@ -169,21 +169,19 @@ def _compose_affine(name: str, module: nn.Module, parts: list[nn.Module], task: 
                              f"is the concatenation), but this layer sums {K} sub-networks' outputs")
     scale = 1.0 / K if task == "regression" and not split_outputs else 1.0
 
-    if blocks is None:  # first layer
-        index, view, sub_view = [()] * K, tuple(weight.shape[1:2]), tuple(sub_weights[0].shape[1:2])
-    else:
-        index, view, sub_view = blocks
+    # A first layer reads the whole input: sub k's block spans every input column.
+    index, view, sub_view = blocks or ([()] * K, (weight.shape[1],), (sub_weights[0].shape[1],))
     assembled = torch.zeros((outputs, *view, *kernel), dtype=weight.dtype, device=weight.device)
     for k, sub_weight in enumerate(sub_weights):
         rows = slice(k * sub_outputs, (k + 1) * sub_outputs) if split_outputs else slice(None)
-        target = assembled[(rows, *index[k])] if index[k] else assembled[rows]
-        _write(name, "weight", target, scale * sub_weight.reshape(sub_outputs, *sub_view, *kernel).to(weight))
+        _write(name, "weight", assembled[(rows, *index[k])],
+               scale * sub_weight.reshape(sub_outputs, *sub_view, *kernel).to(weight))
     _write(name, "weight", weight, assembled.reshape(weight.shape))
 
+    biases = [p.bias for p in parts]
+    if any((b is None) != ("bias" not in state) for b in biases):
+        raise ValueError(f"{_label(name)}: the global layer and a sub-network disagree on having a bias")
     if "bias" in state:
-        biases = [p.bias for p in parts]
-        if any(b is None for b in biases):
-            raise ValueError(f"{_label(name)}: the global layer has a bias, a sub-network's has not")
         biases = [b.to(weight) for b in biases]
         _write(name, "bias", module.bias, torch.cat(biases) if split_outputs else scale * torch.stack(biases).sum(0))
 

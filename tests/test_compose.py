@@ -252,3 +252,9 @@ def test_the_public_compose_is_the_function_even_after_its_module_was_imported()
     import ddc_hpc.compose as compose_module
 
     assert ddc_hpc.compose is compose_module.compose
+
+
+def test_a_bias_only_the_sub_networks_have_is_refused_not_dropped():
+    subnets = [nn.Sequential(nn.Linear(4, 2)) for _ in range(2)]
+    with pytest.raises(ValueError, match="bias"):
+        compose(subnets, nn.Sequential(nn.Linear(4, 4, bias=False)))
