@@ -239,6 +239,15 @@ def _on_device_of(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x if tensor is None else x.to(tensor.device)
 
 
+def flatten_fc_layers(model: nn.Module) -> list[str]:
+    """Names of the Linear layers that read a flattened feature map (they carry `feature_shape`).
+
+    A network with one does not satisfy F(x) = sum_k F_k(x) on a full-size x: its sub-networks'
+    heads are built for tiles.  Theorem 2.1 holds exactly only for networks that pool globally.
+    """
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and hasattr(m, "feature_shape")]
+
+
 def theorem_error(global_net: nn.Module, subnets: Sequence[nn.Module], x: torch.Tensor,
                   task: str = "classification", sub_inputs: Sequence[torch.Tensor] | None = None,
                   train: bool = False) -> dict[str, float]:
@@ -252,6 +261,9 @@ def theorem_error(global_net: nn.Module, subnets: Sequence[nn.Module], x: torch.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if flatten_fc_layers(global_net):
+        raise ValueError(f"{flatten_fc_layers(global_net)[0]} is a flatten-FC head: F(x) = sum_k F_k(x) holds only "
+                         "for networks that end in global pooling (check such a network with flatten_fc_layers first)")
     subnets = list(subnets)
     if sub_inputs is None:
         sub_inputs = list(x.chunk(len(subnets), dim=1)) if task == "autoencoder" else [x] * len(subnets)
@@ -316,4 +328,4 @@ def unflatten_state(module: nn.Module, flat: torch.Tensor) -> None:
             tensor.copy_(values if tensor.is_floating_point() else values.round())
 
 
-__all__ = ["compose", "theorem_error", "field_origins", "flatten_state", "unflatten_state", "state_numel", "TASKS"]
+__all__ = ["compose", "theorem_error", "flatten_fc_layers", "field_origins", "flatten_state", "unflatten_state", "state_numel", "TASKS"]

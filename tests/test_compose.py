@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddc_hpc.compose import compose, field_origins, flatten_state, state_numel, theorem_error, unflatten_state
+from ddc_hpc.compose import (
+    compose, field_origins, flatten_fc_layers, flatten_state, state_numel, theorem_error, unflatten_state,
+)
 from ddc_hpc.models import build_model, model_defaults, model_names
 
 torch.set_num_threads(1)
@@ -32,7 +34,7 @@ def composed(name: str, K: int, num_classes: int = 10, task: str = "classificati
 
 def has_flatten_fc(name: str) -> bool:
     with torch.device("meta"):
-        return any(hasattr(m, "feature_shape") for m in build_model(name, 10).modules())
+        return bool(flatten_fc_layers(build_model(name, 10)))
 
 
 GAP_MODELS = [n for n in model_names() if not has_flatten_fc(n)]
@@ -169,6 +171,14 @@ def test_vgg_flatten_fc_places_each_sub_network_at_its_tiles_field(tile, K, grid
         logits = global_net.classifier(global_map.flatten(1))
         expected = sum(s.classifier(m.flatten(1)) for s, m in zip(subnets, sub_maps))
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_full_input_theorem_check_refuses_a_flatten_fc_network():
+    subnets = [build_model("vgg11", 10, 2, width=8, fc_width=16, input_size=(64, 32)) for _ in range(2)]
+    global_net = compose(subnets, build_model("vgg11", 10, 1, width=8, fc_width=16, input_size=64))
+    assert flatten_fc_layers(global_net) == ["classifier.0"]
+    with pytest.raises(ValueError, match="classifier.0 is a flatten-FC"):
+        theorem_error(global_net, subnets, torch.randn(1, 3, 64, 64))
 
 
 def test_field_origins_spread_like_the_tiles():
