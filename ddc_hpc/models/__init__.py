@@ -70,8 +70,8 @@ def _check_split(global_net: nn.Module, partitions: int) -> None:
 
     Every conv / BatchNorm / Linear output is hidden except the last layer's (the classes).
     """
-    layers = [(n, m) for n, m in global_net.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    last = layers[-1][1] if layers else None
+    layers = [m for m in global_net.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    last = layers[-1] if layers else None
     for name, module in global_net.named_modules():
         if module is last:
             continue
