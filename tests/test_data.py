@@ -107,6 +107,7 @@ def test_imageset_pickles_and_reads_after_fork(tmp_path, arrays):
     x, y = arrays
     np.savez(tmp_path / "a.npz", x=x, y=y)
     out = import_dataset("npz", str(tmp_path / "a.npz"), tmp_path / "a.h5", progress=False)
+    assert content_checksum(out) == h5py.File(out).attrs["checksum"]  # a file without a test group
     splits = load_dataset(f"h5:{out}", num_classes=10, val_fraction=0.1, seed=0, in_memory=False)
     first = splits.train.read([0, 1])[0]  # opens the handle in this process
     clone = pickle.loads(pickle.dumps(splits.train))
