@@ -1,23 +1,9 @@
-"""ddc_hpc: decomposition and composition of CNNs for MPI clusters (Gu, Zhang, Liu, Cai, ETNA 2022).
+"""ddc_hpc: decomposition and composition of CNNs for MPI clusters (Gu, Zhang, Liu, Cai, ETNA 2022)."""
 
-The public API is imported lazily, so `python -m ddc_hpc.<tool>` loads only what the tool needs.
-"""
+# Imported eagerly: a lazy attribute would be shadowed by the `ddc_hpc.compose` submodule.
+from .compose import compose, theorem_error
+from .models import build_model, model_names
+from .partition import tile_slices, tile_slices_nd
 
-import importlib
-
-_API = {
-    "build_model": "models",
-    "model_names": "models",
-    "compose": "compose",
-    "theorem_error": "compose",
-    "tile_slices": "partition",
-    "tile_slices_nd": "partition",
-}
-__all__ = list(_API)
+__all__ = ["build_model", "model_names", "compose", "theorem_error", "tile_slices", "tile_slices_nd"]
 __version__ = "0.1.0"
-
-
-def __getattr__(name):
-    if name in _API:
-        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
-    raise AttributeError(f"module 'ddc_hpc' has no attribute {name!r}")

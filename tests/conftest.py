@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A job small enough for a 2-core machine: narrow net, few images, one epoch per phase.
 TINY = [
-    "model.width=8", "data.limit=192", "sub.epochs=1", "global.epochs=1", "random.epochs=1",
+    "model.width=8", "data.limit=192", "sub.epochs=1", "global.epochs=1",
     "sub.batch_size=32", "global.batch_size=32", "random.batch_size=32", "run.threads=1",
 ]
 

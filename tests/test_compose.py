@@ -254,14 +254,13 @@ def test_a_batch_count_float32_cannot_hold_exactly_is_refused():
     assert flatten_state(net.double()).dtype == torch.float64  # float64 holds it
 
 
-@pytest.mark.xfail(strict=True, reason="ddc_hpc/__init__.py resolves `compose` lazily in __getattr__, but importing "
-                   "the ddc_hpc.compose submodule (as run.py does) binds ddc_hpc.compose to the module; "
-                   "fix: import .compose eagerly in __init__.py, then drop this marker")
 def test_the_public_compose_is_the_function_even_after_its_module_was_imported():
-    import ddc_hpc
-    import ddc_hpc.compose as compose_module
+    import sys
 
-    assert ddc_hpc.compose is compose_module.compose
+    import ddc_hpc
+    from ddc_hpc.compose import compose as compose_function  # imports the submodule
+
+    assert ddc_hpc.compose is compose_function is sys.modules["ddc_hpc.compose"].compose
 
 
 def test_a_bias_only_the_sub_networks_have_is_refused_not_dropped():
