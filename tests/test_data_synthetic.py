@@ -55,7 +55,15 @@ def train_and_score(net: nn.Module, splits, tile, epochs: int, seed: int = 0, lr
 
 
 def test_synthetic_full_image_learnable_one_tile_only_partly():
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # deterministic and fair to the other jobs on the machine
+    try:
+        _check_learnable()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_learnable():
     splits = load_dataset("synthetic", num_classes=10, val_fraction=0.2, seed=0)  # 1600 train, 400 val
     tile = tile_slices(32, 32, (2, 2), 0)[0]
     torch.manual_seed(0)
