@@ -275,12 +275,13 @@ def all_reduce_sum(tensor: torch.Tensor, group=None) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(value, group=None, src: int = 0):
+def all_gather_float(value: float, group=None) -> list[float]:
+    """Every peer's scalar, in group-rank order (float64, so counts stay exact)."""
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=src, group=group)
-    return box[0]
+        return [float(value)]
+    parts = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, torch.tensor([float(value)], dtype=torch.float64), group=group)
+    return [p.item() for p in parts]
 
 
 def current_backend() -> str:
@@ -309,6 +310,13 @@ def install_stop_handlers() -> None:
         signal.signal(sig, handler)
 
 
+def signal_point(job: str, epoch: int, step: int) -> None:
+    """DDC_STOP_AT=job:epoch:step (1-based, e.g. global:1:3) delivers SIGUSR1 to this process right
+    there, exactly as SLURM's pre-timeout warning would: for tests and for checking a cluster setup."""
+    if os.environ.get("DDC_STOP_AT") == f"{job}:{epoch}:{step}":
+        signal.raise_signal(signal.SIGUSR1)
+
+
 def stop_requested() -> bool:
     return _stop_signal is not None
 
@@ -319,14 +327,16 @@ def any_stop_requested(group=None) -> bool:
     return bool(all_reduce_sum(flag, group).item() > 0)
 
 
-def requeue(world: World) -> bool:
-    """Under SLURM, rank 0 puts the job back in the queue; the requeued job resumes from the out dir."""
+def requeue() -> bool:
+    """Under SLURM, put the job back in the queue; the requeued job resumes from its out dir."""
     job = os.environ.get("SLURM_JOB_ID")
-    if not (job and world.is_root):
+    if not job:
         return False
     result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     if result.returncode:
         print(f"rank 0: scontrol requeue {job} failed: {result.stderr.strip()}", file=sys.stderr, flush=True)
+    else:
+        print(f"rank 0: requeued SLURM job {job}; it will resume from its checkpoints", file=sys.stderr, flush=True)
     return result.returncode == 0
 
 
@@ -360,6 +370,8 @@ def run_guarded(main, debug: bool = False, log=None) -> None:
     except Preempted as err:
         code, abort = EXIT_PREEMPTED, False
         print(f"rank {rank}: {err}", file=sys.stderr, flush=True)
+        if rank == 0:
+            requeue()
     except BaseException as err:  # noqa: BLE001 - the whole point is to catch everything
         code = 130 if isinstance(err, KeyboardInterrupt) else 1
         detail = traceback.format_exc()

@@ -174,11 +174,15 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         job = Job(name=f"sub_{k}", model=wrap_ddp(model, world, group), config=cfg.sub,
                   data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
                   rank=world.rank, group=group, checkpoint_every=cfg.run.checkpoint_every, log=log)
-        history = run_job(job, world, f"sub_{k}", plan)
+        try:
+            history = run_job(job, world, f"sub_{k}", plan)
+        except comm.Preempted as stop:  # told to everyone at the first collective, in compose
+            return {"trained": trained, "seconds": time.perf_counter() - tic, "preempted": str(stop),
+                    "collectives": world.collectives["sub"]}
         if writer:
             save_torch(_model_file(job.module, plan, plan.tiles[k]), plan.out / f"subnet_{k}.pt")
             trained[k] = (job.module, history)
-    return {"trained": trained, "seconds": time.perf_counter() - tic,
+    return {"trained": trained, "seconds": time.perf_counter() - tic, "preempted": None,
             "collectives": world.collectives["sub"]}
 
 
@@ -195,12 +199,17 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
     tic = time.perf_counter()
     mine = sorted(sub["trained"])
     flat = np.concatenate([np.zeros(0, np.float32)] + [flatten_state(sub["trained"][k][0]).cpu().numpy() for k in mine])
-    summaries = comm.allgather(world, {k: sub["trained"][k][1] for k in mine} | {"seconds": sub["seconds"]},
+    summaries = comm.allgather(world, {"histories": {k: sub["trained"][k][1] for k in mine},
+                                       "seconds": sub["seconds"], "preempted": sub["preempted"]},
                                "gathering sub-network metrics")
+    stopped = [(r, s["preempted"]) for r, s in enumerate(summaries) if s["preempted"]]
+    if stopped:
+        raise comm.Preempted(f"rank {stopped[0][0]} was stopped in the sub phase ({stopped[0][1]}); "
+                             "every sub-network is checkpointed")
     gathered = comm.gatherv(world, flat)
-    info = {"seconds_sub": max(s.pop("seconds") for s in summaries), "histories": {}}
+    info = {"seconds_sub": max(s["seconds"] for s in summaries), "histories": {}}
     for s in summaries:
-        info["histories"].update(s)
+        info["histories"].update(s["histories"])
     if not world.is_root:
         return info | {"seconds": time.perf_counter() - tic}, None
     subnets, offset = [], 0

@@ -111,24 +111,25 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
     milestones = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.plateau_factor, patience=max(cfg.plateau_patience, 1))
-    start_epoch, start_step, partial = 0, 0, {"loss": 0.0, "seen": 0, "seconds": 0.0}
+    peer = comm.group_rank(job.group)
+    start_epoch, start_step = 0, 0
+    # The epoch in progress, per peer, so a resumed epoch reports the very same loss.
+    partial = {"loss": [0.0] * comm.group_size(job.group), "seen": [0] * comm.group_size(job.group), "seconds": 0.0}
     if resume is not None:
         job.module.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         milestones.load_state_dict(resume["milestones"])
         plateau.load_state_dict(resume["plateau"])
         job.history = list(resume["history"])
-        start_epoch, start_step, partial = resume["epoch"], resume["step"], dict(resume["partial"])
-
-    def state(epoch: int, step: int, finished: bool) -> dict:
-        return {"model": job.module.state_dict(), "optimizer": optimizer.state_dict(),
-                "milestones": milestones.state_dict(), "plateau": plateau.state_dict(),
-                "history": job.history, "epoch": epoch, "step": step, "partial": dict(partial),
-                "finished": finished}
+        start_epoch, start_step, partial = resume["epoch"], resume["step"], resume["partial"]
 
     def save(epoch: int, step: int, finished: bool = False) -> None:
         if job.slot is not None:
-            job.slot.save(state(epoch, step, finished), epoch=epoch, step=step, finished=finished)
+            state = {"model": job.module.state_dict(), "optimizer": optimizer.state_dict(),
+                     "milestones": milestones.state_dict(), "plateau": plateau.state_dict(),
+                     "history": job.history, "epoch": epoch, "step": step, "partial": partial,
+                     "finished": finished}
+            job.slot.save(state, epoch=epoch, step=step, finished=finished)
 
     lone = comm.group_size(job.group) == 1
     phase_start = time.perf_counter()
@@ -137,7 +138,10 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         steps = math.ceil(len(order) / cfg.batch_size)
         model.train()
         tic = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        resumed = epoch == start_epoch and start_step > 0
+        loss_sum = torch.tensor(partial["loss"][peer] if resumed else 0.0, dtype=torch.float64)
+        seen = partial["seen"][peer] if resumed else 0
+        earlier_seconds = partial["seconds"] if resumed else 0.0
         for step in range(start_step if epoch == start_epoch else 0, steps):
             seed = step_seed(job.seed, epoch, step)
             torch.manual_seed(seed)  # dropout and any other global-RNG use
@@ -155,28 +159,25 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach().double().cpu() * len(labels)
-            partial["seen"] += len(labels)
-            stop = comm.stop_requested() if lone else comm.any_stop_requested(job.group)
-            if stop:
-                partial["loss"] += loss_sum.item()
-                partial["seconds"] += time.perf_counter() - tic
+            seen += len(labels)
+            comm.signal_point(job.name, epoch + 1, step + 1)
+            if comm.stop_requested() if lone else comm.any_stop_requested(job.group):
+                partial = {"loss": comm.all_gather_float(loss_sum.item(), job.group),
+                           "seen": [int(n) for n in comm.all_gather_float(seen, job.group)],
+                           "seconds": earlier_seconds + time.perf_counter() - tic}
                 save(epoch, step + 1)
                 raise comm.Preempted(
                     f"stop signal in phase {job.name} at epoch {epoch + 1}, step {step + 1}: "
                     "checkpoint written; run again with the same --out to resume")
-        train_seconds = partial["seconds"] + time.perf_counter() - tic
+        train_seconds = earlier_seconds + time.perf_counter() - tic
         metrics = evaluate(model, data, device, job.group)
-        samples = partial["seen"]
-        seen = torch.tensor([float(samples)], dtype=torch.float64)
-        loss_total = comm.all_reduce_sum(torch.tensor([partial["loss"] + loss_sum.item()], dtype=torch.float64),
-                                         job.group)
-        comm.all_reduce_sum(seen, job.group)
-        row = {"phase": job.name, "epoch": epoch + 1, "loss": loss_total.item() / max(seen.item(), 1),
-               **metrics, "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds, "train_samples": int(seen.item()),
-               "seconds": time.perf_counter() - tic + partial["seconds"],
-               "images_per_second": seen.item() / max(train_seconds, 1e-9)}
+        totals = comm.all_reduce_sum(torch.tensor([loss_sum.item(), seen], dtype=torch.float64), job.group)
+        samples = int(totals[1].item())
+        row = {"phase": job.name, "epoch": epoch + 1, "loss": totals[0].item() / max(samples, 1), **metrics,
+               "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds, "train_samples": samples,
+               "seconds": earlier_seconds + time.perf_counter() - tic,
+               "images_per_second": samples / max(train_seconds, 1e-9)}
         job.history.append(row)
-        partial = {"loss": 0.0, "seen": 0, "seconds": 0.0}
         milestones.step()
         if cfg.plateau_patience:
             plateau.step(metrics["val_accuracy"])

@@ -1,0 +1,78 @@
+"""Checkpoints and resume: a run stopped by SIGUSR1 anywhere and resumed ends bitwise identical."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+
+import pytest
+import torch
+
+from conftest import run_pipeline
+from ddc_hpc.checkpoint import Slot
+
+DETERMINISTIC = ("run.deterministic=true", "sub.epochs=2", "global.epochs=2", "run.checkpoint_every=1")
+METRICS = ("phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top5", "lr", "train_samples")
+
+
+def _metrics(out):
+    with open(out / "metrics.csv") as f:
+        return [tuple(row[c] for c in METRICS) for row in csv.DictReader(f)]
+
+
+def _weights(path):
+    return torch.load(path, weights_only=False)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "straight"
+    done = run_pipeline(2, out, *DETERMINISTIC)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("stop_at", ["sub_1:1:3", "sub_2:2:1", "global:2:2", "random:3:1"])
+def test_stopped_and_resumed_run_is_bitwise_identical(uninterrupted, stop_at, tmp_path):
+    out = tmp_path / "run"
+    stopped = run_pipeline(2, out, *DETERMINISTIC, env={"DDC_STOP_AT": stop_at})
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    assert "checkpoint" in stopped.stderr and not (out / "results.json").exists()
+    resumed = run_pipeline(2, out, *DETERMINISTIC)  # same --out: resumes by itself
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in (out / "logs" / "rank0.log").read_text() + (out / "logs" / "rank1.log").read_text()
+    for name in ("model.pt", "random_model.pt", "subnet_1.pt"):
+        a, b = _weights(uninterrupted / name), _weights(out / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert _metrics(out) == _metrics(uninterrupted)
+
+
+def test_changed_config_is_refused(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    assert run_pipeline(1, out, "run.strategy=ddc").returncode == 0
+    refused = run_pipeline(1, out, "run.strategy=ddc", "sub.lr=0.1")
+    assert refused.returncode == 2 and "different configuration" in refused.stderr
+
+
+def test_resume_with_nothing_to_resume_is_refused(tmp_path):
+    done = run_pipeline(1, tmp_path / "empty", extra=("--resume",))
+    assert done.returncode == 2 and "no checkpoint" in done.stderr
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_complete_one(tmp_path):
+    slot = Slot(tmp_path, "global", "digest")
+    slot.save({"epoch": 1}, epoch=1, step=0, finished=False)
+    newest = slot.save({"epoch": 2}, epoch=2, step=0, finished=False)
+    newest.write_bytes(newest.read_bytes()[:20])  # truncated after the manifest was written
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert slot.load_latest() == {"epoch": 1}
+    assert any("corrupt" in str(w.message) for w in caught)
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    slot = Slot(tmp_path, "sub_0", "digest", keep=2)
+    for epoch in range(4):
+        slot.save({"epoch": epoch}, epoch=epoch, step=0, finished=False)
+    assert sorted(p.name for p in slot.dir.glob("ckpt-*.pt")) == ["ckpt-000002.pt", "ckpt-000003.pt"]
+    assert slot.load_latest() == {"epoch": 3}
