@@ -70,8 +70,8 @@ def _check_learnable():
     full = train_and_score(tiny_cnn(8), splits, None, epochs=5)[-1]
     torch.manual_seed(0)
     part = train_and_score(tiny_cnn(8), splits, tile, epochs=5)[-1]
-    assert full >= 0.6, (full, part)  # chance is 0.1; measured 0.925 (5 epochs)
-    assert full - part >= 0.3, (full, part)  # one quadrant alone: at most 0.3 (tile_bayes_accuracy)
+    assert full >= 0.6, (full, part)  # chance is 0.1
+    assert full - part >= 0.1, (full, part)  # one quadrant alone: at most ~0.65 (tile_bayes_accuracy)
 
 
 def main() -> None:

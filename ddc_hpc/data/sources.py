@@ -30,7 +30,7 @@ from .hdf5 import H5Meta, H5Store, check_labels
 
 KINDS = ("synthetic", "npz", "h5", "cifar10", "cifar100", "food101", "imagefolder")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-SYNTHETIC_DEFAULTS = {"n": 2000, "seed": 0, "size": 32, "noise": 40.0}
+SYNTHETIC_DEFAULTS = {"n": 2000, "seed": 0, "size": 32, "noise": 40.0, "evidence": 0.65}
 FOOD101_SIZE = 224  # the paper's input size
 
 
@@ -246,12 +246,13 @@ def _open_synthetic(options, source, num_classes) -> RawData:
                 opts[key] = type(SYNTHETIC_DEFAULTS[key])(value)
             else:
                 raise BadInput(f"data source {source!r}: unknown option {key!r} "
-                               f"(synthetic takes n, seed, size, noise, classes)")
+                               f"(synthetic takes n, seed, size, noise, evidence, classes)")
     except ValueError:
         raise BadInput(f"data source {source!r}: options must be numbers, e.g. synthetic:n=5000,seed=1") from None
-    if opts["n"] < 1 or opts["size"] < 4 or classes < 1:
-        raise BadInput(f"data source {source!r}: need n >= 1, size >= 4 and at least one class")
-    images, labels = synthetic(opts["n"], opts["seed"], num_classes=classes, size=opts["size"], noise=opts["noise"])
+    if opts["n"] < 1 or opts["size"] < 4 or classes < 1 or not 0 <= opts["evidence"] <= 1:
+        raise BadInput(f"data source {source!r}: need n >= 1, size >= 4, 0 <= evidence <= 1 and a class")
+    images, labels = synthetic(opts["n"], opts["seed"], num_classes=classes, size=opts["size"],
+                               noise=opts["noise"], evidence=opts["evidence"])
     desc = "synthetic:" + ",".join(f"{k}={v}" for k, v in {**opts, "classes": classes}.items())
     return RawData([f"class{i}" for i in range(classes)], ArrayStore(images, labels, desc), None, desc)
 
