@@ -57,3 +57,10 @@ def test_unreadable_config_files(tmp_path):
     bad.write_text("[model\nname = 1")
     with pytest.raises(BadInput, match="not valid TOML"):
         load_config(bad)
+
+
+def test_quickstart_job_file_is_the_built_in_default():
+    from pathlib import Path
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "quickstart.toml"
+    assert load_config(job).digest() == load_config().digest()
