@@ -1,6 +1,7 @@
 """Registry, sizes against torchvision and the paper, and the width split of every model."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -48,8 +49,16 @@ def test_cifar_resnets_match_table_3_1_within_3_percent(name, global_millions, s
     assert param_count(meta_model(name, 10, partitions=4)) / 1e6 == pytest.approx(sub_millions, rel=0.03)
 
 
-def _weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+def _weight_matrices(model: nn.Module) -> list[tuple[str, nn.Module, tuple]]:
+    """(name, module, (outputs, inputs)) of every weight: conv, Linear, recurrent W_ih and W_hh, in order."""
+    rows = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            rows.append((name, module, tuple(module.weight.shape[:2])))
+        elif isinstance(module, nn.RNNBase):
+            rows += [(f"{name}.{p}", module, tuple(w.shape)) for p, w in module.named_parameters(recurse=False)
+                     if p.startswith("weight")]
+    return rows
 
 
 @pytest.mark.parametrize("name", model_names())
@@ -57,17 +66,21 @@ def test_partitions_divide_every_hidden_width_and_keep_inputs_and_classes(name):
     K, options = 4, dict(width=8)
     if "fc_width" in model_options(name):
         options["fc_width"] = 64
+    sample = model_defaults(name)["input_shape"]
     full, sub = meta_model(name, 7, **options), meta_model(name, 7, partitions=K, **options)
-    layers, sub_layers = _weighted_layers(full), _weighted_layers(sub)
-    assert [n for n, _ in layers] == [n for n, _ in sub_layers]
-    for i, ((layer_name, layer), (_, sub_layer)) in enumerate(zip(layers, sub_layers)):
-        w, s = layer.weight.shape, sub_layer.weight.shape
-        assert w[0] == (7 if i == len(layers) - 1 else K * s[0]), layer_name
-        if i == 0:
-            assert w[1] == s[1] == 3
+    layers, sub_layers = _weight_matrices(full), _weight_matrices(sub)
+    assert [n for n, _, _ in layers] == [n for n, _, _ in sub_layers]
+    for i, ((layer_name, layer, (out, inp)), (_, _, (sub_out, sub_inp))) in enumerate(zip(layers, sub_layers)):
+        if i < len(layers) - 1:
+            assert out == K * sub_out, layer_name
+        elif hasattr(layer, "output_shape"):  # an autoencoder reconstructs the whole input
+            assert out == sub_out == math.prod(sample), layer_name
+        else:
+            assert out == sub_out == 7, layer_name
+        if i == 0:  # reads the input: its channels (an mlp: every input value, as both were built for it)
+            assert inp == sub_inp == (math.prod(sample) if hasattr(layer, "input_shape") else sample[0]), layer_name
         elif not hasattr(layer, "feature_shape"):  # a flatten-FC's input also shrinks with the tile
-            assert w[1] == K * s[1], layer_name
-    assert sub_layers[-1][1].weight.shape[0] == 7
+            assert inp == K * sub_inp, layer_name
 
 
 @pytest.mark.parametrize("name", model_names())
@@ -81,9 +94,17 @@ def test_ddc_spec_records_every_option_and_rebuilds_the_model(name):
 
 @pytest.mark.parametrize("name", model_names())
 def test_in_channels_option_changes_only_the_first_layer(name):
-    size = model_defaults(name)["input_size"]
-    model = meta_model(name, 3, width=8, in_channels=1)
-    assert model(torch.zeros(1, 1, size, size, device="meta")).shape == (1, 3)
+    channels = model_options(name)["in_channels"] + 1
+    default, changed = meta_model(name, 3, width=8), meta_model(name, 3, width=8, in_channels=channels)
+    sample = model_defaults(name, in_channels=channels)["input_shape"]
+    assert changed(torch.zeros(2, *sample, device="meta")).shape in ((2, 3), (2, *sample))
+    shapes = [(n, p.shape) for n, p in default.named_parameters()]
+    changed_shapes = [(n, p.shape) for n, p in changed.named_parameters()]
+    assert [n for n, _ in shapes] == [n for n, _ in changed_shapes]
+    differing = [n for (n, a), (_, b) in zip(shapes, changed_shapes) if a != b]
+    last_name, last, _ = _weight_matrices(default)[-1]
+    reconstruction = [n for n, _ in shapes if n.startswith(f"{last_name}.")] if hasattr(last, "output_shape") else []
+    assert differing == [shapes[0][0], *reconstruction]  # an autoencoder also reconstructs the extra channel
 
 
 def test_an_unknown_model_name_suggests_close_matches():

@@ -59,23 +59,47 @@ def model_options(name: str) -> dict:
     return {n: p.default for n, p in _entry(name).options().items()}
 
 
-def model_defaults(name: str) -> dict:
-    """The data a family is made for: {'num_classes': 10, 'input_size': 32} for the CIFAR ResNets."""
-    family = _entry(name).family
-    return {"num_classes": family.default_num_classes, "input_size": family.default_input_size}
+def model_defaults(name: str, **options) -> dict:
+    """The data model `name` is made for, with `options` as `build_model` would take them.
+
+    {'num_classes': 10, 'input_size': 32, 'dims': 2, 'input_shape': (3, 32, 32)} for the CIFAR
+    ResNets: `input_size` is the default length of every spatial axis, `dims` the number of spatial
+    axes (the tile grid's), `input_shape` one sample's tensor shape without the batch axis,
+    channels first as the data pipeline delivers it: (C, L) for cnn1d, (C, D, H, W) for 3D nets,
+    (C, F) for mlp (which also takes (N, F) when C = 1), (F, T) for the recurrent nets.  Options
+    that size the input (`input_size`, `in_features`, `in_channels`, `dims`) are taken into account.
+    """
+    entry = _entry(name)
+    unknown = sorted(set(options) - set(entry.options()))
+    if unknown:
+        raise TypeError(f"{name}: unknown option(s) {', '.join(unknown)}")
+    family = entry.family
+    resolved = {**entry.fixed, **model_options(name), **options}
+    dims = resolved.get("dims", getattr(family, "default_dims", 2))
+    shape = family.sample_shape(resolved) if hasattr(family, "sample_shape") else None
+    if shape is None:
+        size = resolved.get("in_features", resolved.get("input_size", family.default_input_size))
+        spatial = (size,) * dims if isinstance(size, int) else tuple(size)
+        shape = (resolved.get("in_channels", 3), *spatial)
+    size = resolved.get("in_features", resolved.get("input_size", family.default_input_size))
+    return {"num_classes": family.default_num_classes, "input_size": size if isinstance(size, int) else
+            family.default_input_size, "dims": dims,
+            "input_shape": tuple(shape)}
 
 
 def _check_split(global_net: nn.Module, partitions: int) -> None:
     """Name the first layer of the global network whose width K does not divide.
 
-    Every conv / BatchNorm / Linear output is hidden except the last layer's (the classes).
+    Every conv / BatchNorm / Linear output and every recurrent hidden state is hidden except the
+    last layer's (the classes, or an autoencoder's reconstruction).
     """
     layers = [m for m in global_net.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     last = layers[-1] if layers else None
     for name, module in global_net.named_modules():
         if module is last:
             continue
-        for attr, unit in (("out_channels", "channels"), ("out_features", "features"), ("num_features", "channels")):
+        for attr, unit in (("out_channels", "channels"), ("out_features", "features"), ("num_features", "channels"),
+                           ("hidden_size", "hidden units")):
             width = getattr(module, attr, None)
             if isinstance(width, int) and width % partitions:
                 raise ValueError(f"{name}: {width} {unit} do not split into {partitions} sub-networks")
@@ -109,6 +133,6 @@ def build_model(name: str, num_classes: int, partitions: int = 1, **options) -> 
 
 
 # Importing the families registers them.
-from . import cifar_resnet, cnn, resnet, vgg  # noqa: E402,F401
+from . import cifar_resnet, cnn, convnd, mlp, recurrent, resnet, resnet3d, vgg  # noqa: E402,F401
 
 __all__ = ["register", "build_model", "model_names", "model_options", "model_defaults"]

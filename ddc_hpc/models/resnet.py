@@ -10,31 +10,31 @@ import torch
 from torch import nn
 
 from . import register
-from ._common import init_weights, split_width
+from ._common import conv_layers, init_weights, split_width
 
 
-def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
+def _projection(in_channels: int, out_channels: int, stride: int, dims: int = 2) -> nn.Module | None:
     """1x1 conv + BN shortcut where the block changes shape (option B of He et al.), else None."""
     if stride == 1 and in_channels == out_channels:
         return None
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
-    )
+    conv, norm, _ = conv_layers(dims)
+    return nn.Sequential(conv(in_channels, out_channels, 1, stride=stride, bias=False), norm(out_channels))
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers and a shortcut."""
+    """Two 3x3 conv-BN layers and a shortcut (3x3x3 with dims=3, as in resnet3d)."""
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1):
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, dims: int = 2):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        conv, norm, _ = conv_layers(dims)
+        self.conv1 = conv(in_channels, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = norm(planes)
+        self.conv2 = conv(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = norm(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _projection(in_channels, planes, stride)
+        self.downsample = _projection(in_channels, planes, stride, dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -47,17 +47,18 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1):
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, dims: int = 2):
         super().__init__()
+        conv, norm, _ = conv_layers(dims)
         out_channels = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.conv1 = conv(in_channels, planes, 1, bias=False)
+        self.bn1 = norm(planes)
+        self.conv2 = conv(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = norm(planes)
+        self.conv3 = conv(planes, out_channels, 1, bias=False)
+        self.bn3 = norm(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _projection(in_channels, out_channels, stride)
+        self.downsample = _projection(in_channels, out_channels, stride, dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -66,10 +67,10 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(out)) + shortcut)
 
 
-def make_stage(block: type, in_channels: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+def make_stage(block: type, in_channels: int, planes: int, blocks: int, stride: int, dims: int = 2) -> nn.Sequential:
     """`blocks` residual blocks; the first one strides and projects."""
-    layers = [block(in_channels, planes, stride)]
-    layers += [block(planes * block.expansion, planes) for _ in range(blocks - 1)]
+    layers = [block(in_channels, planes, stride, dims)]
+    layers += [block(planes * block.expansion, planes, dims=dims) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 
