@@ -12,7 +12,17 @@ weight (o, i) (per-group input channels for convs):
                        sub-logits (eq. 2.14); "regression" divides by K (mean, eq. 2.22)
   Linear with `feature_shape` (flatten-FC, eq. 2.13): sub k's columns go to channel group k at
                        tile k's activation field of the global feature map, zeros elsewhere
+  Linear with `input_shape` (C, *S): it reads the flattened network input, decomposed into tiles
+                       (an FC net, section 2.4): sub k's columns go to tile k, all C channels
+  Linear with `output_shape` (C, *S): its output is the reconstructed input (an autoencoder):
+                       sub k's rows go to tile k; where tiles overlap, the covering rows average
   BatchNorm            weight, bias, running stats concatenated; num_batches_tracked = max
+  RNN / GRU / LSTM     the one rule for recurrent layers (eq. 2.29): the hidden state is split
+                       into K groups; each gate block of W_ih takes the sub-networks' rows (layer
+                       0) or is block-diagonal (above), each gate block of W_hh is block-diagonal,
+                       biases concatenated per gate
+
+Every block is accumulated into zeros, so a position no sub-network owns stays exactly zero.
 """
 
 from __future__ import annotations
@@ -20,7 +30,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -100,14 +112,67 @@ def _compose_norm(name: str, module: nn.Module, parts: list[nn.Module]) -> None:
             _write(name, tensor_name, target, torch.cat([v.to(target) for v in values]))
 
 
-def _input_blocks(name: str, module: nn.Module, parts: list[nn.Module], weight: torch.Tensor,
-                  sub_weight: torch.Tensor, grid) -> tuple[list[tuple], tuple, tuple] | None:
-    """Where sub k's weight goes along the input axes, as (index per k, global view, sub view) shapes.
+@dataclass(frozen=True)
+class _Side:
+    """How sub-network k's tensor maps into the global one along one side (outputs or inputs) of a weight.
 
-    None means the input is not split (a first layer: every sub-network reads the whole input).
+    The global axes of that side are viewed as `view`, a sub-network's as `sub_view`, and sub k's
+    block is added at `index[k]` of the global view.  `shared`: every sub-network spans the whole
+    side (it is not split).  `divisor`: per-position count of the blocks added there (averaged).
     """
+
+    index: list[tuple]
+    view: tuple
+    sub_view: tuple
+    shared: bool = False
+    divisor: torch.Tensor | None = None
+
+
+def _tile_placements(name: str, what: str, shape: Sequence[int], sub_shape: Sequence[int], K: int,
+                     tiles, grid) -> list[tuple[slice, ...]]:
+    """The K tiles (one slice per axis of `shape`) that a layer's sub-network blocks occupy.
+
+    `tiles` (the decomposition, as partition.tile_slices_nd gives it) are taken as they are and
+    checked; without them the tiles are spread over `grid` like tile_slices_nd's without crop.
+    """
+    if tiles is None:
+        spatial_grid = tuple(grid) if grid is not None else default_grid(K, len(shape))
+        origins = field_origins(shape, sub_shape, spatial_grid)
+        if len(origins) != K:
+            raise ValueError(f"{_label(name)}: grid {spatial_grid} has {len(origins)} tiles for {K} sub-networks")
+        return [tuple(slice(o, o + n) for o, n in zip(origin, sub_shape)) for origin in origins]
+    tiles = [tuple(t) for t in tiles]
+    if len(tiles) != K:
+        raise ValueError(f"{_label(name)}: {len(tiles)} tiles for {K} sub-networks")
+    for tile in tiles:
+        if len(tile) != len(shape) or any(s.step not in (None, 1) for s in tile):
+            raise ValueError(f"{_label(name)}: tile {tile} does not give one step-1 slice per axis of its {what} "
+                             f"{tuple(shape)}")
+        spans = [s.indices(n) for s, n in zip(tile, shape)]
+        if any(stop - start != n or s.start is None or s.start < 0 or s.stop is None or s.stop > length
+               for (start, stop, _), n, s, length in zip(spans, sub_shape, tile, shape)):
+            raise ValueError(f"{_label(name)}: tile {tile} does not fit a sub-network {what} of {tuple(sub_shape)} "
+                             f"inside the global {what} {tuple(shape)}")
+    return tiles
+
+
+def _placed_shapes(name: str, attr: str, module: nn.Module, parts: list[nn.Module], size: int, sub_size: int):
+    """The (C, *S) shapes a Linear's `input_shape` / `output_shape` declares, checked against its weight."""
+    shape, sub_shape = tuple(getattr(module, attr)), getattr(parts[0], attr, None)
+    if sub_shape is None or len(sub_shape) != len(shape) or sub_shape[0] != shape[0] or size != math.prod(shape) \
+            or sub_size != math.prod(sub_shape):
+        raise ValueError(f"{_label(name)}: a Linear with {attr} {shape} and {size} features cannot be composed from "
+                         f"sub-networks with {attr} {sub_shape} and {sub_size} features")
+    return shape, tuple(sub_shape)
+
+
+def _input_side(name: str, module: nn.Module, parts: list[nn.Module], weight: torch.Tensor,
+                sub_weight: torch.Tensor, grid, tiles) -> _Side:
+    """Where sub k's weight goes along the input axes (after the output axes)."""
     K = len(parts)
     feature_shape = getattr(module, "feature_shape", None)
+    if feature_shape is not None and hasattr(module, "input_shape"):
+        raise ValueError(f"{_label(name)}: a Linear cannot carry both feature_shape and input_shape")
     if feature_shape is not None:
         sub_shape = getattr(parts[0], "feature_shape", None)
         if sub_shape is None or feature_shape[0] != K * sub_shape[0] or weight.shape[1] != math.prod(feature_shape) \
@@ -121,24 +186,69 @@ def _input_blocks(name: str, module: nn.Module, parts: list[nn.Module], weight: 
             raise ValueError(f"{_label(name)}: grid {spatial_grid} has {len(origins)} tiles for {K} sub-networks")
         index = [(slice(k * channels, (k + 1) * channels), *(slice(o, o + s) for o, s in zip(origin, sub_shape[1:])))
                  for k, origin in enumerate(origins)]
-        return index, tuple(feature_shape), tuple(sub_shape)
+        return _Side(index, tuple(feature_shape), tuple(sub_shape))
+    if hasattr(module, "input_shape"):
+        shape, sub_shape = _placed_shapes(name, "input_shape", module, parts, weight.shape[1], sub_weight.shape[1])
+        placed = _tile_placements(name, "input", shape[1:], sub_shape[1:], K, tiles, grid)
+        return _Side([(slice(None), *tile) for tile in placed], shape, sub_shape)
     groups, sub_groups = getattr(module, "groups", 1), getattr(parts[0], "groups", 1)
     if groups > 1 or sub_groups > 1:
         if groups != K * sub_groups or weight.shape[0] != K * sub_weight.shape[0]:
             raise ValueError(f"{_label(name)}: a grouped conv with {groups} groups and {weight.shape[0]} outputs "
                              f"cannot be composed block-diagonally from {K} sub-networks with {sub_groups} groups "
                              f"and {sub_weight.shape[0]} outputs (needs K times both)")
-        return [(slice(None),)] * K, (weight.shape[1],), (sub_weight.shape[1],)  # per-group input: cat = block-diagonal
-    inputs, sub_inputs = weight.shape[1], sub_weight.shape[1]
-    if inputs == K * sub_inputs:
-        return [(slice(k * sub_inputs, (k + 1) * sub_inputs),) for k in range(K)], (inputs,), (sub_inputs,)
-    if inputs == sub_inputs:
-        return None
-    raise ValueError(f"{_label(name)}: global weight {tuple(weight.shape)} is neither split nor shared against "
-                     f"sub-network weight {tuple(sub_weight.shape)} with {K} sub-networks")
+        return _Side([(slice(None),)] * K, (weight.shape[1],), (sub_weight.shape[1],))  # per group: cat = block-diag
+    return _split_side(name, "inputs", weight.shape[1], sub_weight.shape[1], K, weight, sub_weight)
 
 
-def _compose_affine(name: str, module: nn.Module, parts: list[nn.Module], task: str, grid) -> None:
+def _split_side(name: str, what: str, size: int, sub_size: int, K: int, weight, sub_weight) -> _Side:
+    """A plain axis: split into K consecutive groups, or shared whole by every sub-network."""
+    if size == K * sub_size:
+        return _Side([(slice(k * sub_size, (k + 1) * sub_size),) for k in range(K)], (size,), (sub_size,))
+    if size == sub_size:
+        return _Side([(slice(None),)] * K, (size,), (sub_size,), shared=True)
+    raise ValueError(f"{_label(name)}: {size} {what} cannot be composed from {K} sub-networks with {sub_size} {what} "
+                     f"(global weight {tuple(weight.shape)}, sub-network weight {tuple(sub_weight.shape)})")
+
+
+def _output_side(name: str, module: nn.Module, parts: list[nn.Module], weight: torch.Tensor,
+                 sub_weight: torch.Tensor, grid, tiles) -> _Side:
+    K = len(parts)
+    if hasattr(module, "output_shape"):
+        shape, sub_shape = _placed_shapes(name, "output_shape", module, parts, weight.shape[0], sub_weight.shape[0])
+        placed = _tile_placements(name, "output", shape[1:], sub_shape[1:], K, tiles, grid)
+        count = torch.zeros(shape, dtype=torch.float64)
+        for tile in placed:
+            count[(slice(None), *tile)] += 1
+        return _Side([(slice(None), *tile) for tile in placed], shape, sub_shape, divisor=count)
+    return _split_side(name, "outputs", weight.shape[0], sub_weight.shape[0], K, weight, sub_weight)
+
+
+def _assemble(name: str, tensor_name: str, target: torch.Tensor, subs: Sequence[torch.Tensor], out: _Side,
+              inp: _Side | None, kernel: tuple = (), scale: float = 1.0) -> None:
+    """target = sum_k (sub k's tensor placed at out.index[k] x inp.index[k]) [/ out.divisor], zeros elsewhere."""
+    in_view, in_sub_view = (inp.view, inp.sub_view) if inp is not None else ((), ())
+    assembled = torch.zeros((*out.view, *in_view, *kernel), dtype=target.dtype, device=target.device)
+    if assembled.numel() != target.numel():
+        raise ValueError(f"{_label(name)}.{tensor_name}: global shape {tuple(target.shape)} does not fit the "
+                         f"assembled layout {tuple(assembled.shape)}")
+    sub_shape = (*out.sub_view, *in_sub_view, *kernel)
+    for k, sub in enumerate(subs):
+        if sub.numel() != math.prod(sub_shape):
+            raise ValueError(f"{_label(name)}.{tensor_name}: sub-network {k}'s shape {tuple(sub.shape)} does not fit "
+                             f"{sub_shape}")
+        region = assembled[(*out.index[k], *(inp.index[k] if inp is not None else ()))]
+        if region.shape != sub_shape:
+            raise ValueError(f"{_label(name)}.{tensor_name}: sub-network {k}'s block {sub_shape} does not fit its "
+                             f"place {tuple(region.shape)} in the global {tuple(assembled.shape)}")
+        region += scale * sub.reshape(sub_shape).to(assembled)  # a view: adds into `assembled`
+    if out.divisor is not None:
+        divisor = out.divisor.clamp(min=1).to(assembled)
+        assembled /= divisor.reshape(*divisor.shape, *[1] * (assembled.dim() - divisor.dim()))
+    _write(name, tensor_name, target, assembled.reshape(target.shape))
+
+
+def _compose_affine(name: str, module: nn.Module, parts: list[nn.Module], task: str, grid, tiles) -> None:
     """Conv or Linear: the weight layout follows from the output and input splits (table above)."""
     state = _own_state(module)
     if set(state) - {"weight", "bias"}:
@@ -151,48 +261,77 @@ def _compose_affine(name: str, module: nn.Module, parts: list[nn.Module], task: 
     weight, sub_weights = module.weight, [p.weight for p in parts]
     if any(w.shape != sub_weights[0].shape for w in sub_weights):
         raise ValueError(f"{_label(name)}: sub-network weights differ in shape: {[tuple(w.shape) for w in sub_weights]}")
-    outputs, sub_outputs = weight.shape[0], sub_weights[0].shape[0]
     kernel = tuple(weight.shape[2:])
     if kernel != tuple(sub_weights[0].shape[2:]):
         raise ValueError(f"{_label(name)}: kernel {kernel} vs sub-network {tuple(sub_weights[0].shape[2:])}")
-    split_outputs = outputs == K * sub_outputs
-    if not split_outputs and outputs != sub_outputs:
-        raise ValueError(f"{_label(name)}: {outputs} outputs cannot be composed from {K} sub-networks "
-                         f"with {sub_outputs} outputs")
-    blocks = _input_blocks(name, module, parts, weight, sub_weights[0], grid)
-    if not split_outputs:
-        if blocks is None:
+    out = _output_side(name, module, parts, weight, sub_weights[0], grid, tiles)
+    inp = _input_side(name, module, parts, weight, sub_weights[0], grid, tiles)
+    if out.shared:
+        if inp.shared:
             raise ValueError(f"{_label(name)}: neither inputs nor outputs are split: {tuple(weight.shape)} from "
                              f"{K} x {tuple(sub_weights[0].shape)}")
         if task == "autoencoder":
             raise ValueError(f"{_label(name)}: an autoencoder's layers must all split their outputs (the output "
                              f"is the concatenation), but this layer sums {K} sub-networks' outputs")
-    scale = 1.0 / K if task == "regression" and not split_outputs else 1.0
-
-    # A first layer reads the whole input: sub k's block spans every input column.
-    index, view, sub_view = blocks or ([()] * K, (weight.shape[1],), (sub_weights[0].shape[1],))
-    assembled = torch.zeros((outputs, *view, *kernel), dtype=weight.dtype, device=weight.device)
-    for k, sub_weight in enumerate(sub_weights):
-        rows = slice(k * sub_outputs, (k + 1) * sub_outputs) if split_outputs else slice(None)
-        _write(name, "weight", assembled[(rows, *index[k])],
-               scale * sub_weight.reshape(sub_outputs, *sub_view, *kernel).to(weight))
-    _write(name, "weight", weight, assembled.reshape(weight.shape))
+    scale = 1.0 / K if task == "regression" and out.shared else 1.0
+    _assemble(name, "weight", weight, sub_weights, out, inp, kernel, scale)
 
     biases = [p.bias for p in parts]
     if any((b is None) != ("bias" not in state) for b in biases):
         raise ValueError(f"{_label(name)}: the global layer and a sub-network disagree on having a bias")
     if "bias" in state:
-        biases = [b.to(weight) for b in biases]
-        _write(name, "bias", module.bias, torch.cat(biases) if split_outputs else scale * torch.stack(biases).sum(0))
+        _assemble(name, "bias", module.bias, biases, out, None, (), scale)
+
+
+_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}
+_RECURRENT_PARAM = re.compile(r"(weight|bias)_(ih|hh)_l(\d+)")
+
+
+def _compose_recurrent(name: str, module: nn.RNNBase, parts: list[nn.Module]) -> None:
+    """nn.RNN / GRU / LSTM, the one rule for recurrent layers (eq. 2.29).
+
+    Each (G*H, X) weight is viewed as G gate blocks of H hidden rows; the hidden rows split into K
+    groups; the X inputs are shared (layer 0 reads the input) or split (the layer below's hidden
+    state).  Only unidirectional layers without projections: a bidirectional layer's output
+    interleaves [forward, backward] states, which no consecutive group split describes.
+    """
+    K = len(parts)
+    for attr in ("mode", "num_layers", "bidirectional", "batch_first", "bias", "proj_size"):
+        if any(getattr(p, attr) != getattr(module, attr) for p in parts):
+            raise ValueError(f"{_label(name)}: {attr} differs between the global network and a sub-network")
+    if module.bidirectional or module.proj_size:
+        raise ValueError(f"{_label(name)}: cannot compose a {'bidirectional' if module.bidirectional else 'projected'} "
+                         f"{type(module).__name__}; compose supports unidirectional recurrent layers without proj_size")
+    if module.hidden_size != K * parts[0].hidden_size:
+        raise ValueError(f"{_label(name)}: {module.hidden_size} hidden units cannot be composed from {K} sub-networks "
+                         f"with {parts[0].hidden_size} hidden units")
+    gates, hidden, sub_hidden = _GATES[module.mode], module.hidden_size, parts[0].hidden_size
+    for tensor_name, target in _own_state(module).items():
+        match = _RECURRENT_PARAM.fullmatch(tensor_name)
+        if match is None:
+            raise TypeError(f"{_label(name)}: {type(module).__name__} holds {tensor_name}; compose knows "
+                            f"weight_ih/hh_l* and bias_ih/hh_l*")
+        subs = [_own_state(p)[tensor_name] for p in parts]
+        out = _Side([(slice(None), slice(k * sub_hidden, (k + 1) * sub_hidden)) for k in range(K)],
+                    (gates, hidden), (gates, sub_hidden))
+        inp = None
+        if match.group(1) == "weight":
+            inp = _split_side(name, f"inputs of {tensor_name}", target.shape[1], subs[0].shape[1], K, target, subs[0])
+        _assemble(name, tensor_name, target, subs, out, inp)
 
 
 def compose(subnets: Sequence[nn.Module], global_net: nn.Module, task: str = "classification",
-            grid: Sequence[int] | None = None) -> nn.Module:
+            grid: Sequence[int] | None = None, tiles: Sequence[tuple[slice, ...]] | None = None) -> nn.Module:
     """Fill `global_net`'s parameters and buffers in place from its K sub-networks; returns it.
 
-    `grid` is the tile grid (default `partition.default_grid(K)`), needed only to place a
-    flatten-FC's fields.  Any other module that holds parameters or buffers is an error, so an
-    unsupported layer is never silently left at its random initialisation.
+    `grid` is the tile grid (default `partition.default_grid(K, axes)`), needed only to place a
+    flatten-FC's fields.  `tiles`, the decomposition itself (partition.tile_slices_nd's slices,
+    sub-network k's tile k), places the layers that read the network input or write its
+    reconstruction (an mlp's first layer, an mlp_autoencoder's last); without it they are spread
+    over `grid` as tile_slices_nd spreads tiles without crop, so pass it whenever there is a
+    crop.  Both are ignored by networks without such layers (a pipeline may always pass them).  Any other module that holds
+    parameters or buffers is an error, so an unsupported layer is never silently left at its
+    random initialisation.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -207,10 +346,13 @@ def compose(subnets: Sequence[nn.Module], global_net: nn.Module, task: str = "cl
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and set(state) <= _NORM_STATE:
                 _compose_norm(name, module, parts)
             elif isinstance(module, (*_CONVS, nn.Linear)):
-                _compose_affine(name, module, parts, task, grid)
+                _compose_affine(name, module, parts, task, grid, tiles)
+            elif isinstance(module, nn.RNNBase) and type(module) in (nn.RNN, nn.GRU, nn.LSTM):
+                _compose_recurrent(name, module, parts)
             else:
                 raise TypeError(f"{_label(name)}: cannot compose a {type(module).__name__} (it holds "
-                                f"{', '.join(sorted(state))}); compose supports Conv1d/2d/3d, Linear and BatchNorm")
+                                f"{', '.join(sorted(state))}); compose supports Conv1d/2d/3d, Linear, BatchNorm "
+                                f"and RNN/GRU/LSTM")
     return global_net
 
 
@@ -248,15 +390,37 @@ def flatten_fc_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and hasattr(m, "feature_shape")]
 
 
+def input_tiled_layers(model: nn.Module) -> list[str]:
+    """Names of the Linear layers that read the flattened network input (they carry `input_shape`).
+
+    Sub-network k of such a network (an mlp) reads only its tile x_k: F(x) = sum_k F_k(x_k).
+    """
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and hasattr(m, "input_shape")]
+
+
+def output_tiled_layers(model: nn.Module) -> list[str]:
+    """Names of the Linear layers whose output is the reconstructed input (they carry `output_shape`)."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and hasattr(m, "output_shape")]
+
+
+def _tile_of(x: torch.Tensor, tile: Sequence[slice]) -> torch.Tensor:
+    return x[(..., *tile)]  # tiles index the trailing (spatial / feature) axes
+
+
 def theorem_error(global_net: nn.Module, subnets: Sequence[nn.Module], x: torch.Tensor,
                   task: str = "classification", sub_inputs: Sequence[torch.Tensor] | None = None,
-                  train: bool = False) -> dict[str, float]:
+                  train: bool = False, tiles: Sequence[tuple[slice, ...]] | None = None) -> dict[str, float]:
     """How far the composed network is from Theorem 2.1 on the batch `x`.
 
-    classification: F(x) vs sum_k F_k(x); regression: vs the mean; autoencoder: vs the
-    concatenation of F_k(sub_inputs[k]) (default: x cut into K feature groups along dim 1).
-    Sub-network k reads sub_inputs[k], by default x itself.  `train=True` checks with batch
-    statistics (meaningless with dropout).  Modes and BatchNorm statistics are left as found.
+    What sub-network k reads: `sub_inputs[k]` if given; else its tile of x when the network reads
+    input tiles (an mlp: then `tiles`, the decomposition, is required); else the whole x (GAP
+    networks and recurrent nets, where the theorem holds on the full input; `tiles` is then
+    not used, so a pipeline may always pass it).  The reference F(x) is compared with:
+    classification: sum_k F_k; regression: their mean (eq. 2.22); autoencoder: F_k placed at tile
+    k (the mean where tiles overlap) for a network with an `output_shape` layer, else the
+    concatenation of F_k(sub_inputs[k]) along dim 1 (default inputs: x cut into K groups along
+    dim 1).  Tiles index the trailing axes of x.  `train=True` checks with batch statistics
+    (meaningless with dropout).  Modes and BatchNorm statistics are left as found.
     Returns max_abs = max |F(x) - reference| and max_rel = max_abs / max |F(x)|.
     """
     if task not in TASKS:
@@ -265,14 +429,33 @@ def theorem_error(global_net: nn.Module, subnets: Sequence[nn.Module], x: torch.
         raise ValueError(f"{flatten_fc_layers(global_net)[0]} is a flatten-FC head: F(x) = sum_k F_k(x) holds only "
                          "for networks that end in global pooling (check such a network with flatten_fc_layers first)")
     subnets = list(subnets)
+    tiled_in, tiled_out = input_tiled_layers(global_net), output_tiled_layers(global_net)
+    needs_tiles = [*(tiled_in if sub_inputs is None else []), *tiled_out]  # to cut x, to place the F_k
+    if needs_tiles and tiles is None:
+        layer = needs_tiles[0]
+        raise ValueError(f"{layer} {'reads' if layer in tiled_in else 'writes'} tiles of the input: pass tiles= "
+                         f"(the decomposition: one tuple of slices per sub-network)")
+    if tiles is not None and (tiled_in or tiled_out) and len(tiles) != len(subnets):
+        raise ValueError(f"{len(tiles)} tiles for {len(subnets)} sub-networks")
     if sub_inputs is None:
-        sub_inputs = list(x.chunk(len(subnets), dim=1)) if task == "autoencoder" else [x] * len(subnets)
+        if tiled_in:
+            sub_inputs = [_tile_of(x, tile) for tile in tiles]
+        elif task == "autoencoder" and not tiled_out:
+            sub_inputs = list(x.chunk(len(subnets), dim=1))
+        else:
+            sub_inputs = [x] * len(subnets)
     if len(sub_inputs) != len(subnets):
         raise ValueError(f"{len(sub_inputs)} sub-network inputs for {len(subnets)} sub-networks")
     with torch.no_grad(), _checking_mode([global_net, *subnets], train):
         output = global_net(_on_device_of(global_net, x))
         sub_outputs = [net(_on_device_of(net, inp)).to(output) for net, inp in zip(subnets, sub_inputs)]
-    if task == "autoencoder":
+    if tiled_out:
+        reference, count = torch.zeros_like(output), torch.zeros_like(output)
+        for tile, sub_output in zip(tiles, sub_outputs):
+            _tile_of(reference, tile).add_(sub_output)
+            _tile_of(count, tile).add_(1)
+        reference = reference / count.clamp(min=1)
+    elif task == "autoencoder":
         reference = torch.cat(sub_outputs, dim=1)
     else:
         reference = torch.stack(sub_outputs).sum(0)
@@ -328,4 +511,4 @@ def unflatten_state(module: nn.Module, flat: torch.Tensor) -> None:
             tensor.copy_(values if tensor.is_floating_point() else values.round())
 
 
-__all__ = ["compose", "theorem_error", "flatten_fc_layers", "field_origins", "flatten_state", "unflatten_state", "state_numel", "TASKS"]
+__all__ = ["compose", "theorem_error", "flatten_fc_layers", "input_tiled_layers", "output_tiled_layers", "field_origins", "flatten_state", "unflatten_state", "state_numel", "TASKS"]
