@@ -27,6 +27,26 @@ def test_eq_2_10_per_layer(layer, input_shape, flops):
     assert count_flops(layer, input_shape) == flops
 
 
+@pytest.mark.parametrize("layer, input_shape, flops", [
+    # per step: G*H*(2*I - 1) for W_ih x_t + G*H*(2*H - 1) for W_hh h_{t-1}; T steps
+    (nn.RNN(3, 4, batch_first=True), (5, 3), 5 * 4 * ((2 * 3 - 1) + (2 * 4 - 1))),
+    (nn.GRU(3, 4, batch_first=True), (5, 3), 5 * 3 * 4 * ((2 * 3 - 1) + (2 * 4 - 1))),
+    (nn.LSTM(3, 4, num_layers=2, batch_first=True), (6, 3),
+     6 * (4 * 4 * ((2 * 3 - 1) + (2 * 4 - 1)) + 4 * 4 * ((2 * 4 - 1) + (2 * 4 - 1)))),
+    (nn.GRU(3, 4, batch_first=True, bidirectional=True), (5, 3), 2 * 5 * 3 * 4 * ((2 * 3 - 1) + (2 * 4 - 1))),
+    (nn.LSTM(3, 4, batch_first=True, proj_size=2), (5, 3),
+     5 * (4 * 4 * ((2 * 3 - 1) + (2 * 2 - 1)) + (2 * 4 - 1) * 2)),
+])
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+def test_recurrent_layers_count_their_two_matmuls_per_time_step(layer, input_shape, flops):
+    assert count_flops(layer, input_shape) == flops
+
+
+def test_a_recurrent_model_counts_every_step_and_its_classifier_once():
+    model = build_model("gru", 5, width=8, in_channels=3)  # input (F, T) = (3, 10)
+    assert count_flops(model, (3, 10)) == 10 * 3 * 8 * ((2 * 3 - 1) + (2 * 8 - 1)) + (2 * 8 - 1) * 5
+
+
 def test_flops_add_up_over_layers_and_params_count_every_parameter():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
     assert count_flops(net, (3, 6, 6)) == 36 * (2 * 27 - 1) * 4 + (2 * 144 - 1) * 2
@@ -84,7 +104,27 @@ def test_info_cli_unknown_model_is_one_line_and_exit_code_2():
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+def test_info_for_the_extensions_uses_their_axes_and_builds_the_mlp_for_its_segment():
+    volume = info.sizes("resnet3d", 8, input_size=(32,))
+    assert volume["input_size"] == [32, 32, 32] and volume["tile_size"] == [16, 16, 16]  # 2x2x2 grid
+    assert volume["global"]["flops"] > 400 * volume["sub"]["flops"]  # width/8 and volume/8: ~512x
+    mlp = info.sizes("mlp", 4, input_size=(64,), width=16)
+    assert mlp["tile_size"] == [16]
+    hidden = 16 // 4  # sub-network: two hidden layers of 4 units (BatchNorm 2x4 each), 10 outputs
+    assert mlp["sub"]["params"] == (16 * hidden + hidden) + 2 * hidden + (hidden * hidden + hidden) + 2 * hidden \
+        + (hidden * 10 + 10)
+    signal = info.sizes("cnn1d", 4, input_size=(128,), tile_size=(40,))
+    assert signal["tile_size"] == [40] and signal["global"]["flops"] > signal["sub"]["flops"]
+
+
+def test_info_cli_takes_a_volume_size(capsys):
+    assert info.main(["--model", "cnn3d", "--partitions", "8", "--input-size", "16x32x32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tile_size"] == [8, 16, 16]
+
+
 @pytest.mark.parametrize("args, message", [
+    (("--model", "resnet3d", "--input-size", "32x32"), "resnet3d has 3 spatial axes, expected N or DxHxW"),
+    (("--model", "mlp", "--tile-size", "1x2x3x4"), "expected N, HxW or DxHxW"),
     (("--model", "resnet50", "--partitions", "5"), "conv1: 64 channels do not split into 5 sub-networks"),
     (("--model", "vgg16", "--tile-size", "16"), "at least 32 px"),
     (("--model", "vgg16", "--tile-size", "1x2x3"), "expected N or HxW"),
