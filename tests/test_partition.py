@@ -103,3 +103,45 @@ def test_gatherv_layout_lays_uneven_blocks_end_to_end():
 def test_shards_cover_every_index_once():
     shards = [shard_range(10, r, 3) for r in range(3)]
     assert [i for s in shards for i in s] == list(range(10))
+
+
+def test_1d_segments_of_a_signal_with_overlap_and_crop_stay_inside_the_crop():
+    tiles = tile_slices_nd((100,), (4,), overlap=4, crop=2)
+    assert tile_shape(tiles) == (28,)
+    assert [t[0].start for t in tiles] == [2, 25, 47, 70] and tiles[-1][0].stop == 98
+
+
+def test_1d_segments_without_overlap_partition_the_feature_vector():
+    tiles = tile_slices_nd((64,), (8,))
+    assert [(t[0].start, t[0].stop) for t in tiles] == [(8 * i, 8 * i + 8) for i in range(8)]
+
+
+def test_3d_grid_with_overlap_and_crop_per_axis():
+    tiles = tile_slices_nd((16, 20, 24), (2, 2, 2), overlap=(2, 0, 4), crop=(0, 2, 4))
+    assert len(tiles) == 8 and tile_shape(tiles) == (10, 8, 12)
+    assert [starts(tiles, axis) for axis in range(3)] == [[0, 6], [2, 10], [4, 8]]
+    assert tiles[1] == (slice(0, 10), slice(2, 10), slice(8, 20))  # row-major: the last axis varies fastest
+    assert tiles[-1] == (slice(6, 16), slice(10, 18), slice(8, 20))
+
+
+def test_3d_uneven_grid_of_eight_sub_volumes():
+    tiles = tile_slices_nd((8, 8, 16), (1, 2, 4))
+    assert len(tiles) == 8 and tile_shape(tiles) == (8, 4, 4)
+    assert all(t[0] == slice(0, 8) for t in tiles)
+
+
+@pytest.mark.parametrize("shape, grid, kwargs, message", [
+    ((16, 16, 16), (2, 2, 2), dict(overlap=(1, 2)), "overlap must be an int or 3 ints"),
+    ((16, 16, 16), (2, 2), {}, "grid must be an int or 3 ints"),
+    ((16, 16, 18), (2, 2, 4), {}, "axis 2: length 18"),
+    ((30,), (3,), dict(crop=(3,), overlap=30), "axis 0: overlap 30"),
+])
+def test_bad_nd_layouts_name_the_axis_or_argument(shape, grid, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tile_slices_nd(shape, grid, **kwargs)
+
+
+def test_default_grids_for_signals_and_volumes():
+    assert default_grid(4, 1) == (4,)
+    assert default_grid(4, 3) == (1, 2, 2)
+    assert default_grid(16, 3) == (2, 2, 4)
