@@ -1,0 +1,498 @@
+"""Scaling studies: one job at several rank or node counts -> scaling.csv and speedup/efficiency plots.
+
+    python -m ddc_hpc.scaling local  --ranks 1 2 4 --config jobs/x.toml [--set k=v ...] [--out DIR]
+    python -m ddc_hpc.scaling submit --nodes 1 2 4 8 --template slurm/gpu.sbatch --config jobs/x.toml
+                                     [--set k=v ...] [--sbatch-arg=--account=me ...] [--out DIR]
+    python -m ddc_hpc.scaling collect DIR [DIR ...] [--out DIR]
+
+`local` runs the job under mpiexec once per rank count on this machine; `submit` sbatches the
+template once per node count (`--nodes N`) plus a collect job that runs after all of them
+(`--dependency=afterany:...`). Both write DIR/n<count>/ (one ddc_hpc.run out dir each) and
+DIR/scaling.json (what was run), and collect writes DIR/scaling.csv, DIR/scaling_speedup.png and
+DIR/scaling_efficiency.png.
+
+Strong scaling (the default) keeps the whole problem fixed: speedup = T(n0) / T(n), ideal n / n0.
+Weak scaling (`--weak KEY`, e.g. data.limit) grows the integer config KEY in proportion to the count
+so the work per rank stays fixed: scaled speedup = (n / n0) * T(n0) / T(n), ideal n / n0 as well.
+Efficiency = speedup / (n / n0) in both cases; n0 is the smallest count that finished.
+
+Exit codes: 0 done, 2 bad arguments (message, no traceback), 1 a run or submission failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+PHASES = ("sub", "compose", "global", "random")
+MODES = ("strong", "weak")
+MANIFEST = "scaling.json"
+CSV_NAME = "scaling.csv"
+
+
+class UsageError(Exception):
+    """Bad arguments: exit 2 with the message."""
+
+
+# ---- pure scaling arithmetic ----------------------------------------------------------------------
+
+def ideal_speedup(base_count: int, count: int) -> float:
+    """Perfect scaling from base_count to count units (ranks or nodes)."""
+    if base_count <= 0 or count <= 0:
+        raise ValueError(f"counts must be positive, got {base_count} and {count}")
+    return count / base_count
+
+
+def speedup(base_seconds: float, seconds: float, base_count: int, count: int, mode: str = "strong") -> float:
+    """Strong: T(n0) / T(n). Weak (work grows with n): scaled speedup (n / n0) * T(n0) / T(n)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not (base_seconds > 0 and seconds > 0):
+        raise ValueError(f"times must be positive, got {base_seconds} and {seconds}")
+    ratio = base_seconds / seconds
+    return ratio if mode == "strong" else ideal_speedup(base_count, count) * ratio
+
+
+def efficiency(speedup_value: float, base_count: int, count: int) -> float:
+    """Fraction of the ideal speedup reached: 1.0 is perfect scaling."""
+    return speedup_value / ideal_speedup(base_count, count)
+
+
+def _positive(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
+
+
+def run_row(results: dict, *, nodes: int, run: str = "") -> dict:
+    """One run's timings from its results.json: per-phase seconds and images/s, total seconds."""
+    row = {"run": run, "nodes": int(nodes), "ranks": int(results["world_size"]),
+           "resumed": bool(results.get("resumed", False))}
+    total = 0.0
+    for phase in PHASES:
+        section = results.get(phase) or {}
+        seconds = _positive(section.get("seconds"))
+        row[f"{phase}_seconds"] = seconds
+        row[f"{phase}_images_per_second"] = _positive(section.get("images_per_second"))
+        total += seconds or 0.0
+    row["total_seconds"] = total or None
+    return row
+
+
+def scaling_table(rows: list[dict], mode: str = "strong", unit: str | None = None) -> list[dict]:
+    """Rows (from run_row) sorted by count, with speedup and efficiency against the smallest count.
+
+    unit: "nodes" or "ranks" (default: nodes when the rows span several node counts, else ranks).
+    Adds scaling, unit, count, baseline_count; speedup/efficiency for the total time and for each
+    phase present in both the row and the baseline (None where not comparable).
+    """
+    if not rows:
+        return []
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if unit is None:
+        unit = "nodes" if len({r["nodes"] for r in rows}) > 1 else "ranks"
+    if unit not in ("nodes", "ranks"):
+        raise ValueError(f"unit must be 'nodes' or 'ranks', got {unit!r}")
+    ordered = sorted(rows, key=lambda r: (r[unit], r["ranks"], r["nodes"]))
+    base = ordered[0]
+    table = []
+    for row in ordered:
+        out = {"scaling": mode, "unit": unit, "count": row[unit], "baseline_count": base[unit], **row}
+        for prefix, key in [("", "total_seconds")] + [(f"{p}_", f"{p}_seconds") for p in PHASES]:
+            b, t = base.get(key), row.get(key)
+            if b and t:
+                s = speedup(b, t, base[unit], row[unit], mode)
+                out[f"{prefix}speedup"], out[f"{prefix}efficiency"] = s, efficiency(s, base[unit], row[unit])
+            else:
+                out[f"{prefix}speedup"] = out[f"{prefix}efficiency"] = None
+        table.append(out)
+    return table
+
+
+CSV_COLUMNS = (
+    ["scaling", "unit", "count", "baseline_count", "nodes", "ranks", "run", "resumed", "total_seconds"]
+    + [f"{p}_seconds" for p in PHASES]
+    + [f"{p}_images_per_second" for p in ("sub", "global", "random")]
+    + ["speedup", "efficiency"]
+    + [f"{p}_{m}" for p in PHASES for m in ("speedup", "efficiency")]
+)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_csv(path: Path, table: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for row in table:
+            writer.writerow([_cell(row.get(c)) for c in CSV_COLUMNS])
+
+
+def plot(out: Path, table: list[dict], title: str) -> list[Path]:
+    """scaling_speedup.png and scaling_efficiency.png: measured curves and the ideal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    unit, mode = table[0]["unit"], table[0]["scaling"]
+    counts = [r["count"] for r in table]
+    base = table[0]["baseline_count"]
+    curves = [("total", "speedup", "efficiency")] + [(p, f"{p}_speedup", f"{p}_efficiency") for p in PHASES]
+    written = []
+    for kind in ("speedup", "efficiency"):
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        ideal = [ideal_speedup(base, c) if kind == "speedup" else 1.0 for c in counts]
+        ax.plot(counts, ideal, "k--", label="ideal")
+        for name, s_key, e_key in curves:
+            key = s_key if kind == "speedup" else e_key
+            points = [(r["count"], r[key]) for r in table if r.get(key) is not None]
+            if name == "compose" or not points:  # compose is one Gatherv on rank 0: not a scaling curve
+                continue
+            ax.plot(*zip(*points), "o-", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(counts, [str(c) for c in counts])
+        ax.minorticks_off()
+        ax.set_xlabel(unit)
+        label = {"speedup": "scaled speedup" if mode == "weak" else "speedup", "efficiency": "parallel efficiency"}
+        ax.set_ylabel(f"{label[kind]} (vs {base} {unit})")
+        if kind == "efficiency":
+            ax.set_ylim(0, max(1.1, max((r["efficiency"] or 0) for r in table) * 1.1))
+        ax.set_title(f"{mode} scaling: {title}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out / f"scaling_{kind}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# ---- finding runs -------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        print(f"scaling: warning: {path} is unreadable ({err}); skipped", file=sys.stderr)
+        return None
+
+
+def find_runs(dirs: list[Path]) -> tuple[list[tuple[Path, dict, dict]], list[Path], set[str]]:
+    """(run dir, results, manifest entry) for every finished run; the dirs of unfinished ones; modes.
+
+    Each DIR may be a run's out dir (holds results.json), a study dir with scaling.json, or a folder
+    whose subfolders are run dirs.
+    """
+    found, missing, modes = [], [], set()
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise UsageError(f"{d} is not a directory")
+        manifest = _read_json(d / MANIFEST)
+        if (d / "results.json").exists():
+            candidates = [(d, {})]
+        elif manifest is not None:
+            modes.add(manifest.get("mode", "strong"))
+            candidates = [(d / e["dir"], e) for e in manifest.get("runs", [])]
+        else:
+            # run dirs: subfolders with results.json, and n<count> folders (a missing one is reported)
+            candidates = [(p, {}) for p in sorted(d.iterdir()) if p.is_dir() and (
+                (p / "results.json").exists() or re.fullmatch(r"n\d+", p.name))]
+        for run_dir, entry in candidates:
+            results = _read_json(run_dir / "results.json")
+            if results is None:
+                missing.append(run_dir)
+            else:
+                found.append((run_dir, results, entry))
+    return found, missing, modes
+
+
+def _nodes_of(results: dict, entry: dict) -> int:
+    for value in (entry.get("nodes"), results.get("nodes")):
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1
+
+
+def collect(dirs: list[Path], out: Path | None = None, mode: str | None = None) -> tuple[Path, list[dict]]:
+    """Tabulate finished runs into out/scaling.csv and plot them; returns (csv path, table)."""
+    found, missing, modes = find_runs(dirs)
+    for run_dir in missing:
+        print(f"scaling: {run_dir} has no results.json (failed, still running or never started); "
+              "left out", file=sys.stderr)
+    if not found:
+        raise UsageError(f"no finished runs (results.json) under {', '.join(map(str, dirs))}")
+    if mode is None:
+        if len(modes) > 1:
+            raise UsageError(f"the studies mix {sorted(modes)} scaling; collect them separately")
+        mode = modes.pop() if modes else "strong"
+    problems = {(r.get("model"), r.get("partitions"), r.get("dataset"), r.get("strategy")) for _, r, _ in found}
+    if len(problems) > 1:
+        raise UsageError("these runs solve different problems (model, partitions, dataset, strategy): "
+                         f"{sorted(map(str, problems))}; a scaling table needs one job at several counts")
+    out = Path(out or dirs[0])
+    rows = [run_row(results, nodes=_nodes_of(results, entry), run=os.path.relpath(run_dir, out))
+            for run_dir, results, entry in found]
+    for row in rows:
+        if row["resumed"]:
+            print(f"scaling: warning: {row['run']} was resumed from a checkpoint; its times cover only "
+                  "the last part of the run", file=sys.stderr)
+    if not any(r["total_seconds"] for r in rows):
+        raise UsageError("the runs report no phase times (results.json without 'seconds')")
+    table = scaling_table(rows, mode)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / CSV_NAME
+    write_csv(path, table)
+    model, partitions, dataset, strategy = problems.pop()
+    plot(out, table, f"{model}, K={partitions}, {dataset}, strategy {strategy}")
+    return path, table
+
+
+def summary(table: list[dict]) -> str:
+    unit = table[0]["unit"]
+    other = "ranks" if unit == "nodes" else "nodes"
+    lines = [f"{table[0]['scaling']} scaling over {unit} (baseline {table[0]['baseline_count']} {unit})",
+             f"{unit:>6} {other:>6} {'seconds':>9} {'speedup':>8} {'efficiency':>10}"]
+    for r in table:
+        s, e, t = r["speedup"], r["efficiency"], r["total_seconds"]
+        lines.append(f"{r['count']:>6} {r[other]:>6} {t or float('nan'):>9.2f} "
+                     f"{s or float('nan'):>8.2f} {100 * (e or float('nan')):>9.0f}%")
+    return "\n".join(lines)
+
+
+# ---- running a study ----------------------------------------------------------------------------
+
+def _counts(values: list[int], what: str) -> list[int]:
+    if any(v <= 0 for v in values):
+        raise UsageError(f"{what} must be positive integers, got {values}")
+    if len(set(values)) != len(values):
+        raise UsageError(f"{what} lists a count twice: {values}")
+    return sorted(values)
+
+
+def _check_config(config: str | None, sets: list[str]):
+    """Validate the job config and overrides here, before anything is launched (BadInput -> exit 2)."""
+    from .config import load_config
+    from .errors import BadInput
+
+    if config is not None and not Path(config).is_file():
+        raise UsageError(f"--config {config}: no such file")
+    try:
+        return load_config(config, sets)
+    except BadInput as err:
+        raise UsageError(str(err)) from None
+
+
+def _weak_sets(cfg, key: str | None, counts: list[int]) -> dict[int, list[str]]:
+    """Per count, the --set that scales KEY (weak scaling); nothing for strong scaling."""
+    if key is None:
+        return {c: [] for c in counts}
+    section, _, name = key.partition(".")
+    base = cfg.to_dict().get(section, {}).get(name)
+    if isinstance(base, bool) or not isinstance(base, int) or base <= 0:
+        raise UsageError(f"--weak {key}: needs a positive integer config key (the work at the smallest "
+                         f"count), but {key} = {base!r}")
+    return {c: [f"{key}={base * c // counts[0]}"] for c in counts}
+
+
+def _prepare_out(out: str | None, counts: list[int]) -> Path:
+    root = Path(out or f"runs/scaling-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    for c in counts:
+        run_dir = root / f"n{c}"
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UsageError(f"{run_dir} is not empty: a scaling run must start fresh (a resumed run's "
+                             "times are not comparable); choose a new --out")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _write_manifest(root: Path, manifest: dict) -> None:
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def _python() -> str:
+    return os.environ.get("DDC_PYTHON") or sys.executable
+
+
+def cmd_local(args) -> int:
+    ranks = _counts(args.ranks, "--ranks")
+    cfg = _check_config(args.config, args.set)
+    weak = _weak_sets(cfg, args.weak, ranks)
+    launcher = shlex.split(args.launcher)
+    if not launcher or not any("{ranks}" in part for part in launcher):
+        raise UsageError(f"--launcher {args.launcher!r} must contain {{ranks}}, e.g. 'mpiexec -n {{ranks}}'")
+    program = shutil.which(launcher[0])
+    beside = Path(_python()).parent / launcher[0]  # an un-activated venv's own mpiexec
+    if program is None and "/" not in launcher[0] and beside.is_file():
+        launcher[0] = str(beside)
+    elif program is None:
+        raise UsageError(f"--launcher: {launcher[0]} is not on PATH (activate the venv, or load the MPI module)")
+    root = _prepare_out(args.out, ranks)
+    manifest = {"kind": "local", "mode": "weak" if args.weak else "strong", "weak_key": args.weak,
+                "unit": "ranks", "config": args.config, "sets": args.set, "launcher": args.launcher, "runs": []}
+    failed = []
+    for n in ranks:
+        run_dir = root / f"n{n}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        command = [part.format(ranks=n) for part in launcher] + [_python(), "-m", "ddc_hpc.run", "--out", str(run_dir)]
+        if args.config:
+            command += ["--config", args.config]
+        for override in args.set + weak[n]:
+            command += ["--set", override]
+        print(f"scaling: {n} rank(s): {shlex.join(command)}", flush=True)
+        with open(run_dir / "launch.log", "w") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        manifest["runs"].append({"dir": run_dir.name, "ranks": n, "nodes": 1, "returncode": code})
+        _write_manifest(root, manifest)
+        if code != 0:
+            failed.append(n)
+            print(f"scaling: {n} rank(s) failed with exit {code}; see {run_dir / 'launch.log'}", file=sys.stderr)
+    path, table = collect([root], root)
+    print(summary(table))
+    print(f"scaling: wrote {path} and {root}/scaling_speedup.png, scaling_efficiency.png")
+    return 1 if failed else 0
+
+
+def _parse_job_id(output: str) -> str:
+    job_id = output.strip().splitlines()[-1].split(";")[0].strip() if output.strip() else ""
+    if not job_id.isdigit():
+        raise RuntimeError(f"sbatch --parsable printed {output!r}, not a job id")
+    return job_id
+
+
+def cmd_submit(args) -> int:
+    nodes = _counts(args.nodes, "--nodes")
+    if not Path(args.template).is_file():
+        raise UsageError(f"--template {args.template}: no such file (e.g. slurm/gpu.sbatch)")
+    if not args.config:
+        raise UsageError("submit needs --config (the job every run of the study executes)")
+    cfg = _check_config(args.config, args.set)
+    weak = _weak_sets(cfg, args.weak, nodes)
+    if not args.dry_run and shutil.which("sbatch") is None:
+        raise UsageError("sbatch is not on PATH: submit runs on a SLURM login node (or use `local`)")
+    root = _prepare_out(args.out, nodes)
+    manifest = {"kind": "slurm", "mode": "weak" if args.weak else "strong", "weak_key": args.weak,
+                "unit": "nodes", "config": args.config, "sets": args.set, "template": args.template,
+                "sbatch_args": args.sbatch_arg, "runs": []}
+    job_ids = []
+
+    def sbatch(command: list[str]) -> str:
+        print(shlex.join(command), flush=True)
+        if args.dry_run:
+            return str(1000 + len(job_ids))
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"sbatch failed (exit {done.returncode}): {done.stderr.strip()}")
+        return _parse_job_id(done.stdout)
+
+    try:
+        for n in nodes:
+            run_dir = root / f"n{n}"
+            run_dir.mkdir(parents=True, exist_ok=True)  # SLURM does not create the log's folder
+            command = ["sbatch", "--parsable", f"--nodes={n}", f"--job-name=ddc-scale-n{n}",
+                       f"--output={run_dir}/slurm-%j.out", *args.sbatch_arg,
+                       args.template, args.config, str(run_dir)]
+            for override in args.set + weak[n]:
+                command += ["--set", override]
+            job_id = sbatch(command)
+            job_ids.append(job_id)
+            manifest["runs"].append({"dir": run_dir.name, "nodes": n, "job_id": job_id})
+            _write_manifest(root, manifest)
+        if not args.no_collect:
+            wrap = shlex.join([_python(), "-m", "ddc_hpc.scaling", "collect", str(root)])
+            collect_id = sbatch(["sbatch", "--parsable", f"--dependency=afterany:{':'.join(job_ids)}",
+                                 "--job-name=ddc-scale-collect", *args.sbatch_arg, "--nodes=1", "--ntasks=1",
+                                 "--cpus-per-task=1", f"--output={root}/collect-%j.out", f"--wrap={wrap}"])
+            manifest["collect_job_id"] = collect_id
+            _write_manifest(root, manifest)
+    except RuntimeError as err:
+        print(f"scaling: {err}", file=sys.stderr)
+        if job_ids and not args.dry_run:
+            print(f"scaling: jobs already submitted: {' '.join(job_ids)} (scancel them if needed)", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print("scaling: dry run, nothing submitted")
+    else:
+        print(f"scaling: submitted {' '.join(job_ids)}"
+              + ("" if args.no_collect else f"; collect job {manifest['collect_job_id']} writes {root / CSV_NAME}"))
+    return 0
+
+
+def cmd_collect(args) -> int:
+    path, table = collect([Path(d) for d in args.dirs], Path(args.out) if args.out else None, args.mode)
+    print(summary(table))
+    print(f"scaling: wrote {path}, {path.parent / 'scaling_speedup.png'}, {path.parent / 'scaling_efficiency.png'}")
+    return 0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ddc_hpc.scaling", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="See docs/CLUSTER.md, section 'Scaling studies'.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def job_args(p):
+        p.add_argument("--config", help="job TOML (local: default the built-in quickstart)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override for every run (repeatable)")
+        p.add_argument("--out", help="study folder (default runs/scaling-<timestamp>)")
+        p.add_argument("--weak", metavar="KEY",
+                       help="weak scaling: multiply the integer config KEY (e.g. data.limit) by count/smallest")
+
+    local = sub.add_parser("local", help="run the job under mpiexec at several rank counts on this machine")
+    local.add_argument("--ranks", type=int, nargs="+", required=True, metavar="N")
+    job_args(local)
+    local.add_argument("--launcher", default="mpiexec -n {ranks}",
+                       help="command that starts {ranks} MPI ranks (default: %(default)r)")
+    local.set_defaults(func=cmd_local)
+
+    submit = sub.add_parser("submit", help="sbatch the template once per node count, then a collect job")
+    submit.add_argument("--nodes", type=int, nargs="+", required=True, metavar="N")
+    submit.add_argument("--template", required=True, help="sbatch template, e.g. slurm/gpu.sbatch")
+    job_args(submit)
+    submit.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                        help="extra sbatch option for every job, e.g. --sbatch-arg=--account=me (repeatable)")
+    submit.add_argument("--no-collect", action="store_true", help="do not submit the collect job")
+    submit.add_argument("--dry-run", action="store_true", help="print the sbatch commands, submit nothing")
+    submit.set_defaults(func=cmd_submit)
+
+    col = sub.add_parser("collect", help="tabulate and plot finished runs")
+    col.add_argument("dirs", nargs="+", metavar="DIR", help="study folder(s), or run out dirs")
+    col.add_argument("--out", help="where scaling.csv and the plots go (default: the first DIR)")
+    col.add_argument("--mode", choices=MODES, help="override the scaling kind recorded in scaling.json")
+    col.set_defaults(func=cmd_collect)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"scaling: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
