@@ -61,14 +61,26 @@ _phase = "startup"
 
 
 def set_phase(name: str) -> None:
-    """Name the phase for error messages and collective counts; fire an injected fault if asked."""
+    """Name the phase for error messages and collective counts; fire an injected fault if asked.
+
+    DDC_FAULT=<phase>:<rank>[:<kind>] ('*' for every rank) at the start of that phase: kind
+    `error` (default) raises, `hang` never returns, `kill` SIGKILLs this rank.
+    """
     global _phase
     _phase = name
-    fault = os.environ.get("DDC_FAULT", "")
-    if fault:
-        fault_phase, _, fault_rank = fault.partition(":")
-        if fault_phase == name and fault_rank.strip() in ("", "*", str(MPI.COMM_WORLD.Get_rank())):
-            raise RuntimeError(f"injected fault DDC_FAULT={fault} at the start of phase {name!r}")
+    fault_phase, fault_rank, kind = (os.environ.get("DDC_FAULT", "").split(":") + ["", "", "error"])[:3]
+    if fault_phase != name or not _is_my_rank(fault_rank):
+        return
+    if kind == "hang":
+        while True:
+            time.sleep(3600)
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"injected fault DDC_FAULT={os.environ['DDC_FAULT']} at the start of phase {name!r}")
+
+
+def _is_my_rank(spec: str) -> bool:
+    return spec.strip() in ("", "*", str(MPI.COMM_WORLD.Get_rank()))
 
 
 def current_phase() -> str:
@@ -311,10 +323,20 @@ def install_stop_handlers() -> None:
 
 
 def signal_point(job: str, epoch: int, step: int) -> None:
-    """DDC_STOP_AT=job:epoch:step (1-based, e.g. global:1:3) delivers SIGUSR1 to this process right
-    there, exactly as SLURM's pre-timeout warning would: for tests and for checking a cluster setup."""
-    if os.environ.get("DDC_STOP_AT") == f"{job}:{epoch}:{step}":
+    """Test hooks after a training step (1-based epoch and step), as a cluster would do it:
+    DDC_STOP_AT=<job>:<epoch>:<step> sends SIGUSR1 (SLURM's pre-timeout warning) to this rank;
+    DDC_KILL_AT=<job>:<epoch>:<step>:<rank> SIGKILLs that rank."""
+    here = f"{job}:{epoch}:{step}"
+    if os.environ.get("DDC_STOP_AT") == here:
         signal.raise_signal(signal.SIGUSR1)
+    kill_at, _, rank = os.environ.get("DDC_KILL_AT", "").rpartition(":")
+    if kill_at == here and _is_my_rank(rank):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def nan_point(job: str, epoch: int, step: int) -> bool:
+    """DDC_NAN_AT=<job>:<epoch>:<step>: make that step's loss NaN (numerical-fault tests)."""
+    return os.environ.get("DDC_NAN_AT") == f"{job}:{epoch}:{step}"
 
 
 def stop_requested() -> bool:

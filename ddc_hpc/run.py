@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 import datetime
 import hashlib
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -274,9 +276,9 @@ def pipeline(args: argparse.Namespace) -> None:
     world = comm.configure_world(world, cfg.run.device, cfg.run.collective_timeout)
     threads = comm.configure_threads(world, cfg.run.threads, cfg.run.deterministic)
     log = Logger(plan.out / "logs" / f"rank{world.rank}.log", echo=world.is_root)
+    log(f"rank {world.rank} of {world.size}: pid {os.getpid()} on {platform.node()}")
     if world.is_root:
         atomic_write(plan.out / "config.toml", cfg.to_toml().encode())
-        (plan.out / "results.json").unlink(missing_ok=True)  # a finished-looking file only at the very end
     log(report.plan_text(plan, world, threads))
     if args.dry_run:
         return

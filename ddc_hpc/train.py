@@ -150,6 +150,8 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                            generator=torch.Generator().manual_seed(seed), max_shift=data.max_shift)
             x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             loss = F.cross_entropy(model(x), labels)
+            if comm.nan_point(job.name, epoch + 1, step + 1):
+                loss = loss * float("nan")
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(
                     f"phase {job.name}, epoch {epoch + 1}, step {step + 1}, rank {job.rank}: "

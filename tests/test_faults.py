@@ -1,0 +1,139 @@
+"""Fault matrix: any failure on any rank ends the whole job quickly, names the rank, loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, run_pipeline
+
+PHASES = ["sub", "compose", "global", "random"]
+
+
+def _ended_cleanly(done, out, rank: int, started: float, expect: str) -> float:
+    seconds = time.monotonic() - started
+    assert done.returncode not in (0, 2), done.stderr[-2000:]
+    assert f"rank {rank}" in done.stderr and expect in done.stderr, done.stderr[-2000:]
+    assert not (out / "results.json").exists()
+    assert seconds < 30, f"took {seconds:.1f} s to end"
+    return seconds
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("role", ["root", "non-root"])
+@pytest.mark.parametrize("phase", PHASES)
+def test_an_error_on_any_rank_in_any_phase_ends_the_job(phase, role, ranks, tmp_path):
+    rank = 0 if role == "root" else ranks - 1
+    out = tmp_path / "run"
+    started = time.monotonic()
+    done = run_pipeline(ranks, out, env={"DDC_FAULT": f"{phase}:{rank}"}, timeout=60)
+    _ended_cleanly(done, out, rank, started, "injected fault")
+    assert f"phase {phase!r}" in done.stderr
+
+
+@pytest.mark.parametrize("job, rank", [("sub_1", 1), ("global", 3), ("random", 0)])
+def test_a_rank_killed_mid_phase_ends_the_job(job, rank, tmp_path):
+    out = tmp_path / "run"
+    started = time.monotonic()
+    done = run_pipeline(4, out, env={"DDC_KILL_AT": f"{job}:1:1:{rank}"}, timeout=60)
+    seconds = time.monotonic() - started
+    assert done.returncode != 0 and not (out / "results.json").exists()
+    assert seconds < 30, f"took {seconds:.1f} s to end"
+    # A SIGKILLed rank cannot speak for itself: the launcher reports it (srun: "task N: Killed";
+    # MPICH's mpiexec: "BAD TERMINATION ... PID", not always the culprit's), and every rank's log
+    # records its PID. The SLURM tests check srun's naming of the task.
+    # In the data-parallel phases the survivors usually notice first (gloo: connection closed)
+    # and end the job themselves, naming their own rank and the phase.
+    report = done.stdout + done.stderr
+    assert re.search(r"BAD TERMINATION.*\n.*PID \d+", report) or re.search(rf"rank \d: \w+ in phase '{job[:3]}", report)
+    assert f"rank {rank} of 4: pid " in (out / "logs" / f"rank{rank}.log").read_text()
+
+
+def test_a_hung_rank_is_caught_by_the_collective_deadline(tmp_path):
+    out = tmp_path / "run"
+    started = time.monotonic()
+    done = run_pipeline(2, out, "run.collective_timeout=4", env={"DDC_FAULT": "compose:1:hang"}, timeout=60)
+    _ended_cleanly(done, out, 0, started, "did not complete within 4 s")
+    assert "phase 'compose'" in done.stderr
+
+
+def test_nan_loss_stops_the_phase_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = ("run.strategy=ddc", "global.epochs=2")
+    done = run_pipeline(2, out, *args, env={"DDC_NAN_AT": "global:2:1"}, timeout=120)
+    assert done.returncode == 1
+    assert "phase global, epoch 2, step 1, rank" in done.stderr and "loss is nan" in done.stderr
+    manifest = json.loads((out / "checkpoints" / "global" / "manifest.json").read_text())
+    assert manifest["checkpoints"][-1]["epoch"] == 1  # the good epoch-1 checkpoint survives
+    resumed = run_pipeline(2, out, *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 32 MiB file system (tmpfs) to fill up; needs root, as CI and this machine have."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk, leave: int):
+    """Take all free space on the disk but `leave` bytes."""
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "filler").write_bytes(b"\0" * max(free - leave, 0))
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_and_results_intact(small_disk):
+    out = small_disk / "run"
+    args = ("run.strategy=random", "random.epochs=2")
+    assert run_pipeline(1, out, *args, env={"DDC_STOP_AT": "random:2:1"}).returncode == 75
+    slot = out / "checkpoints" / "random"
+    before = (slot / "manifest.json").read_text()
+    _fill(small_disk, leave=(slot / "ckpt-000000.pt").stat().st_size // 2)  # no room for a whole one
+    failed = run_pipeline(1, out, *args)
+    assert failed.returncode == 1 and "No space left on device" in failed.stderr, failed.stderr[-2000:]
+    assert (slot / "manifest.json").read_text() == before
+    assert not [p for p in slot.iterdir() if ".tmp" in p.name], "no half-written file left behind"
+    (small_disk / "filler").unlink()
+    assert run_pipeline(1, out, *args).returncode == 0
+    result = (out / "results.json").read_text()
+    _fill(small_disk, leave=0)
+    again = run_pipeline(1, out, *args)  # finished already: only rewrites its outputs, which fails
+    assert again.returncode == 1 and "No space left on device" in again.stderr
+    assert (out / "results.json").read_text() == result  # the earlier finished result is intact
+
+
+def test_ranks_with_different_configs_are_stopped(tmp_path):
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text("[sub]\nepochs = 1\n")
+    b.write_text("[sub]\nepochs = 2\n")
+    mpiexec = shutil.which("mpiexec")
+    command = [mpiexec, "-n", "1", sys.executable, "-m", "ddc_hpc.run", "--config", str(a), "--out",
+               str(tmp_path / "run"), ":", "-n", "1", sys.executable, "-m", "ddc_hpc.run", "--config", str(b),
+               "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "ranks disagree" in done.stderr
+
+
+def test_ranks_running_different_code_are_stopped(tmp_path):
+    copy = tmp_path / "other"
+    shutil.copytree(REPO / "ddc_hpc", copy / "ddc_hpc", ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "ddc_hpc" / "train.py").write_text((copy / "ddc_hpc" / "train.py").read_text() + "\n# edited\n")
+    mpiexec = shutil.which("mpiexec")
+    run = [sys.executable, "-m", "ddc_hpc.run", "--out", str(tmp_path / "run"), "--dry-run"]
+    command = [mpiexec, "-n", "1", "-env", "PYTHONPATH", str(REPO), *run, ":",
+               "-n", "1", "-env", "PYTHONPATH", str(copy), *run]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "code version" in done.stderr, done.stderr[-2000:]
