@@ -1,0 +1,186 @@
+"""jobs/*.toml: every job validates; the paper's jobs carry the paper's settings; every paper job has
+a smoke variant of the same pipeline.
+
+To keep CI time down only the smoke jobs of three distinct model families run end to end at 2 ranks
+(a CIFAR ResNet with overlapping tiles and the GNet-R baseline, an ImageNet ResNet with the K = 16
+crop layout, cnn11); every other smoke job runs through `--dry-run` at 2 ranks (data, tiles and
+both network sizes are checked; nothing is trained), all of them in one mpiexec launch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, launch, results
+from ddc_hpc import build_model
+from ddc_hpc.config import load_config
+from ddc_hpc.data import parse_source
+from ddc_hpc.partition import default_grid, tile_shape, tile_slices_nd
+
+JOBS = REPO / "jobs"
+ALL = sorted(p.stem for p in JOBS.glob("*.toml"))
+SMOKE = [n for n in ALL if n.endswith("-smoke")]
+PAPER = [n[: -len("-smoke")] for n in SMOKE]
+END_TO_END = ["cifar10-resnet32-overlap-smoke", "food101-resnet50-k16-smoke", "dogscats-cnn11-smoke"]
+SMOKE_SECONDS = 90  # "well under a minute" on an idle 2-core machine; shared CI machines are slower
+
+# name -> (model, classes, image side, tile shape, per-phase (epochs, lr, milestones), batch, plateau)
+CIFAR = {"sub": (120, 1e-3, (60, 80, 100)), "global": (80, 1e-4, (20, 40)), "random": (200, 1e-3, (80, 140, 160))}
+FOOD = {"sub": (100, 1e-3, (80,)), "global": (100, 1e-3, (60, 80)), "random": (200, 1e-3, (120, 180))}
+
+
+def expected(name: str) -> dict:
+    parts = name.split("-")
+    if parts[0] in ("cifar10", "cifar100"):
+        tile = (20, 20) if parts[2] == "overlap" else (16, 16)
+        return {"model": "cifar_" + parts[1], "classes": 10 if parts[0] == "cifar10" else 100, "side": 32,
+                "tile": tile, "schedule": CIFAR, "batch": 32, "plateau": 5, "source": parts[0] + ":",
+                "strategy": "both" if parts[2] == "overlap" else "ddc", "K": 4}
+    if parts[0] == "food101":
+        K = int(parts[2][1:])
+        tile = {4: (140, 140), 8: (140, 84), 16: (70, 70)}[K]
+        return {"model": parts[1], "classes": 101, "side": 224, "tile": tile, "schedule": FOOD, "batch": 128,
+                "plateau": 0, "source": "food101:", "strategy": "both" if K == 4 else "ddc", "K": K}
+    assert name == "dogscats-cnn11", name
+    return {"model": "cnn11", "classes": 2, "side": 224, "tile": (140, 140), "schedule": None, "batch": 32,
+            "plateau": 5, "source": "imagefolder:", "strategy": "both", "K": 4}
+
+
+def tiles_of(config, side: int):
+    d = config.decompose
+    return tile_slices_nd((side, side), d.grid or default_grid(d.partitions), d.overlap, d.crop)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_job_parses_and_validates(name):
+    config = load_config(JOBS / f"{name}.toml")
+    assert config.model.task == "classification"
+
+
+def test_the_paper_experiments_are_all_there():
+    cifar = {f"{d}-resnet{n}-{o}" for d in ("cifar10", "cifar100") for n in (32, 56, 110)
+             for o in ("overlap", "nonoverlap")}
+    food = {f"food101-resnet{n}-k{k}" for n in (50, 101) for k in (4, 8, 16)}
+    assert cifar | food | {"dogscats-cnn11"} == set(PAPER)
+    assert set(PAPER) <= set(ALL)
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_jobs_carry_the_papers_settings(name):
+    config, want = load_config(JOBS / f"{name}.toml"), expected(name)
+    assert (config.model.name, config.model.num_classes, config.model.width) == (want["model"], want["classes"], 64)
+    assert config.decompose.partitions == want["K"]
+    assert tile_shape(tiles_of(config, want["side"])) == want["tile"]
+    assert config.data.source.startswith(want["source"]) and config.data.augment
+    assert config.run.strategy == want["strategy"]
+    phases = {"sub": config.sub, "global": config.global_, "random": config.random}
+    for phase, p in phases.items():
+        assert (p.optimizer, p.batch_size, p.gamma) == ("adam", want["batch"], 0.1), phase
+        assert p.plateau_patience == want["plateau"], phase
+        assert p.plateau_factor == pytest.approx(1 / math.sqrt(10)), phase
+        if want["schedule"]:
+            assert (p.epochs, p.lr, p.milestones) == want["schedule"][phase], phase
+    assert config.random_epochs == config.sub.epochs + config.global_.epochs  # equal iterations
+    with torch.device("meta"):  # both sizes build (widths split K ways) without allocating
+        build_model(config.model.name, config.model.num_classes, width=config.model.width)
+        build_model(config.model.name, config.model.num_classes, partitions=config.decompose.partitions,
+                    width=config.model.width)
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_smoke_variant_is_the_same_pipeline_cut_down(name):
+    full, smoke = load_config(JOBS / f"{name}.toml"), load_config(JOBS / f"{name}-smoke.toml")
+    assert (smoke.model.name, smoke.model.num_classes) == (full.model.name, full.model.num_classes)
+    assert smoke.decompose.partitions == full.decompose.partitions
+    assert (smoke.decompose.grid or None) == (full.decompose.grid or None)
+    assert smoke.run.strategy == full.run.strategy
+    assert smoke.model.width < full.model.width
+    kind, _, options = parse_source(smoke.data.source)
+    assert kind == "synthetic" and int(options["n"]) <= 400
+    # the same tile layout, as a fraction of the image side (cnn11's smoke images are 64 px, not 224)
+    side = int(options.get("size", 32))
+    full_side = expected(name)["side"]
+    assert [x / side for x in tile_shape(tiles_of(smoke, side))] == \
+        [x / full_side for x in tile_shape(tiles_of(full, full_side))]
+    for phase in ("sub", "global_", "random"):
+        a, b = getattr(smoke, phase), getattr(full, phase)
+        assert (a.optimizer, a.lr, a.plateau_patience) == (b.optimizer, b.lr, b.plateau_patience), phase
+    assert smoke.sub.epochs + smoke.global_.epochs <= 3 and smoke.random_epochs <= 3
+
+
+_FINISHED: dict[str, tuple] = {}
+
+
+def finished_smoke_run(name: str, tmp_path_factory) -> tuple[Path, float]:
+    """Run smoke job `name` at 2 ranks once per test session: (out dir, seconds).
+
+    test_visualize.py draws on the cnn11 run, so the session pays for it once.
+    """
+    if name not in _FINISHED:
+        out = tmp_path_factory.mktemp("smoke") / name
+        tic = time.monotonic()
+        done = launch(2, "ddc_hpc.run", "--config", str(JOBS / f"{name}.toml"), "--out", str(out), timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        _FINISHED[name] = (out, time.monotonic() - tic)
+    return _FINISHED[name]
+
+
+@pytest.mark.parametrize("name", END_TO_END)
+def test_smoke_job_runs_end_to_end_at_two_ranks(name, tmp_path_factory):
+    out, seconds = finished_smoke_run(name, tmp_path_factory)
+    r = results(out)
+    config = load_config(JOBS / f"{name}.toml")
+    assert r["model"] == config.model.name and r["partitions"] == config.decompose.partitions
+    assert len(r["sub"]["per_subnet_val_accuracy"]) == config.decompose.partitions
+    assert r["compose"]["max_rel_error"] <= 1e-4 and r["sub"]["collectives"] == 0
+    assert r["global"]["epochs"] == config.global_.epochs
+    assert ("random" in r) == (config.run.strategy == "both")
+    assert seconds < SMOKE_SECONDS, f"{name} took {seconds:.0f} s at 2 ranks; smoke jobs must stay well under a minute"
+
+
+DRY_RUN_DRIVER = """
+import sys
+from mpi4py import MPI
+from ddc_hpc import run
+out, names = sys.argv[1], sys.argv[2:]
+for name in names:
+    try:
+        run.main(["--config", f"jobs/{name}.toml", "--out", f"{out}/{name}", "--dry-run"])
+    except SystemExit as exit:
+        code = exit.code or 0
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        print(f"@@ {name} exit {code}", flush=True)
+"""
+
+
+def test_other_smoke_jobs_pass_a_dry_run_at_two_ranks(tmp_path):
+    names = [n for n in SMOKE if n not in END_TO_END]
+    command = [shutil.which("mpiexec") or "mpiexec", "-n", "2", sys.executable, "-c", DRY_RUN_DRIVER,
+               str(tmp_path), *names]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DDC_FAULT", "SLURM_"))}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in names:
+        assert f"@@ {name} exit 0" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+        full = load_config(JOBS / f"{name}.toml")
+        tile = "x".join(map(str, tile_shape(tiles_of(full, int(parse_source(full.data.source)[2]["size"])))))
+        assert f"ddc_hpc run -> {tmp_path / name}\n" in done.stdout
+        assert not (tmp_path / name / "results.json").exists() and not list((tmp_path / name).glob("*.pt"))
+        assert f"tiles {tile} " in (tmp_path / name / "logs" / "rank0.log").read_text()
+
+
+def test_job_files_say_how_to_run_them():
+    for name in set(ALL) - {"quickstart"}:  # the quickstart is what `python -m ddc_hpc.run` runs
+        text = (JOBS / f"{name}.toml").read_text()
+        assert f"jobs/{name}.toml" in text, f"{name}.toml: give the command that runs it in its header"
+
