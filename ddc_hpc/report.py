@@ -1,16 +1,29 @@
-"""What a run leaves behind: results.json, metrics.csv, the comparison table and PNG plots.
+"""What a run leaves behind, and the paper's tables and figures over several runs.
 
-results.json is written last and atomically, so its presence means the run finished.
+The pipeline (run.py, rank 0) writes results.json, metrics.csv and one run's plots; results.json is
+written last and atomically, so its presence means the run finished.
+
+    python -m ddc_hpc.report RUN_DIR... [--out DIR]
+
+puts finished runs side by side, one column each, in the layout of the paper's Tables 3.3 / 3.5
+(SNet-k range, GNet-T not trained, GNet-T-trained, GNet-R-trained; top-1 and top-5) with the wall
+time per phase, and draws Fig. 3.1 / 3.5 (time per phase) and Fig. 3.2 / 3.6 (validation accuracy
+per epoch, GNet-T against GNet-R): DIR/report.md, phase_seconds.png, accuracy.png,
+time_to_accuracy.png. The markdown is also printed.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
+import sys
+import tomllib
 from pathlib import Path
 
 from .checkpoint import atomic_write
+from .errors import BadInput
 from .partition import subnets_of_rank, tile_shape
 
 METRIC_COLUMNS = ["phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top5", "lr", "seconds",
@@ -93,8 +106,14 @@ def write(out: Path, results: dict) -> None:
     atomic_write(out / "results.json", json.dumps(results, indent=1).encode())
 
 
+# ------------------------------------------------------------------------------------ one run's view
+
+
 def ddc_curve(results: dict) -> tuple[list[float], list[float], list[float]]:
-    """(epochs, wall seconds, val accuracy) of GNet-T, starting at the composed net before training."""
+    """(epochs, wall seconds, val accuracy) of GNet-T, starting at the composed net before training.
+
+    Epochs count on the paper's equal-iteration axis: GNet-T's epoch e is at sub.epochs + e.
+    """
     sub, comp, glob = results["sub"], results["compose"], results["global"]
     epochs, seconds, acc = [sub["epochs"]], [sub["seconds"] + comp["seconds"]], [comp["init_val_accuracy"]]
     for row in glob["history"]:
@@ -113,45 +132,34 @@ def random_curve(results: dict) -> tuple[list[float], list[float], list[float]]:
     return [r["epoch"] for r in history], seconds, [r["val_accuracy"] for r in history]
 
 
-def plot(out: Path, results: dict) -> None:
-    """accuracy.png (paper Fig. 3.2), time_to_accuracy.png and phase_seconds.png (Fig. 3.1)."""
+def sub_curves(results: dict) -> list[tuple[list[float], list[float], list[float]]]:
+    """(epochs, wall seconds, val accuracy) of every sub-network on its own tile."""
+    curves = []
+    for history in results.get("sub", {}).get("histories", []):
+        seconds, total = [], 0.0
+        for row in history:
+            total += row["seconds"]
+            seconds.append(total)
+        curves.append(([r["epoch"] for r in history], seconds, [r["val_accuracy"] for r in history]))
+    return curves
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {}
-    if "global" in results:
-        curves["GNet-T (composed)"] = ddc_curve(results)
-    if "random" in results:
-        curves["GNet-R (random init)"] = random_curve(results)
-    for name, axis, xlabel in (("accuracy.png", 0, "epoch (sub-network epochs + global epochs)"),
-                               ("time_to_accuracy.png", 1, "wall time [s]")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, curve in curves.items():
-            ax.plot(curve[axis], [100 * a for a in curve[2]], marker="o", label=label)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation accuracy [%]")
-        ax.set_title(f"{results['model']}, K = {results['partitions']}, {results['world_size']} rank(s)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bars = [(p, results[p]["seconds"]) for p in ("sub", "compose", "global") if p in results]
-    bottom = 0.0
-    for phase, seconds in bars:
-        ax.bar("DDC", seconds, bottom=bottom, label=phase)
-        bottom += seconds
-    if "random" in results:
-        ax.bar("GNet-R", results["random"]["seconds"], label="random")
-    ax.set_ylabel("seconds")
-    ax.set_title("wall time per phase")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "phase_seconds.png", dpi=120)
-    plt.close(fig)
+    return plt
+
+
+def plot(out: Path, results: dict) -> None:
+    """One run's accuracy.png (paper Fig. 3.2), time_to_accuracy.png and phase_seconds.png (Fig. 3.1)."""
+    run = {"name": f"{results['model']}, K = {results['partitions']}, {results['world_size']} rank(s)",
+           "results": results, "config": {}}
+    accuracy_figure([run], out / "accuracy.png", axis=0)
+    accuracy_figure([run], out / "time_to_accuracy.png", axis=1)
+    phase_seconds_figure([run], out / "phase_seconds.png")
 
 
 def _pct(value) -> str:
@@ -178,3 +186,277 @@ def table(results: dict) -> str:
     if "compose" in results and results["compose"]["max_abs_error"] is not None:
         lines.append(f"Theorem 2.1 check: max |F(x) - sum_k F_k(x)| = {results['compose']['max_abs_error']:.3g}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- several runs (the CLI)
+
+
+def load_run(path: str | Path) -> dict:
+    """{'name', 'dir', 'results', 'config'} of a finished run directory; BadInput otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BadInput(f"{path} is not a directory; pass run directories (the --out of python -m ddc_hpc.run)")
+    try:
+        results = json.loads((path / "results.json").read_text())
+    except FileNotFoundError:
+        raise BadInput(f"{path} has no results.json: the run has not finished (results.json is written last), "
+                       "or this is not a ddc_hpc run directory") from None
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{path / 'results.json'} cannot be read ({err})") from None
+    if not isinstance(results, dict) or not {"model", "partitions"} <= set(results):
+        raise BadInput(f"{path / 'results.json'} is not the results of a ddc_hpc run")
+    try:
+        config = tomllib.loads((path / "config.toml").read_text())
+    except (OSError, ValueError):
+        config = {}  # optional: only used to describe the run
+    return {"name": path.resolve().name, "dir": path, "results": results, "config": config}
+
+
+def _range(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return f"{100 * lo:.2f}" if abs(hi - lo) < 5e-5 else f"{100 * lo:.2f}-{100 * hi:.2f}"
+
+
+def _num(value, digits: int = 2, scale: float = 100.0) -> str:
+    return "-" if value is None else f"{scale * value:.{digits}f}"
+
+
+def accuracy_rows(results: dict, metric: str) -> dict[str, str]:
+    """The accuracy rows of Tables 3.3 / 3.5 for one run; metric 'top1' or 'top5'."""
+    sub, comp = results.get("sub"), results.get("compose")
+    glob, rand = results.get("global"), results.get("random")
+    if metric == "top1":
+        snets = sub["per_subnet_val_accuracy"] if sub else []
+        values = [comp and comp.get("init_val_accuracy"), glob and glob.get("val_accuracy"),
+                  rand and rand.get("val_accuracy")]
+    else:
+        snets = [h[-1].get("val_top5") if h else None for h in sub.get("histories", [])] if sub else []
+        values = [comp and comp.get("init_val_top5"), glob and glob.get("val_top5"), rand and rand.get("val_top5")]
+    return {"SNet-k, each (range over k)": _range(snets), "GNet-T, not trained": _num(values[0]),
+            "GNet-T-trained": _num(values[1]), "GNet-R-trained": _num(values[2])}
+
+
+def _ddc_seconds(results: dict):
+    if not all(p in results for p in ("sub", "compose", "global")):
+        return None
+    return sum(results[p]["seconds"] for p in ("sub", "compose", "global"))
+
+
+def _per_epoch(history) -> float | None:
+    return sum(r["seconds"] for r in history) / len(history) if history else None
+
+
+def time_rows(results: dict) -> dict[str, str]:
+    """Wall time per phase (seconds) and the DDC / GNet-R comparison of one run."""
+    sub, rand = results.get("sub"), results.get("random")
+    ddc = _ddc_seconds(results)
+    snet_epoch = None
+    if sub and sub.get("histories"):
+        snet_epoch = max(_per_epoch(h) or 0.0 for h in sub["histories"])
+
+    def seconds(phase):
+        return _num(results[phase]["seconds"], 1, 1.0) if phase in results else "-"
+
+    gnet_epoch = _per_epoch(results.get("global", {}).get("history") or results.get("random", {}).get("history"))
+    rows = {
+        "SNets, in parallel (sub)": seconds("sub"),
+        "compose (Gatherv, Theorem 2.1 check, eval)": seconds("compose"),
+        "GNet-T training (global)": seconds("global"),
+        "DDC total (sub + compose + global)": _num(ddc, 1, 1.0),
+        "GNet-R training (random)": seconds("random"),
+        "DDC / GNet-R": "-" if ddc is None or not rand or not rand["seconds"] else f"{ddc / rand['seconds']:.2f}",
+        "one SNet epoch (slowest)": _num(snet_epoch, 2, 1.0),
+        "one GNet epoch": _num(gnet_epoch, 2, 1.0),
+    }
+    return rows
+
+
+def _epochs(results: dict) -> str:
+    parts = []
+    if "sub" in results:
+        parts.append(f"{results['sub']['epochs']} + {results['global']['epochs']}")
+    if "random" in results:
+        parts.append(f"{results['random']['epochs']}")
+    return " / ".join(parts)
+
+
+def describe(run: dict) -> str:
+    """One line about a run: model, data, tiles, ranks, epochs."""
+    r, cfg = run["results"], run["config"]
+    model, dec = cfg.get("model", {}), cfg.get("decompose", {})
+    bits = [f"{r['model']}" + (f" (width {model['width']}, {model['num_classes']} classes)" if model else ""),
+            f"data `{r.get('dataset', '?')}`", f"K = {r['partitions']}"]
+    if dec:
+        grid = dec.get("grid") or []
+        bits.append(("grid " + "x".join(map(str, grid)) + ", " if grid else "")
+                    + f"overlap {dec.get('overlap', 0)}, crop {dec.get('crop', 0)}")
+    bits.append(f"{r.get('world_size', '?')} rank(s) on {r.get('device', '?')}")
+    bits.append(f"strategy {r.get('strategy', '?')}, epochs SNet + GNet-T / GNet-R: {_epochs(r)}")
+    if r.get("compose", {}).get("max_abs_error") is not None:
+        bits.append(f"Theorem 2.1 max |F(x) - sum F_k(x)| = {r['compose']['max_abs_error']:.2g}")
+    return "; ".join(bits)
+
+
+def _classes(run: dict) -> int:
+    """Number of classes of a run (from its config.toml; unknown counts as many)."""
+    return run["config"].get("model", {}).get("num_classes") or 1 << 30
+
+
+def _markdown_table(header: str, names: list[str], rows: list[dict[str, str]]) -> str:
+    lines = ["| " + " | ".join([header, *names]) + " |", "|" + "---|" * (len(names) + 1)]
+    for label in rows[0]:
+        lines.append("| " + " | ".join([label, *(row[label] for row in rows)]) + " |")
+    return "\n".join(lines)
+
+
+def markdown(runs: list[dict]) -> str:
+    """Tables 3.3 / 3.5 (top-1, top-5 where it means something) and the wall time per phase."""
+    names = [f"`{run['name']}`" for run in runs]
+    parts = ["Validation accuracy, top-1 [%] (layout of the paper's Tables 3.3 / 3.5)", "",
+             _markdown_table("top-1 [%]", names, [accuracy_rows(run["results"], "top1") for run in runs])]
+    # With 5 classes or fewer top-5 is 100 % by definition: shown as '-'.
+    top5 = [accuracy_rows(run["results"], "top5") if _classes(run) > 5 else None for run in runs]
+    if any(top5):
+        blank = dict.fromkeys(next(t for t in top5 if t), "-")
+        parts += ["", "Validation accuracy, top-5 [%]", "",
+                  _markdown_table("top-5 [%]", names, [t or blank for t in top5])]
+    parts += ["", "Wall time [s] per phase (paper Tables 3.2 / 3.4, Figs. 3.1 / 3.5)", "",
+              _markdown_table("seconds", names, [time_rows(run["results"]) for run in runs])]
+    parts += ["", "Runs:", ""] + [f"- `{run['name']}`: {describe(run)}" for run in runs]
+    return "\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def accuracy_figure(runs: list[dict], path: Path, axis: int = 0) -> None:
+    """Fig. 3.2 / 3.6: validation accuracy of GNet-T (from the composed net) and GNet-R, one panel
+    a run; the SNets on their own tiles in thin lines. axis 0: epochs (equal-iteration axis, GNet-T
+    starts after the SNets' epochs), axis 1: wall time in seconds (GNet-T starts after sub + compose).
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    columns = min(3, len(runs))
+    rows = -(-len(runs) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    for ax, run in zip(axes.flat, runs):
+        r = run["results"]
+        for i, curve in enumerate(sub_curves(r)):
+            ax.plot(curve[axis], [100 * a for a in curve[2]], color="0.6", lw=0.8,
+                    label="SNets (own tiles)" if i == 0 else None)
+        if "global" in r:
+            curve = ddc_curve(r)
+            ax.plot(curve[axis], [100 * a for a in curve[2]], marker="o", ms=3, color="C0",
+                    label="GNet-T (composed)")
+            ax.axvline(curve[axis][0], color="C0", ls=":", lw=0.8)
+        if "random" in r:
+            curve = random_curve(r)
+            ax.plot(curve[axis], [100 * a for a in curve[2]], marker="s", ms=3, color="C3",
+                    label="GNet-R (random init)")
+        ax.set_xlabel("epoch (SNet epochs + GNet-T epochs)" if axis == 0 else "wall time [s]")
+        ax.set_ylabel("validation accuracy [%]")
+        ax.set_title(run["name"], fontsize=10)
+        if axis == 0:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+PHASE_COLOURS = {"sub": "C2", "compose": "C1", "global": "C0", "random": "C3"}
+PHASE_LABELS = {"sub": "SNets (sub)", "compose": "compose", "global": "GNet-T training", "random": "GNet-R training"}
+
+
+def phase_seconds_figure(runs: list[dict], path: Path) -> None:
+    """Fig. 3.1 / 3.5: wall time per phase; per run a stacked DDC bar and a GNet-R bar."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.4 * len(runs) + 1.5), 4.4))
+    labelled = set()
+    for i, run in enumerate(runs):
+        r = run["results"]
+        x = 3 * i
+        bottom = 0.0
+        for phase in ("sub", "compose", "global"):
+            if phase in r:
+                ax.bar(x, r[phase]["seconds"], bottom=bottom, color=PHASE_COLOURS[phase],
+                       label=None if phase in labelled else PHASE_LABELS[phase])
+                labelled.add(phase)
+                bottom += r[phase]["seconds"]
+        if bottom:
+            ax.text(x, bottom, f"DDC\n{bottom:.0f} s", ha="center", va="bottom", fontsize=8)
+        if "random" in r:
+            seconds = r["random"]["seconds"]
+            ax.bar(x + 1, seconds, color=PHASE_COLOURS["random"],
+                   label=None if "random" in labelled else PHASE_LABELS["random"])
+            labelled.add("random")
+            ax.text(x + 1, seconds, f"GNet-R\n{seconds:.0f} s", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks([3 * i + 0.5 for i in range(len(runs))], [_wrap(run["name"]) for run in runs], fontsize=8)
+    ax.set_xlim(-1, 3 * len(runs) - 1)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # room for the labels above the bars
+    ax.set_ylabel("wall time [s]")
+    ax.set_title("wall time per phase: DDC (SNets + compose + GNet-T) and GNet-R")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _wrap(name: str, width: int = 22) -> str:
+    """Break a long run name at '-' or '_' so that neighbouring tick labels do not overlap."""
+    lines, line = [], ""
+    for part in name.replace("_", "_\0").replace("-", "-\0").split("\0"):
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    return "\n".join(lines + [line])
+
+
+def report(run_dirs, out: Path) -> str:
+    """Write out/report.md and the figures for `run_dirs`; returns the markdown."""
+    runs = [load_run(d) for d in run_dirs]
+    names = [run["name"] for run in runs]
+    if len(set(names)) < len(names):  # same folder name under different parents: use the paths
+        for run in runs:
+            run["name"] = str(run["dir"])
+    text = markdown(runs)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInput(f"cannot create the output folder {out} ({err.strerror}); choose another --out") from None
+    atomic_write(out / "report.md", text.encode())
+    accuracy_figure(runs, out / "accuracy.png", axis=0)
+    accuracy_figure(runs, out / "time_to_accuracy.png", axis=1)
+    phase_seconds_figure(runs, out / "phase_seconds.png")
+    return text
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m ddc_hpc.report",
+        description="The paper's Tables 3.3 / 3.5 and Figs. 3.1 / 3.2 for finished runs, one column each.")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories, one column each")
+    parser.add_argument("--out", default="report",
+                        help="folder for report.md and the PNG figures (default: ./report)")
+    args = parser.parse_args(argv)
+    try:
+        text = report(args.runs, Path(args.out))
+    except BadInput as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(text, end="")
+    print(f"\nwritten: {Path(args.out) / 'report.md'}, accuracy.png, time_to_accuracy.png, phase_seconds.png",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

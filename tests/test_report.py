@@ -1,0 +1,138 @@
+"""`python -m ddc_hpc.report RUN_DIR...`: Tables 3.3 / 3.5 and Figs. 3.1 / 3.2 over finished runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+
+from conftest import launch, results
+from ddc_hpc import report
+from ddc_hpc.errors import BadInput
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _history(phase, accuracies, seconds=2.0, top5=None):
+    return [{"phase": phase, "epoch": e + 1, "loss": 1.0, "val_accuracy": a, "val_top5": (top5 or a),
+             "seconds": seconds, "train_seconds": seconds * 0.9, "train_samples": 100}
+            for e, a in enumerate(accuracies)]
+
+
+def fabricated(strategy="both", classes=10) -> dict:
+    """A run as results.json holds it: K = 4, 2 SNet + 1 GNet-T epochs, 3 GNet-R epochs."""
+    run = {"name": f"run-{strategy}", "dir": None,
+           "config": {"model": {"name": "cifar_resnet20", "width": 16, "num_classes": classes},
+                      "decompose": {"partitions": 4, "grid": [2, 2], "overlap": 4, "crop": 0}},
+           "results": {"strategy": strategy, "world_size": 4, "partitions": 4, "model": "cifar_resnet20",
+                       "dataset": "synthetic", "device": "cpu"}}
+    r = run["results"]
+    if strategy in ("both", "ddc"):
+        subs = [_history(f"sub_{k}", [0.3, 0.40 + 0.01 * k], seconds=1.0, top5=0.8 + 0.01 * k) for k in range(4)]
+        r["sub"] = {"seconds": 2.5, "epochs": 2, "val_accuracy": 0.415, "histories": subs,
+                    "per_subnet_val_accuracy": [h[-1]["val_accuracy"] for h in subs]}
+        r["compose"] = {"seconds": 0.5, "epochs": 0, "val_accuracy": 0.55, "init_val_accuracy": 0.55,
+                        "init_val_top5": 0.9, "max_abs_error": 3e-7}
+        r["global"] = {"seconds": 4.0, "epochs": 1, "val_accuracy": 0.7, "val_top5": 0.95,
+                       "history": _history("global", [0.7], seconds=4.0, top5=0.95)}
+    if strategy in ("both", "random"):
+        r["random"] = {"seconds": 12.0, "epochs": 3, "val_accuracy": 0.6, "val_top5": 0.93,
+                       "history": _history("random", [0.3, 0.5, 0.6], seconds=4.0, top5=0.93)}
+    return run
+
+
+def rows_of(text: str, title: str) -> dict[str, list[str]]:
+    """The rows of the markdown table whose header cell is `title`: label -> cells."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {title} |"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_tables_have_the_papers_rows_one_column_per_run():
+    text = report.markdown([fabricated("both"), fabricated("ddc"), fabricated("random")])
+    top1 = rows_of(text, "top-1 [%]")
+    assert list(top1) == ["SNet-k, each (range over k)", "GNet-T, not trained", "GNet-T-trained", "GNet-R-trained"]
+    assert top1["SNet-k, each (range over k)"] == ["40.00-43.00", "40.00-43.00", "-"]
+    assert top1["GNet-T, not trained"] == ["55.00", "55.00", "-"]
+    assert top1["GNet-T-trained"] == ["70.00", "70.00", "-"]
+    assert top1["GNet-R-trained"] == ["60.00", "-", "60.00"]
+    top5 = rows_of(text, "top-5 [%]")
+    assert top5["SNet-k, each (range over k)"][0] == "80.00-83.00" and top5["GNet-T-trained"][0] == "95.00"
+    seconds = rows_of(text, "seconds")
+    assert seconds["SNets, in parallel (sub)"] == ["2.5", "2.5", "-"]
+    assert seconds["DDC total (sub + compose + global)"] == ["7.0", "7.0", "-"]
+    assert seconds["GNet-R training (random)"] == ["12.0", "-", "12.0"]
+    assert seconds["DDC / GNet-R"] == ["0.58", "-", "-"]
+    assert seconds["one SNet epoch (slowest)"][0] == "1.00" and seconds["one GNet epoch"][0] == "4.00"
+    assert "`run-both`: cifar_resnet20 (width 16, 10 classes)" in text and "overlap 4" in text
+
+
+def test_top5_is_left_out_where_it_means_nothing():
+    assert "top-5" not in report.markdown([fabricated(classes=2)])
+    text = report.markdown([fabricated(classes=2), fabricated(classes=100)])
+    assert rows_of(text, "top-5 [%]")["GNet-T-trained"] == ["-", "95.00"]
+
+
+def test_figures_are_pngs(tmp_path):
+    runs = [fabricated("both"), fabricated("ddc"), fabricated("random"), fabricated("both")]
+    report.accuracy_figure(runs, tmp_path / "a.png", axis=0)
+    report.accuracy_figure(runs, tmp_path / "t.png", axis=1)
+    report.phase_seconds_figure(runs, tmp_path / "p.png")
+    for name in ("a.png", "t.png", "p.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+
+
+def test_cli_on_finished_runs_writes_tables_and_figures(tiny_run, tmp_path):
+    out, _ = tiny_run
+    # A second column: the same run as if only the DDC strategy had run.
+    other = tmp_path / "ddc-only"
+    other.mkdir()
+    shutil.copy(out / "config.toml", other / "config.toml")
+    r = results(out)
+    ddc = copy.deepcopy(r)
+    del ddc["random"]
+    (other / "results.json").write_text(json.dumps(ddc))
+    done = launch(1, "ddc_hpc.report", str(out), str(other), "--out", str(tmp_path / "report"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert done.stdout == text
+    top1 = rows_of(text, "top-1 [%]")
+    assert top1["GNet-T, not trained"][0] == f"{100 * r['compose']['init_val_accuracy']:.2f}"
+    assert top1["GNet-T-trained"] == [f"{100 * r['global']['val_accuracy']:.2f}"] * 2
+    assert top1["GNet-R-trained"] == [f"{100 * r['random']['val_accuracy']:.2f}", "-"]
+    snets = sorted(r["sub"]["per_subnet_val_accuracy"])
+    assert top1["SNet-k, each (range over k)"][0].startswith(f"{100 * snets[0]:.2f}")
+    assert rows_of(text, "seconds")["GNet-R training (random)"][0] == f"{r['random']['seconds']:.1f}"
+    assert "top-5 [%]" in text  # 10 classes
+    for name in ("accuracy.png", "time_to_accuracy.png", "phase_seconds.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:8] == PNG
+
+
+def test_cli_refuses_an_unfinished_run_with_exit_2(tmp_path):
+    (tmp_path / "run").mkdir()
+    done = launch(1, "ddc_hpc.report", str(tmp_path / "run"), "--out", str(tmp_path / "report"), timeout=60)
+    assert done.returncode == 2
+    assert "has no results.json" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_load_run_rejects_foreign_json(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"accuracy": 1}))
+    with pytest.raises(BadInput, match="not the results of a ddc_hpc run"):
+        report.load_run(tmp_path)
+
+
+def test_same_folder_names_are_told_apart_by_path(tmp_path, tiny_run):
+    out, _ = tiny_run
+    for parent in ("a", "b"):
+        shutil.copytree(out, tmp_path / parent / "run", ignore=shutil.ignore_patterns("*.pt", "checkpoints", "logs"))
+    text = report.report([tmp_path / "a" / "run", tmp_path / "b" / "run"], tmp_path / "out")
+    assert f"`{tmp_path / 'a' / 'run'}`" in text and f"`{tmp_path / 'b' / 'run'}`" in text
