@@ -174,6 +174,7 @@ free_port() { # a TCP port nobody listens on, from a range away from SLURM's def
 
 write_conf() {
   local dir=$1 host=$2 cpus=$3 ctld_port=$4 slurmd_port=$5 gpus=$6 gres_types="" node_gres="" i
+  local first_job_id=$(((RANDOM * 32768 + RANDOM) % 60000000 + 100000))
   if ((gpus > 0)); then
     gres_types="GresTypes=gpu"
     node_gres="Gres=gpu:$gpus"
@@ -187,6 +188,9 @@ write_conf() {
   cat >"$dir/slurm.conf" <<EOF
 # Written by tools/slurm_cluster.sh for a throw-away one-node cluster; do not copy to a real site.
 ClusterName=ddc
+# Job ids from a random start, not 1: MPICH names its /dev/shm segment after job id and step id, and
+# a segment leaked by a killed rank of an earlier cluster's job 1 would hang this cluster's job 1.
+FirstJobId=$first_job_id
 SlurmctldHost=$host
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
@@ -211,6 +215,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
+# Look at pending jobs every few seconds (defaults 30 and 60 s): a requeued job becomes eligible
+# when its BeginTime passes, which no event announces.
+SchedulerParameters=bf_interval=1,sched_interval=2
 MpiDefault=none
 # The node declares more CPUs than the machine has, so that -n 4 jobs fit on 2 cores.
 SlurmdParameters=config_overrides
@@ -222,7 +229,8 @@ JobRequeue=1
 EnforcePartLimits=ALL
 # Keep finished jobs visible to scontrol show job (there is no accounting database, so no sacct).
 MinJobAge=3600
-KillWait=10
+# Seconds between SIGTERM and SIGKILL when a job ends early (time limit, requeue, scancel).
+KillWait=5
 InactiveLimit=0
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
