@@ -332,7 +332,8 @@ def _write_manifest(root: Path, manifest: dict) -> None:
 
 
 def _python() -> str:
-    return os.environ.get("DDC_PYTHON") or sys.executable
+    """The interpreter running this tool runs the study too (the same venv on a cluster's shared disk)."""
+    return sys.executable
 
 
 def cmd_local(args) -> int:
