@@ -20,9 +20,26 @@ TINY = ["model.width=8", "data.limit=192", "sub.epochs=1", "global.epochs=1", "s
 
 
 def cli(*args, env=None, timeout=300):
+    """`python -m ddc_hpc.scaling ARGS` as a user runs it."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "ddc_hpc.scaling", *map(str, args)], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def main(capsys, monkeypatch):
+    """scaling.main in this process (no interpreter start per call): (exit code, stdout, stderr)."""
+    monkeypatch.chdir(REPO)
+
+    def run(*args):
+        try:
+            code = scaling.main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's own usage errors
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 def fake_results(world_size, sub=8.0, compose=0.5, glob=4.0, resumed=False, model="cifar_resnet20"):
@@ -92,7 +109,7 @@ def test_collect_writes_csv_and_plots(tmp_path):
     study = write_study(tmp_path / "study", {
         "n1": fake_results(1, sub=8, glob=4), "n2": fake_results(2, sub=4.2, glob=2.5),
         "n4": fake_results(4, sub=2.4, glob=1.8), "n8": None})  # n8 never finished
-    done = cli("collect", study)
+    done = cli("collect", study)  # the real command line, once
     assert done.returncode == 0, done.stderr
     assert "n8 has no results.json" in done.stderr
     with open(study / "scaling.csv") as f:
@@ -108,12 +125,12 @@ def test_collect_writes_csv_and_plots(tmp_path):
     assert "strong scaling over ranks" in done.stdout
 
 
-def test_collect_takes_nodes_and_mode_from_the_manifest(tmp_path):
+def test_collect_takes_nodes_and_mode_from_the_manifest(tmp_path, main):
     manifest = {"mode": "weak", "unit": "nodes", "runs": [{"dir": "n1", "nodes": 1}, {"dir": "n2", "nodes": 2}]}
     study = write_study(tmp_path / "s", {"n1": fake_results(4, sub=4, glob=2),
                                          "n2": fake_results(8, sub=4, glob=2.5)}, manifest)
     out = tmp_path / "elsewhere"
-    assert cli("collect", study, "--out", out).returncode == 0
+    assert main("collect", study, "--out", out).returncode == 0
     with open(out / "scaling.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["nodes"], r["ranks"], r["unit"], r["scaling"]) for r in rows] == [
@@ -121,9 +138,9 @@ def test_collect_takes_nodes_and_mode_from_the_manifest(tmp_path):
     assert float(rows[1]["speedup"]) == pytest.approx(2 * 6.5 / 7.0, rel=1e-5)
 
 
-def test_collect_warns_about_resumed_runs(tmp_path):
+def test_collect_warns_about_resumed_runs(tmp_path, main):
     study = write_study(tmp_path / "s", {"n1": fake_results(1), "n2": fake_results(2, resumed=True)})
-    done = cli("collect", study)
+    done = main("collect", study)
     assert done.returncode == 0 and "resumed" in done.stderr
 
 
@@ -131,8 +148,8 @@ def test_collect_warns_about_resumed_runs(tmp_path):
     ({"n1": None}, "no finished runs"),
     ({"n1": fake_results(1), "n2": fake_results(2, model="vgg11")}, "different problems"),
 ])
-def test_collect_bad_input_exits_2(tmp_path, runs, message):
-    done = cli("collect", write_study(tmp_path / "s", runs))
+def test_collect_bad_input_exits_2(tmp_path, main, runs, message):
+    done = main("collect", write_study(tmp_path / "s", runs))
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
@@ -149,8 +166,8 @@ def test_collect_bad_input_exits_2(tmp_path, runs, message):
     (["submit", "--nodes", "1", "--template", "slurm/cpu.sbatch"], "needs --config"),
     (["bogus"], "invalid choice"),
 ])
-def test_bad_arguments_exit_2(args, message):
-    done = cli(*args)
+def test_bad_arguments_exit_2(main, args, message):
+    done = main(*args)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
 
@@ -158,7 +175,7 @@ def test_bad_arguments_exit_2(args, message):
 # ---- submit ---------------------------------------------------------------------------------------
 
 @pytest.fixture
-def fake_sbatch(tmp_path):
+def fake_sbatch(tmp_path, monkeypatch):
     """An sbatch stand-in on PATH: records each command line, answers with job ids 101, 102, ..."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -172,14 +189,15 @@ open(log, 'a').write(json.dumps(sys.argv[1:]) + '\\n')
 print(f"{{101 + len(calls)}};ddc")
 """)
     script.chmod(0o755)
-    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, log
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
 
 
-def test_submit_one_job_per_node_count_and_a_dependent_collect(tmp_path, fake_sbatch):
-    env, log = fake_sbatch
+def test_submit_one_job_per_node_count_and_a_dependent_collect(tmp_path, fake_sbatch, main):
+    log = fake_sbatch
     out = tmp_path / "study"
-    done = cli("submit", "--nodes", "4", "1", "2", "--template", "slurm/gpu.sbatch", "--config",
-               "jobs/quickstart.toml", "--out", out, "--set", "sub.epochs=1", "--sbatch-arg=--account=me", env=env)
+    done = main("submit", "--nodes", "4", "1", "2", "--template", "slurm/gpu.sbatch", "--config",
+               "jobs/quickstart.toml", "--out", out, "--set", "sub.epochs=1", "--sbatch-arg=--account=me")
     assert done.returncode == 0, done.stderr
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(calls) == 4
@@ -197,23 +215,22 @@ def test_submit_one_job_per_node_count_and_a_dependent_collect(tmp_path, fake_sb
         ("n1", 1, "101"), ("n2", 2, "102"), ("n4", 4, "103")]
 
 
-def test_submit_weak_scaling_grows_the_key_and_dry_run_submits_nothing(tmp_path, fake_sbatch):
-    env, log = fake_sbatch
-    done = cli("submit", "--nodes", "1", "2", "4", "--template", "slurm/cpu.sbatch", "--config",
+def test_submit_weak_scaling_grows_the_key_and_dry_run_submits_nothing(tmp_path, fake_sbatch, main):
+    log = fake_sbatch
+    done = main("submit", "--nodes", "1", "2", "4", "--template", "slurm/cpu.sbatch", "--config",
                "jobs/quickstart.toml", "--set", "data.limit=1000", "--weak", "data.limit", "--out",
-               tmp_path / "w", "--dry-run", env=env)
+               tmp_path / "w", "--dry-run")
     assert done.returncode == 0, done.stderr
     assert not log.exists()
     assert "data.limit=2000" in done.stdout and "data.limit=4000" in done.stdout and "dry run" in done.stdout
     assert json.loads((tmp_path / "w" / "scaling.json").read_text())["mode"] == "weak"
 
 
-def test_submit_refuses_a_used_out_dir(tmp_path, fake_sbatch):
-    env, _ = fake_sbatch
+def test_submit_refuses_a_used_out_dir(tmp_path, fake_sbatch, main):
     (tmp_path / "s" / "n1").mkdir(parents=True)
     (tmp_path / "s" / "n1" / "results.json").write_text("{}")
-    done = cli("submit", "--nodes", "1", "--template", "slurm/cpu.sbatch", "--config", "jobs/quickstart.toml",
-               "--out", tmp_path / "s", env=env)
+    done = main("submit", "--nodes", "1", "--template", "slurm/cpu.sbatch", "--config", "jobs/quickstart.toml",
+                "--out", tmp_path / "s")
     assert done.returncode == 2 and "not empty" in done.stderr
 
 
