@@ -362,6 +362,19 @@ def requeue() -> bool:
     return result.returncode == 0
 
 
+def _leave_after_stop(comm: MPI.Comm, rank: int) -> None:
+    """Every rank stopped at the same point: leave MPI cleanly, then rank 0 requeues — but only
+    for SIGUSR1 (the --signal warning before the time limit); SIGTERM is a user's scancel."""
+    shutdown_distributed()
+    request, deadline = comm.Ibarrier(), time.monotonic() + 60
+    while not request.Test() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if request.Test():
+        MPI.Finalize()
+    if rank == 0 and _stop_signal == signal.SIGUSR1:
+        requeue()
+
+
 def restart_count() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
 
@@ -392,8 +405,7 @@ def run_guarded(main, debug: bool = False, log=None) -> None:
     except Preempted as err:
         code, abort = EXIT_PREEMPTED, False
         print(f"rank {rank}: {err}", file=sys.stderr, flush=True)
-        if rank == 0:
-            requeue()
+        _leave_after_stop(comm, rank)
     except BaseException as err:  # noqa: BLE001 - the whole point is to catch everything
         code = 130 if isinstance(err, KeyboardInterrupt) else 1
         detail = traceback.format_exc()

@@ -81,7 +81,9 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
                         limit=config.data.limit or None, in_memory=config.data.in_memory)
     spatial = data.train.image_shape[:-1]
     if len(grid) != len(spatial):
-        raise BadInput(f"decompose.grid {list(grid)} has {len(grid)} axes but the images have {len(spatial)}")
+        raise BadInput(f"decompose.grid {list(grid)} has {len(grid)} axes but the samples of {config.data.source} "
+                       f"have shape {data.train.image_shape}: {len(spatial)} spatial axes and channels last "
+                       "(images must be stored (N, H, W, C); give grayscale images a channel axis of 1)")
     try:
         tiles = tile_slices_nd(spatial, grid, d.overlap, d.crop)
     except ValueError as err:

@@ -144,8 +144,6 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm, tmp_path):
     assert (out / "checkpoints" / "global").is_dir()
 
 
-@pytest.mark.xfail(strict=False, reason="ddc_hpc requeues on SIGTERM as well as SIGUSR1, so a plain scancel "
-                   "brings the job back; requeue should follow only SIGUSR1, the --signal warning")
 def test_scancel_stops_with_a_checkpoint_and_does_not_requeue(slurm, tmp_path):
     """A user's `scancel` (SIGTERM, then SIGKILL after KillWait) must end the job: the ranks may still
     checkpoint, but the job must not come back."""
