@@ -24,6 +24,7 @@ STRATEGIES = ("ddc", "random", "both")
 BACKENDS = ("auto", "gloo", "nccl", "mpi")
 OPTIMIZERS = ("adam", "sgd")
 TASKS = ("classification", "regression", "autoencoder")
+LOSSES = ("auto", "cross_entropy", "mse", "l1")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -31,8 +32,15 @@ DEVICES = ("auto", "cpu", "cuda")
 class ModelConfig:
     name: str = "cifar_resnet20"
     width: int = 32
-    num_classes: int = 10
+    num_classes: int = 10  # for regression: the number of targets
     task: str = "classification"
+    loss: str = "auto"  # cross_entropy for classification, mse otherwise
+
+    @property
+    def loss_name(self) -> str:
+        if self.loss != "auto":
+            return self.loss
+        return "cross_entropy" if self.task == "classification" else "mse"
 
 
 @dataclass(frozen=True)
@@ -205,6 +213,10 @@ def validate(config: Config) -> None:
     _require(m.num_classes >= 1, f"model.num_classes must be >= 1, got {m.num_classes}")
     _require(m.width >= 1, f"model.width must be >= 1, got {m.width}")
     _one_of("model.task", m.task, TASKS)
+    _one_of("model.loss", m.loss, LOSSES)
+    _require((m.loss_name == "cross_entropy") == (m.task == "classification"),
+             f"model.loss = {m.loss!r} does not fit model.task = {m.task!r}: classification uses "
+             "cross_entropy, regression and autoencoder use mse or l1")
     _require(d.partitions >= 1, f"decompose.partitions must be >= 1, got {d.partitions}")
     _require(d.overlap >= 0 and d.crop >= 0, "decompose.overlap and decompose.crop must be >= 0")
     if d.grid:

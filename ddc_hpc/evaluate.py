@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from . import comm
-from .config import load_config
+from .config import ModelConfig, load_config
 from .data import load_dataset
 from .errors import BadInput
 from .models import build_model
-from .train import PhaseData, evaluate
+from .train import PhaseData, Task, evaluate
 
 
 def load_network(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
     source.add_argument("--data", help="every sample of a dataset: npz:PATH, h5:PATH, cifar10:ROOT, ...")
     source.add_argument("--run", help="a run directory: its own validation split (same seed and fraction)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--json", action="store_true", help='print {"top1": .., "top5": .., "n": ..}')
+    parser.add_argument("--json", action="store_true", help='print {"top1": .., "top5": .., "n": ..} (regression: mae, rmse)')
     args = parser.parse_args(argv)
 
     def evaluate_checkpoint() -> None:
@@ -57,19 +57,23 @@ def main(argv=None) -> None:
         else:
             splits = load_dataset(args.data, num_classes=classes, val_fraction=0.5, seed=0)
             sets = [splits.train, splits.val]
-        totals = {"top1": 0.0, "top5": 0.0, "n": 0}
+        model_config = ModelConfig(**saved["config"]["model"])
+        task = Task(model_config.task, model_config.loss_name)
+        keys = ("val_accuracy", "val_top5") if task.name == "classification" else ("val_mae", "val_rmse")
+        names = ("top1", "top5") if task.name == "classification" else ("mae", "rmse")
+        sums, n = dict.fromkeys(names, 0.0), 0
         for images in sets:
             data = PhaseData(train=images, val=images, mean=saved["mean"], tile=saved["tile"], augment=False)
-            m = evaluate(model, data, torch.device("cpu"), batch_size=args.batch_size)
-            totals["top1"] += m["val_accuracy"] * m["val_samples"]
-            totals["top5"] += m["val_top5"] * m["val_samples"]
-            totals["n"] += m["val_samples"]
-        result = {"top1": totals["top1"] / totals["n"], "top5": totals["top5"] / totals["n"], "n": totals["n"]}
+            m = evaluate(model, data, torch.device("cpu"), task, batch_size=args.batch_size)
+            for name, key in zip(names, keys):
+                sums[name] += m[key] ** (2 if name == "rmse" else 1) * m["val_samples"]
+            n += m["val_samples"]
+        result = {name: (value / n) ** (0.5 if name == "rmse" else 1) for name, value in sums.items()} | {"n": n}
         if args.json:
             print(json.dumps(result))
         else:
-            print(f"{args.checkpoint}: top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
-                  f"on {result['n']} images")
+            print(f"{args.checkpoint}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "n")
+                  + f"  on {n} samples")
 
     comm.run_guarded(evaluate_checkpoint)
 

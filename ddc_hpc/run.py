@@ -30,7 +30,7 @@ from .data import Splits, check_tiles, load_dataset, make_batch
 from .errors import BadInput
 from .models import build_model, model_options
 from .partition import default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd
-from .train import Job, PhaseData, evaluate, fit
+from .train import Job, PhaseData, Task, evaluate, fit
 
 THEOREM_RTOL = 1e-4  # composed logits vs sum of sub-network logits, relative to max |logit|
 
@@ -49,6 +49,14 @@ class Plan:
     def partitions(self) -> int:
         return self.config.decompose.partitions
 
+    @property
+    def tile_sample_shape(self) -> tuple[int, ...]:
+        return tile_shape(self.tiles) + self.data.train.image_shape[-1:]
+
+    @property
+    def task(self) -> Task:
+        return Task(self.config.model.task, self.config.model.loss_name)
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ddc_hpc.run", description=__doc__.split("\n")[0])
@@ -62,13 +70,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build(config: Config, partitions: int, spatial: tuple[int, ...], seed: int) -> torch.nn.Module:
-    """A global net (partitions=1, full images) or a sub-network (partitions=K, tiles), seeded."""
-    options = {"width": config.model.width}
-    if "input_size" in model_options(config.model.name):  # a flatten-FC head sized by its input
-        options["input_size"] = spatial if len(spatial) > 1 else spatial[0]
+def build(config: Config, partitions: int, sample_shape: tuple[int, ...], seed: int) -> torch.nn.Module:
+    """A global net (partitions=1, whole samples) or a sub-network (partitions=K, tiles), seeded.
+
+    `sample_shape` is (*spatial, channels); the options a family takes are read from the registry.
+    """
+    *spatial, channels = sample_shape
+    accepted = model_options(config.model.name)
+    derived = {"width": config.model.width, "in_channels": channels, "dims": len(spatial),
+               "input_size": tuple(spatial) if len(spatial) > 1 else spatial[0], "in_features": spatial[0]}
     torch.manual_seed(seed)
-    return build_model(config.model.name, config.model.num_classes, partitions=partitions, **options)
+    return build_model(config.model.name, config.model.num_classes, partitions=partitions,
+                       **{k: v for k, v in derived.items() if k in accepted})
 
 
 def prepare(args: argparse.Namespace, stamp: str) -> Plan:
@@ -91,8 +104,8 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     check_tiles(data.train.image_shape, tiles)
     try:  # widths must split into K sub-networks; the meta device builds without allocating
         with torch.device("meta"):
-            build(config, 1, spatial, 0)
-            build(config, d.partitions, tile_shape(tiles), 0)
+            build(config, 1, data.train.image_shape, 0)
+            build(config, d.partitions, tile_shape(tiles) + data.train.image_shape[-1:], 0)
     except (ValueError, TypeError, KeyError) as err:
         raise BadInput(f"model {config.model.name!r} cannot be built as configured: {err}") from None
     out = Path(args.out or f"runs/{stamp}")
@@ -172,10 +185,10 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
     trained = {}
     for k in subnets_of_rank(world.rank, world.size, K):
         group = groups[k] if groups else None
-        model = build(cfg, K, tile_shape(plan.tiles), cfg.run.seed * 1000 + k + 1)
+        model = build(cfg, K, plan.tile_sample_shape, cfg.run.seed * 1000 + k + 1)
         writer = subnet_owner(k, world.size, K) == world.rank
         slot = Slot(plan.out / "checkpoints", f"sub_{k}", cfg.digest()) if writer else None
-        job = Job(name=f"sub_{k}", model=wrap_ddp(model, world, group), config=cfg.sub,
+        job = Job(name=f"sub_{k}", model=wrap_ddp(model, world, group), config=cfg.sub, task=plan.task,
                   data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
                   rank=world.rank, group=group, checkpoint_every=cfg.run.checkpoint_every, log=log)
         try:
@@ -220,21 +233,21 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
     owners = sorted(range(K), key=lambda k: (subnet_owner(k, world.size, K), k))
     by_k = {}
     for k in owners:
-        net = build(cfg, K, tile_shape(plan.tiles), 0)
+        net = build(cfg, K, plan.tile_sample_shape, 0)
         n = state_numel(net)
         unflatten_state(net, torch.from_numpy(gathered[offset : offset + n]))
         by_k[k], offset = net, offset + n
     subnets = [by_k[k].eval() for k in range(K)]
     grid = cfg.decompose.grid or default_grid(K, len(plan.tiles[0]))
-    global_net = build(cfg, 1, plan.data.train.image_shape[:-1], 0)
-    compose(subnets, global_net, task=cfg.model.task, grid=grid).eval()
+    global_net = build(cfg, 1, plan.data.train.image_shape, 0)
+    compose(subnets, global_net, task=cfg.model.task, grid=grid, tiles=plan.tiles).eval()
     error = {"max_abs": None, "max_rel": None}
     if flatten_fc_layers(global_net):  # F(x) = sum_k F_k(x) needs a GAP head; tests cover the placement
         log("[compose] flatten-FC head: Theorem 2.1 holds per tile field, not on full images; check skipped")
     else:
         probe_images, _ = plan.data.val.read(np.arange(min(16, len(plan.data.val))))
         probe = make_batch(probe_images, mean=plan.data.mean, tile=None, augment=False, generator=None)
-        error = theorem_error(global_net, subnets, probe, task=cfg.model.task)
+        error = theorem_error(global_net, subnets, probe, task=cfg.model.task, tiles=plan.tiles)
         log(f"[compose] Theorem 2.1 on {len(probe)} probe images: max |F(x) - sum_k F_k(x)| = "
             f"{error['max_abs']:.3g} (relative {error['max_rel']:.3g})")
         if not error["max_rel"] <= THEOREM_RTOL:
@@ -254,10 +267,10 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
     ddp = wrap_ddp(model, world, group=None)  # DDP broadcasts rank 0's weights to every rank
     phase_cfg = cfg.global_ if name == "global" else dataclasses.replace(cfg.random, epochs=cfg.random_epochs)
     slot = Slot(plan.out / "checkpoints", name, cfg.digest()) if world.is_root else None
-    job = Job(name=name, model=ddp, config=phase_cfg, data=phase_data(plan, None), slot=slot,
+    job = Job(name=name, model=ddp, config=phase_cfg, data=phase_data(plan, None), slot=slot, task=plan.task,
               seed=cfg.run.seed + (1 if name == "global" else 2), rank=world.rank, group=None,
               checkpoint_every=cfg.run.checkpoint_every, log=log)
-    initial = evaluate(ddp, job.data, world.device) if name == "global" else None
+    initial = evaluate(ddp, job.data, world.device, plan.task) if name == "global" else None
     history = run_job(job, world, name, plan)
     if world.is_root:
         save_torch(_model_file(job.module, plan), plan.out / ("model.pt" if name == "global" else "random_model.pt"))
@@ -291,12 +304,12 @@ def pipeline(args: argparse.Namespace) -> None:
     if cfg.run.strategy in ("ddc", "both"):
         sub = sub_phase(plan, world, log)
         compose_info, global_net = compose_phase(plan, world, sub, log)
-        model = global_net if world.is_root else build(cfg, 1, plan.data.train.image_shape[:-1], 0)
+        model = global_net if world.is_root else build(cfg, 1, plan.data.train.image_shape, 0)
         trained = global_phase(plan, world, "global", model, log)
         if world.is_root:  # only rank 0 holds the composed net's check and every sub history
             results.update(report.ddc_results(plan, sub, compose_info, trained))
     if cfg.run.strategy in ("random", "both"):
-        baseline = build(cfg, 1, plan.data.train.image_shape[:-1], cfg.run.seed + 7919)
+        baseline = build(cfg, 1, plan.data.train.image_shape, cfg.run.seed + 7919)
         results["random"] = report.phase_result(global_phase(plan, world, "random", baseline, log))
     results["backend"] = comm.current_backend()
     if world.is_root:

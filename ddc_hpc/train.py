@@ -29,6 +29,31 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or Inf: the phase stops, the last good checkpoint stays."""
 
 
+@dataclass(frozen=True)
+class Task:
+    """What is learned: the loss, the validation metrics, and which metric decides 'better'."""
+
+    name: str = "classification"  # or "regression" (targets are floats), "autoencoder" (target = input)
+    loss: str = "cross_entropy"  # or "mse", "l1"
+
+    @property
+    def metric(self) -> str:
+        return "val_accuracy" if self.name == "classification" else "val_rmse"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.name == "classification"
+
+    def target(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return x if self.name == "autoencoder" else labels
+
+    def criterion(self, output: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if self.loss == "cross_entropy":
+            return F.cross_entropy(output, target, reduction=reduction)
+        target = target.to(output.dtype).reshape(output.shape)
+        return (F.mse_loss if self.loss == "mse" else F.l1_loss)(output, target, reduction=reduction)
+
+
 @dataclass
 class PhaseData:
     train: ImageSet
@@ -49,6 +74,7 @@ class Job:
     data: PhaseData
     slot: Slot | None  # only the writer of the group gets one
     seed: int
+    task: Task = Task()
     rank: int = 0  # world rank, for messages
     group: object = None  # torch.distributed group of data-parallel peers, None for a lone rank
     checkpoint_every: int = 1
@@ -79,29 +105,37 @@ def epoch_order(n: int, seed: int, epoch: int, group) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: PhaseData, device: torch.device, group=None,
+def evaluate(model: nn.Module, data: PhaseData, device: torch.device, task: Task = Task(), group=None,
              batch_size: int = 256) -> dict:
-    """Top-1/top-5 accuracy and mean loss on the validation set, split over the group's ranks."""
+    """Validation metrics, split over the group's ranks: top-1/top-5 for classification, MAE and
+    RMSE for regression and autoencoders; the mean loss for all."""
     was_training = model.training
     model.eval()
     indices = np.asarray(shard_range(len(data.val), comm.group_rank(group), comm.group_size(group)))
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, count
+    # loss, then top-1 hits and top-5 hits (classification) or |error| and error^2 sums, elements, samples
+    sums = torch.zeros(5, dtype=torch.float64)
     for start in range(0, len(indices), batch_size):
         images, labels = data.val.read(indices[start : start + batch_size])
-        x = make_batch(images, mean=data.mean, tile=data.tile, augment=False, generator=None).to(device)
-        logits = model(x).float().cpu()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        sums += torch.tensor([
-            F.cross_entropy(logits, labels, reduction="sum").item(),
-            (top[:, 0] == labels).sum().item(),
-            (top == labels[:, None]).any(dim=1).sum().item(),
-            len(labels),
-        ], dtype=torch.float64)
+        x = make_batch(images, mean=data.mean, tile=data.tile, augment=False, generator=None)
+        output = model(x.to(device)).float().cpu()
+        target = task.target(x, labels)
+        loss = task.criterion(output, target, reduction="sum").item()
+        if task.name == "classification":
+            top = output.topk(min(5, output.shape[1]), dim=1).indices
+            hits = [(top[:, 0] == target).sum().item(), (top == target[:, None]).any(dim=1).sum().item()]
+            sums += torch.tensor([loss, *hits, len(target), len(target)], dtype=torch.float64)
+        else:
+            error = output - target.float().reshape(output.shape)
+            sums += torch.tensor([loss, error.abs().sum().item(), error.pow(2).sum().item(), error.numel(),
+                                  len(target)], dtype=torch.float64)
     comm.all_reduce_sum(sums, group)
     model.train(was_training)
-    loss, top1, top5, n = sums.tolist()
-    return {"val_loss": loss / max(n, 1), "val_accuracy": top1 / max(n, 1), "val_top5": top5 / max(n, 1),
-            "val_samples": int(n)}
+    loss, first, second, elements, samples = sums.tolist()
+    if task.name == "classification":
+        return {"val_loss": loss / max(samples, 1), "val_accuracy": first / max(samples, 1),
+                "val_top5": second / max(samples, 1), "val_samples": int(samples)}
+    return {"val_loss": loss / max(elements, 1), "val_mae": first / max(elements, 1),
+            "val_rmse": math.sqrt(second / max(elements, 1)), "val_samples": int(samples)}
 
 
 def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict]:
@@ -110,7 +144,8 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
     optimizer = make_optimizer(model.parameters(), cfg)
     milestones = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=cfg.plateau_factor, patience=max(cfg.plateau_patience, 1))
+        optimizer, mode="max" if job.task.higher_is_better else "min", factor=cfg.plateau_factor,
+        patience=max(cfg.plateau_patience, 1))
     peer = comm.group_rank(job.group)
     start_epoch, start_step = 0, 0
     # The epoch in progress, per peer, so a resumed epoch reports the very same loss.
@@ -149,7 +184,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
             x = make_batch(images, mean=data.mean, tile=data.tile, augment=data.augment,
                            generator=torch.Generator().manual_seed(seed), max_shift=data.max_shift)
             x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), labels)
+            loss = job.task.criterion(model(x), job.task.target(x, labels))
             if comm.nan_point(job.name, epoch + 1, step + 1):
                 loss = loss * float("nan")
             if not torch.isfinite(loss):
@@ -172,7 +207,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                     f"stop signal in phase {job.name} at epoch {epoch + 1}, step {step + 1}: "
                     "checkpoint written; run again with the same --out to resume")
         train_seconds = earlier_seconds + time.perf_counter() - tic
-        metrics = evaluate(model, data, device, job.group)
+        metrics = evaluate(model, data, device, job.task, job.group)
         totals = comm.all_reduce_sum(torch.tensor([loss_sum.item(), seen], dtype=torch.float64), job.group)
         samples = int(totals[1].item())
         row = {"phase": job.name, "epoch": epoch + 1, "loss": totals[0].item() / max(samples, 1), **metrics,
@@ -182,7 +217,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         job.history.append(row)
         milestones.step()
         if cfg.plateau_patience:
-            plateau.step(metrics["val_accuracy"])
+            plateau.step(metrics[job.task.metric])
         job.log(_progress_line(row, cfg.epochs, time.perf_counter() - phase_start, epoch + 1 - start_epoch))
         last = epoch + 1 == cfg.epochs
         if last or (job.checkpoint_every and (epoch + 1) % job.checkpoint_every == 0):
@@ -193,5 +228,11 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
 def _progress_line(row: dict, epochs: int, elapsed: float, done_here: int) -> str:
     eta = elapsed / max(done_here, 1) * (epochs - row["epoch"])
     return (f"[{row['phase']}] epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  "
-            f"val {100 * row['val_accuracy']:.2f}%  lr {row['lr']:.2g}  {row['seconds']:.1f} s  "
+            f"{_metric_text(row)}  lr {row['lr']:.2g}  {row['seconds']:.1f} s  "
             f"{row['images_per_second']:.0f} img/s  ETA {eta:.0f} s")
+
+
+def _metric_text(row: dict) -> str:
+    if "val_accuracy" in row:
+        return f"val {100 * row['val_accuracy']:.2f}%"
+    return f"val rmse {row['val_rmse']:.4g}  mae {row['val_mae']:.4g}"
