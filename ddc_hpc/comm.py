@@ -419,3 +419,72 @@ def run_guarded(main, debug: bool = False, log=None) -> None:
         comm.Abort(code)
     shutdown_distributed()
     sys.exit(code)
+
+
+# ---- MPI-native data parallel (run.backend = "mpi4py") ----------------------------------------
+# engine.MPIDataParallel keeps the hooks and buckets and makes no MPI call of its own: these are
+# its only ones. Gradients travel in one Iallreduce per bucket, on a communicator of their own;
+# every wait has the same deadline as the collectives above (run.collective_timeout), and polls
+# with short sleeps, so a rank that is early yields its core to oversubscribed peers and still
+# drives MPI's progress engine (MPICH has no progress thread by default).
+
+def group_ranks(group=None, world: World | None = None) -> list[int]:
+    """World ranks of a torch.distributed group (None: the whole world)."""
+    if group is not None:
+        return list(dist.get_process_group_ranks(group))
+    return list(range(world.size if world is not None else MPI.COMM_WORLD.Get_size()))
+
+
+def data_parallel_world(world: World, ranks: list[int] | None = None) -> World:
+    """This world on a private communicator over `ranks` (default all): only members call this.
+
+    The engine's nonblocking collectives then never interleave with the pipeline's own.
+    """
+    if ranks is None or list(ranks) == list(range(world.size)):
+        private, request = world.comm.Idup()
+        _wait(world, request, "duplicating the communicator for data parallel")
+    else:
+        members = world.comm.Get_group()
+        subset = members.Incl(list(ranks))
+        private = world.comm.Create_group(subset, tag=7)  # collective over the members only
+        subset.Free()
+        members.Free()
+    return dataclasses.replace(world, comm=private, rank=private.Get_rank(), size=private.Get_size())
+
+
+def start_allreduce(world: World, buffer: np.ndarray) -> MPI.Request:
+    """Sum `buffer` over the world in place (nonblocking); complete it with wait_all."""
+    return world.comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+
+
+def start_bcast(world: World, buffer: np.ndarray, root: int = 0) -> MPI.Request:
+    """Root's `buffer` into every rank's `buffer` (nonblocking); complete it with wait_all."""
+    return world.comm.Ibcast(buffer, root=root)
+
+
+def progress(requests: list) -> bool:
+    """Poke MPI's progress engine for pending requests; True when all are complete."""
+    return bool(MPI.Request.Testall(requests)) if requests else True
+
+
+def wait_all(world: World, requests: list, what: str, max_pause: float = 1e-3) -> None:
+    """Complete nonblocking collectives, or raise CollectiveTimeout after run.collective_timeout."""
+    world.collectives[_phase] += len(requests)
+    deadline = time.monotonic() + world.timeout
+    pause = 1e-5
+    while not MPI.Request.Testall(requests):
+        if time.monotonic() > deadline:
+            err = CollectiveTimeout(
+                f"{what} in phase {_phase!r} did not complete within {world.timeout:g} s: another rank "
+                "is stuck or dead (raise run.collective_timeout if a phase is legitimately slower)"
+            )
+            err.requests = requests  # still pending: freeing them would be erroneous MPI
+            raise err
+        time.sleep(pause)
+        pause = min(pause * 2, max_pause)
+
+
+def free_world(world: World) -> None:
+    """Release a communicator made by data_parallel_world."""
+    if world.comm not in (MPI.COMM_WORLD, MPI.COMM_NULL):
+        world.comm.Free()
