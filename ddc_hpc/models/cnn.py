@@ -25,28 +25,43 @@ class ConvUnit(nn.Sequential):
                          nn.ReLU(inplace=True))
 
 
-@register("cnn11")
-class CNN11(nn.Module):
-    default_num_classes = 2
-    default_input_size = 224
+class PooledConvNet(nn.Module):
+    """Stages of two conv-BN-ReLU layers (widths `stage_widths` x w), a 2-wide max-pool between
+    stages, global average pooling, FC: the plain CNNs of the paper, in 1, 2 or 3 dimensions."""
 
-    def __init__(self, num_classes: int, partitions: int = 1, *, width: int = 64, in_channels: int = 3,
-                 dims: int = 2):
+    stage_widths: tuple[int, ...] = ()
+
+    def __init__(self, num_classes: int, partitions: int, *, width: int, in_channels: int, dims: int):
         super().__init__()
         conv, norm, pool = conv_layers(dims)
         base = split_width(width, partitions)
         layers: list[nn.Module] = []
         channels = in_channels
-        for i, multiple in enumerate(_PAIR_WIDTHS):
+        for i, multiple in enumerate(self.stage_widths):
             layers += [ConvUnit(conv, norm, channels, base * multiple),
                        ConvUnit(conv, norm, base * multiple, base * multiple)]
             channels = base * multiple
-            if i < len(_PAIR_WIDTHS) - 1:
+            if i < len(self.stage_widths) - 1:
                 layers.append(pool(2))
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(channels, num_classes)
+        self.dims = dims
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.dims + 2:
+            layout = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}[self.dims]
+            raise ValueError(f"a {self.dims}D CNN takes {layout} input, got shape {tuple(x.shape)}")
         features = self.features(x)
         return self.fc(features.mean(dim=tuple(range(2, features.dim()))))
+
+
+@register("cnn11")
+class CNN11(PooledConvNet):
+    stage_widths = _PAIR_WIDTHS
+    default_num_classes = 2
+    default_input_size = 224
+
+    def __init__(self, num_classes: int, partitions: int = 1, *, width: int = 64, in_channels: int = 3,
+                 dims: int = 2):
+        super().__init__(num_classes, partitions, width=width, in_channels=in_channels, dims=dims)

@@ -9,43 +9,18 @@ where Theorem 2.1 holds exactly.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from . import register
-from ._common import conv_layers, init_weights, split_width
-from .cnn import ConvUnit
+from .cnn import PooledConvNet
 
 _STAGE_WIDTHS = (1, 2, 4)
 
 
 @register("cnn1d", dims=1)
 @register("cnn3d", dims=3)
-class ConvNetND(nn.Module):
+class ConvNetND(PooledConvNet):
+    stage_widths = _STAGE_WIDTHS
     default_num_classes = 10
     default_input_size = 32  # per axis; cnn1d typically runs on longer signals
 
     def __init__(self, num_classes: int, partitions: int = 1, *, dims: int, width: int = 32, in_channels: int = 1):
-        super().__init__()
-        conv, norm, pool = conv_layers(dims)
-        base = split_width(width, partitions)
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for i, multiple in enumerate(_STAGE_WIDTHS):
-            layers += [ConvUnit(conv, norm, channels, base * multiple),
-                       ConvUnit(conv, norm, base * multiple, base * multiple)]
-            channels = base * multiple
-            if i < len(_STAGE_WIDTHS) - 1:
-                layers.append(pool(2))
-        self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(channels, num_classes)
-        self.dims = dims
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != self.dims + 2:
-            raise ValueError(f"a {self.dims}D CNN takes (N, C{', L' if self.dims == 1 else ', D, H, W'}) input, "
-                             f"got shape {tuple(x.shape)}")
-        features = self.features(x)
-        return self.fc(features.mean(dim=tuple(range(2, features.dim()))))
-
+        super().__init__(num_classes, partitions, width=width, in_channels=in_channels, dims=dims)
