@@ -99,10 +99,15 @@ def check_launcher(mpi_size: int) -> None:
         )
 
 
+def device_type(preference: str) -> str:
+    """'cuda' or 'cpu' for run.device ('auto' takes GPUs when there are any)."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise BadInput("run.device = 'cuda' but no CUDA device is visible on this node; use 'auto' or 'cpu'")
+    return "cuda" if preference != "cpu" and torch.cuda.is_available() else "cpu"
+
+
 def _pick_device(preference: str, local_rank: int) -> torch.device:
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise BadInput("run.device = 'cuda' but no CUDA device is visible on this node")
+    if device_type(preference) == "cuda":
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)  # before any NCCL or CUDA context is made
         return device
@@ -225,17 +230,22 @@ def gatherv(world: World, flat: np.ndarray, root: int = 0) -> np.ndarray | None:
 
 # ---- torch.distributed ----------------------------------------------------------------------
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: str) -> str:
+    """The data-parallel backend for run.backend on a 'cuda' or 'cpu' device.
+
+    'mpi4py' is the toolkit's own MPI engine for gradients (ddc_hpc.engine); torch.distributed
+    then runs over gloo for the small bookkeeping reductions (metrics, stop flags).
+    """
     if backend == "auto":
         if dist.is_mpi_available():
             return "mpi"
-        return "nccl" if device.type == "cuda" else "gloo"
+        return "nccl" if device == "cuda" else "gloo"
     if backend == "mpi" and not dist.is_mpi_available():
         raise BadInput(
             "run.backend = 'mpi' but this torch has no MPI backend (PyPI wheels never do); use "
             "'auto', 'gloo', 'nccl', or 'mpi4py' (the toolkit's own MPI allreduce engine)"
         )
-    if backend == "nccl" and device.type != "cuda":
+    if backend == "nccl" and device != "cuda":
         raise BadInput("run.backend = 'nccl' needs GPUs; on CPUs use 'gloo', 'mpi4py' or 'auto'")
     return backend
 
@@ -250,6 +260,7 @@ def init_distributed(world: World, backend: str) -> str:
     """torch.distributed over the MPI world; rank 0 chooses the rendezvous and broadcasts it."""
     if dist.is_initialized():
         return dist.get_backend()
+    backend = "gloo" if backend == "mpi4py" else backend
     timeout = datetime.timedelta(seconds=world.timeout)
     if backend == "mpi":
         dist.init_process_group("mpi", timeout=timeout)
@@ -294,10 +305,6 @@ def all_gather_float(value: float, group=None) -> list[float]:
     parts = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, torch.tensor([float(value)], dtype=torch.float64), group=group)
     return [p.item() for p in parts]
-
-
-def current_backend() -> str:
-    return dist.get_backend() if dist.is_initialized() else "none"
 
 
 def shutdown_distributed() -> None:

@@ -21,7 +21,7 @@ import tomli_w
 from .errors import BadInput
 
 STRATEGIES = ("ddc", "random", "both")
-BACKENDS = ("auto", "gloo", "nccl", "mpi")
+BACKENDS = ("auto", "gloo", "nccl", "mpi", "mpi4py")
 OPTIMIZERS = ("adam", "sgd")
 TASKS = ("classification", "regression", "autoencoder")
 LOSSES = ("auto", "cross_entropy", "mse", "l1")

@@ -30,6 +30,7 @@ from .data import Splits, check_tiles, load_dataset, make_batch
 from .errors import BadInput
 from .models import build_model, model_options
 from .partition import default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd
+from .engine import MPIDataParallel
 from .train import Job, PhaseData, Task, evaluate, fit
 
 THEOREM_RTOL = 1e-4  # composed logits vs sum of sub-network logits, relative to max |logit|
@@ -44,6 +45,7 @@ class Plan:
     data: Splits
     tiles: list[tuple[slice, ...]]
     resume: bool
+    backend: str  # resolved run.backend: gloo, nccl, mpi or mpi4py
 
     @property
     def partitions(self) -> int:
@@ -122,7 +124,8 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
                        f"original config (see {out / 'config.toml'}) to resume")
     if args.resume and not digests:
         raise BadInput(f"--resume: {out} holds no checkpoint to resume from")
-    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests))
+    backend = comm.resolve_backend(config.run.backend, comm.device_type(config.run.device))
+    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend)
 
 
 def code_version() -> str:
@@ -153,10 +156,16 @@ def phase_data(plan: Plan, tile) -> PhaseData:
                      augment=plan.config.data.augment, max_shift=plan.config.data.max_shift)
 
 
-def wrap_ddp(model: torch.nn.Module, world: comm.World, group=None) -> torch.nn.Module:
+def data_parallel(model: torch.nn.Module, world: comm.World, backend: str, ranks: list[int] | None = None,
+                  group=None) -> torch.nn.Module:
+    """The model on this rank's device, wrapped for data parallelism over `ranks` (all if None):
+    torch DDP, or the toolkit's own MPI engine for `run.backend = "mpi4py"`. Both start from rank
+    0's weights (the composed net in the global phase)."""
     model = model.to(world.device)
     if comm.group_size(group) == 1:
         return model
+    if backend == "mpi4py":
+        return MPIDataParallel(model, world, ranks=ranks)
     device_ids = [world.device.index] if world.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, process_group=group)
 
@@ -178,7 +187,7 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
     cfg, K = plan.config, plan.partitions
     groups = None
     if world.size > K:  # several ranks per sub-network: data parallel inside each group only
-        comm.init_distributed(world, comm.resolve_backend(cfg.run.backend, world.device))
+        comm.init_distributed(world, plan.backend)
         groups = comm.new_groups([subnet_group(k, world.size, K) for k in range(K)])
     comm.set_phase("sub")
     tic = time.perf_counter()
@@ -188,7 +197,8 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         model = build(cfg, K, plan.tile_sample_shape, cfg.run.seed * 1000 + k + 1)
         writer = subnet_owner(k, world.size, K) == world.rank
         slot = Slot(plan.out / "checkpoints", f"sub_{k}", cfg.digest()) if writer else None
-        job = Job(name=f"sub_{k}", model=wrap_ddp(model, world, group), config=cfg.sub, task=plan.task,
+        wrapped = data_parallel(model, world, plan.backend, subnet_group(k, world.size, K), group)
+        job = Job(name=f"sub_{k}", model=wrapped, config=cfg.sub, task=plan.task,
                   data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
                   rank=world.rank, group=group, checkpoint_every=cfg.run.checkpoint_every, log=log)
         try:
@@ -263,8 +273,8 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
     comm.set_phase(name)
     cfg = plan.config
     tic = time.perf_counter()
-    comm.init_distributed(world, comm.resolve_backend(cfg.run.backend, world.device))
-    ddp = wrap_ddp(model, world, group=None)  # DDP broadcasts rank 0's weights to every rank
+    comm.init_distributed(world, plan.backend)
+    ddp = data_parallel(model, world, plan.backend)
     phase_cfg = cfg.global_ if name == "global" else dataclasses.replace(cfg.random, epochs=cfg.random_epochs)
     slot = Slot(plan.out / "checkpoints", name, cfg.digest()) if world.is_root else None
     job = Job(name=name, model=ddp, config=phase_cfg, data=phase_data(plan, None), slot=slot, task=plan.task,
@@ -311,7 +321,7 @@ def pipeline(args: argparse.Namespace) -> None:
     if cfg.run.strategy in ("random", "both"):
         baseline = build(cfg, 1, plan.data.train.image_shape, cfg.run.seed + 7919)
         results["random"] = report.phase_result(global_phase(plan, world, "random", baseline, log))
-    results["backend"] = comm.current_backend()
+    results["backend"] = plan.backend
     if world.is_root:
         report.write(plan.out, results)
         print(report.table(results), flush=True)

@@ -54,6 +54,7 @@ CASES = [
     ("unknown-strategy", lambda d: sets("run.strategy=dcc"), "did you mean 'ddc'"),
     ("unknown-backend", lambda d: sets("run.backend=ncll"), "did you mean 'nccl'"),
     ("nccl-without-gpus", lambda d: sets("run.backend=nccl", "run.strategy=random"), "needs GPUs"),
+    ("mpi-backend-missing", lambda d: sets("run.backend=mpi"), "no MPI backend"),
     ("cuda-without-gpus", lambda d: sets("run.device=cuda"), "no CUDA device"),
     ("val-fraction-out-of-range", lambda d: sets("data.val_fraction=1.0"), "data.val_fraction"),
     ("decreasing-milestones", lambda d: sets("global.milestones=[5, 2]"), "increasing"),

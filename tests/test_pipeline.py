@@ -90,3 +90,13 @@ def test_saved_global_model_reloads(tiny_run):
     model = build_model(spec.pop("name"), spec.pop("num_classes"), **spec)
     model.load_state_dict(saved["state_dict"])
     assert np.isfinite(sum(p.sum().item() for p in model.parameters()))
+
+
+@pytest.mark.parametrize("ranks, partitions", [(2, 4), (4, 2)])
+def test_mpi4py_engine_runs_the_data_parallel_phases(ranks, partitions, tmp_path):
+    out = tmp_path / "run"
+    done = run_pipeline(ranks, out, "run.backend=mpi4py", f"decompose.partitions={partitions}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = results(out)
+    assert r["backend"] == "mpi4py" and r["compose"]["max_abs_error"] <= 1e-4
+    assert r["global"]["epochs"] == 1 and r["random"]["epochs"] == 2
