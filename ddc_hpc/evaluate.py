@@ -49,16 +49,16 @@ def main(argv=None) -> None:
     def evaluate_checkpoint() -> None:
         model, saved = load_network(Path(args.checkpoint))
         classes = saved["spec"]["num_classes"]
+        model_config = ModelConfig(**saved["config"]["model"])
+        task = Task(model_config.task, model_config.loss_name)
         if args.run:
             config = load_config(Path(args.run) / "config.toml")
             splits = load_dataset(config.data.source, num_classes=classes, val_fraction=config.data.val_fraction,
-                                  seed=config.run.seed, limit=config.data.limit or None)
+                                  seed=config.run.seed, limit=config.data.limit or None, task=task.name)
             sets = [splits.val]
         else:
-            splits = load_dataset(args.data, num_classes=classes, val_fraction=0.5, seed=0)
+            splits = load_dataset(args.data, num_classes=classes, val_fraction=0.5, seed=0, task=task.name)
             sets = [splits.train, splits.val]
-        model_config = ModelConfig(**saved["config"]["model"])
-        task = Task(model_config.task, model_config.loss_name)
         keys = ("val_accuracy", "val_top5") if task.name == "classification" else ("val_mae", "val_rmse")
         names = ("top1", "top5") if task.name == "classification" else ("mae", "rmse")
         sums, n = dict.fromkeys(names, 0.0), 0

@@ -26,7 +26,7 @@ from .checkpoint import atomic_write
 from .errors import BadInput
 from .partition import subnets_of_rank, tile_shape
 
-METRIC_COLUMNS = ["phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top5", "lr", "seconds",
+METRIC_COLUMNS = ["phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top5", "val_mae", "val_rmse", "lr", "seconds",
                   "train_seconds", "train_samples", "images_per_second"]
 
 
@@ -51,16 +51,24 @@ def plan_text(plan, world, threads: int) -> str:
     return "\n".join(lines)
 
 
+def _val_metrics(row: dict) -> dict:
+    """The validation metrics of a history row (accuracy/top-5, or MAE/RMSE, and the loss)."""
+    return {k: v for k, v in row.items() if k.startswith("val_") and k != "val_samples"}
+
+
+def metric_of(results: dict) -> str:
+    """The run's primary validation metric: accuracy for classification, RMSE otherwise."""
+    return results.get("metric", "val_accuracy")
+
+
 def phase_result(trained: dict) -> dict:
     """Summary of a data-parallel phase from its per-epoch history."""
     history = trained["history"]
-    last = history[-1] if history else {}
     train_seconds = sum(r["train_seconds"] for r in history)
     return {
         "seconds": trained["seconds"],
         "epochs": len(history),
-        "val_accuracy": last.get("val_accuracy"),
-        "val_top5": last.get("val_top5"),
+        **_val_metrics(history[-1] if history else {}),
         "images_per_second": sum(r["train_samples"] for r in history) / train_seconds if train_seconds else None,
         "history": history,
     }
@@ -69,19 +77,20 @@ def phase_result(trained: dict) -> dict:
 def ddc_results(plan, sub: dict, compose_info: dict, trained: dict) -> dict:
     """The sub, compose and global sections of results.json (rank 0 holds all sub histories)."""
     histories = compose_info["histories"]
-    K = plan.partitions
-    per_subnet = [histories[k][-1]["val_accuracy"] for k in range(K)]
+    K, metric = plan.partitions, plan.task.metric
+    per_subnet = [histories[k][-1][metric] for k in range(K)]
     samples = sum(r["train_samples"] for k in range(K) for r in histories[k])
     seconds = compose_info["seconds_sub"]
-    initial = trained["initial"]
+    initial = _val_metrics(trained["initial"])
     return {
+        "metric": metric,
         "sub": {"seconds": seconds, "epochs": plan.config.sub.epochs,
-                "val_accuracy": sum(per_subnet) / K, "per_subnet_val_accuracy": per_subnet,
+                metric: sum(per_subnet) / K, f"per_subnet_{metric}": per_subnet,
                 "images_per_second": samples / seconds if seconds else None,
                 "collectives": sub["collectives"], "histories": [histories[k] for k in range(K)]},
-        "compose": {"seconds": compose_info["seconds"], "epochs": 0,
-                    "val_accuracy": initial["val_accuracy"], "init_val_accuracy": initial["val_accuracy"],
-                    "init_val_top5": initial["val_top5"], "max_abs_error": compose_info["max_abs_error"],
+        "compose": {"seconds": compose_info["seconds"], "epochs": 0, **initial,
+                    **{f"init_{k}": v for k, v in initial.items()},
+                    "max_abs_error": compose_info["max_abs_error"],
                     "max_rel_error": compose_info["max_rel_error"],
                     "bytes_gathered": compose_info["bytes_gathered"]},
         "global": phase_result(trained),
@@ -115,11 +124,12 @@ def ddc_curve(results: dict) -> tuple[list[float], list[float], list[float]]:
     Epochs count on the paper's equal-iteration axis: GNet-T's epoch e is at sub.epochs + e.
     """
     sub, comp, glob = results["sub"], results["compose"], results["global"]
-    epochs, seconds, acc = [sub["epochs"]], [sub["seconds"] + comp["seconds"]], [comp["init_val_accuracy"]]
+    metric = metric_of(results)
+    epochs, seconds, acc = [sub["epochs"]], [sub["seconds"] + comp["seconds"]], [comp[f"init_{metric}"]]
     for row in glob["history"]:
         epochs.append(sub["epochs"] + row["epoch"])
         seconds.append(seconds[-1] + row["seconds"])
-        acc.append(row["val_accuracy"])
+        acc.append(row[metric])
     return epochs, seconds, acc
 
 
@@ -129,7 +139,7 @@ def random_curve(results: dict) -> tuple[list[float], list[float], list[float]]:
     for row in history:
         total += row["seconds"]
         seconds.append(total)
-    return [r["epoch"] for r in history], seconds, [r["val_accuracy"] for r in history]
+    return [r["epoch"] for r in history], seconds, [r[metric_of(results)] for r in history]
 
 
 def sub_curves(results: dict) -> list[tuple[list[float], list[float], list[float]]]:
@@ -140,7 +150,7 @@ def sub_curves(results: dict) -> list[tuple[list[float], list[float], list[float
         for row in history:
             total += row["seconds"]
             seconds.append(total)
-        curves.append(([r["epoch"] for r in history], seconds, [r["val_accuracy"] for r in history]))
+        curves.append(([r["epoch"] for r in history], seconds, [r[metric_of(results)] for r in history]))
     return curves
 
 
@@ -162,24 +172,27 @@ def plot(out: Path, results: dict) -> None:
     phase_seconds_figure([run], out / "phase_seconds.png")
 
 
-def _pct(value) -> str:
-    return "   -   " if value is None else f"{100 * value:6.2f}%"
+def _score(value, metric: str) -> str:
+    if value is None:
+        return "   -   "
+    return f"{100 * value:6.2f}%" if metric == "val_accuracy" else f"{value:7.4f}"
 
 
 def table(results: dict) -> str:
     """The comparison the paper reports: SNet-k, GNet-T before/after training, GNet-R, times."""
-    rows = []
+    metric, rows = metric_of(results), []
     if "sub" in results:
         sub = results["sub"]
-        for k, acc in enumerate(sub["per_subnet_val_accuracy"]):
-            rows.append((f"SNet-{k} (own tile)", acc, sub["seconds"] if k == 0 else None))
-        rows.append(("GNet-T, composed, not trained", results["compose"]["init_val_accuracy"],
+        for k, value in enumerate(sub[f"per_subnet_{metric}"]):
+            rows.append((f"SNet-{k} (own tile)", value, sub["seconds"] if k == 0 else None))
+        rows.append(("GNet-T, composed, not trained", results["compose"][f"init_{metric}"],
                      results["compose"]["seconds"]))
-        rows.append(("GNet-T, trained", results["global"]["val_accuracy"], results["global"]["seconds"]))
+        rows.append(("GNet-T, trained", results["global"][metric], results["global"]["seconds"]))
     if "random" in results:
-        rows.append(("GNet-R, trained", results["random"]["val_accuracy"], results["random"]["seconds"]))
-    lines = [f"{'network':32} {'val acc':>8} {'seconds':>9}", "-" * 51]
-    lines += [f"{name:32} {_pct(acc):>8} {'' if s is None else f'{s:9.1f}'}" for name, acc, s in rows]
+        rows.append(("GNet-R, trained", results["random"][metric], results["random"]["seconds"]))
+    label = "val acc" if metric == "val_accuracy" else metric[4:]
+    lines = [f"{'network':32} {label:>8} {'seconds':>9}", "-" * 51]
+    lines += [f"{name:32} {_score(v, metric):>8} {'' if s is None else f'{s:9.1f}'}" for name, v, s in rows]
     if "global" in results and "random" in results:
         ddc = sum(results[p]["seconds"] for p in ("sub", "compose", "global"))
         lines.append(f"wall time DDC (sub+compose+global) {ddc:.1f} s vs GNet-R {results['random']['seconds']:.1f} s")
@@ -260,8 +273,7 @@ def time_rows(results: dict) -> dict[str, str]:
     def seconds(phase):
         return _num(results[phase]["seconds"], 1, 1.0) if phase in results else "-"
 
-    gnet_epoch = _per_epoch(results.get("global", {}).get("history") or results.get("random", {}).get("history"))
-    rows = {
+    return {
         "SNets, in parallel (sub)": seconds("sub"),
         "compose (Gatherv, Theorem 2.1 check, eval)": seconds("compose"),
         "GNet-T training (global)": seconds("global"),
@@ -269,9 +281,9 @@ def time_rows(results: dict) -> dict[str, str]:
         "GNet-R training (random)": seconds("random"),
         "DDC / GNet-R": "-" if ddc is None or not rand or not rand["seconds"] else f"{ddc / rand['seconds']:.2f}",
         "one SNet epoch (slowest)": _num(snet_epoch, 2, 1.0),
-        "one GNet epoch": _num(gnet_epoch, 2, 1.0),
+        "one GNet-T epoch": _num(_per_epoch(results.get("global", {}).get("history")), 2, 1.0),
+        "one GNet-R epoch": _num(_per_epoch(results.get("random", {}).get("history")), 2, 1.0),
     }
-    return rows
 
 
 def _epochs(results: dict) -> str:
@@ -345,20 +357,21 @@ def accuracy_figure(runs: list[dict], path: Path, axis: int = 0) -> None:
     fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
     for ax, run in zip(axes.flat, runs):
         r = run["results"]
+        scale = 100 if metric_of(r) == "val_accuracy" else 1
         for i, curve in enumerate(sub_curves(r)):
-            ax.plot(curve[axis], [100 * a for a in curve[2]], color="0.6", lw=0.8,
+            ax.plot(curve[axis], [scale * a for a in curve[2]], color="0.6", lw=0.8,
                     label="SNets (own tiles)" if i == 0 else None)
         if "global" in r:
             curve = ddc_curve(r)
-            ax.plot(curve[axis], [100 * a for a in curve[2]], marker="o", ms=3, color="C0",
+            ax.plot(curve[axis], [scale * a for a in curve[2]], marker="o", ms=3, color="C0",
                     label="GNet-T (composed)")
             ax.axvline(curve[axis][0], color="C0", ls=":", lw=0.8)
         if "random" in r:
             curve = random_curve(r)
-            ax.plot(curve[axis], [100 * a for a in curve[2]], marker="s", ms=3, color="C3",
+            ax.plot(curve[axis], [scale * a for a in curve[2]], marker="s", ms=3, color="C3",
                     label="GNet-R (random init)")
         ax.set_xlabel("epoch (SNet epochs + GNet-T epochs)" if axis == 0 else "wall time [s]")
-        ax.set_ylabel("validation accuracy [%]")
+        ax.set_ylabel("validation accuracy [%]" if scale == 100 else f"validation {metric_of(r)[4:].upper()}")
         ax.set_title(run["name"], fontsize=10)
         if axis == 0:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))

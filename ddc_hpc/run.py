@@ -90,11 +90,12 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     """Parse and check everything; raises BadInput before any work is done."""
     config = load_config(args.config, args.set)
     d = config.decompose
-    grid = d.grid or default_grid(d.partitions)
     data = load_dataset(config.data.source, num_classes=config.model.num_classes,
                         val_fraction=config.data.val_fraction, seed=config.run.seed,
-                        limit=config.data.limit or None, in_memory=config.data.in_memory)
+                        limit=config.data.limit or None, in_memory=config.data.in_memory,
+                        task=config.model.task)
     spatial = data.train.image_shape[:-1]
+    grid = d.grid or default_grid(d.partitions, len(spatial))
     if len(grid) != len(spatial):
         raise BadInput(f"decompose.grid {list(grid)} has {len(grid)} axes but the samples of {config.data.source} "
                        f"have shape {data.train.image_shape}: {len(spatial)} spatial axes and channels last "
