@@ -445,7 +445,9 @@ def group_ranks(group=None, world: World | None = None) -> list[int]:
 def data_parallel_world(world: World, ranks: list[int] | None = None) -> World:
     """This world on a private communicator over `ranks` (default all): only members call this.
 
-    The engine's nonblocking collectives then never interleave with the pipeline's own.
+    The engine's nonblocking collectives then never interleave with the pipeline's own; they are
+    counted in the new world's own `collectives` (as DDP's traffic is not counted in the world's:
+    a sub phase trained data parallel inside groups still shows no world collective).
     """
     if ranks is None or list(ranks) == list(range(world.size)):
         private, request = world.comm.Idup()
@@ -456,7 +458,8 @@ def data_parallel_world(world: World, ranks: list[int] | None = None) -> World:
         private = world.comm.Create_group(subset, tag=7)  # collective over the members only
         subset.Free()
         members.Free()
-    return dataclasses.replace(world, comm=private, rank=private.Get_rank(), size=private.Get_size())
+    return dataclasses.replace(world, comm=private, rank=private.Get_rank(), size=private.Get_size(),
+                               collectives=collections.Counter())
 
 
 def start_allreduce(world: World, buffer: np.ndarray) -> MPI.Request:
@@ -474,21 +477,40 @@ def progress(requests: list) -> bool:
     return bool(MPI.Request.Testall(requests)) if requests else True
 
 
-def wait_all(world: World, requests: list, what: str, max_pause: float = 1e-3) -> None:
-    """Complete nonblocking collectives, or raise CollectiveTimeout after run.collective_timeout."""
+SPIN_SECONDS = 0.005  # poll back to back (yielding the core) this long, then sleep between polls
+MAX_PAUSE = 1e-3  # the longest sleep between polls
+
+
+def wait_all(world: World, requests: list, what: str) -> None:
+    """Complete nonblocking collectives, or raise CollectiveTimeout after run.collective_timeout.
+
+    MPI moves a message along only while some rank polls it (MPICH has no progress thread), so
+    the pause between polls bounds a collective's speed: every exchange of an algorithm's rounds
+    waits for the partner's next poll. Back-to-back polls with sched_yield for the first 5 ms (a
+    peer that is runnable gets the core), then sleeps doubling from 10 us to at most 1 ms: a
+    25 MB Gatherv at 4 ranks on 2 cores takes ~15-20 ms instead of ~600 ms with _wait's
+    50 ms pauses, a small allgather ~5 ms instead of ~400 ms (benchmarks/RESULTS.md, 7c).
+    """
     world.collectives[_phase] += len(requests)
-    deadline = time.monotonic() + world.timeout
+    start = time.monotonic()
+    deadline = start + world.timeout
     pause = 1e-5
     while not MPI.Request.Testall(requests):
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             err = CollectiveTimeout(
                 f"{what} in phase {_phase!r} did not complete within {world.timeout:g} s: another rank "
                 "is stuck or dead (raise run.collective_timeout if a phase is legitimately slower)"
             )
             err.requests = requests  # still pending: freeing them would be erroneous MPI
+            if len(requests) == 1:
+                err.request = requests[0]
             raise err
-        time.sleep(pause)
-        pause = min(pause * 2, max_pause)
+        if now - start < SPIN_SECONDS:
+            os.sched_yield()
+        else:
+            time.sleep(pause)
+            pause = min(pause * 2, MAX_PAUSE)
 
 
 def free_world(world: World) -> None:

@@ -57,13 +57,14 @@ def _train(model, optimizer, rank: int, steps: int, dtype=torch.float32, evaluat
             model.train()
 
 
-def _pair(world, dtype, make_optimizer, steps, **engine_options):
+def _pair(world, dtype, make_optimizer, steps, memory_format=torch.contiguous_format, **engine_options):
     """The same start on rank 0 (other ranks start elsewhere: both must broadcast rank 0's),
     trained `steps` steps by DDP-gloo and by the engine; returns both bare networks."""
     start = _net(dtype, seed=0 if world.rank == 0 else 10 + world.rank)
     copies = [_net(dtype), _net(dtype)]
     for net in copies:
         net.load_state_dict(start.state_dict())
+        net.to(memory_format=memory_format)
     ddp = DistributedDataParallel(copies[0])  # each broadcasts rank 0's state, as the pipeline relies on
     engine = MPIDataParallel(copies[1], world, **engine_options)
     for model in (ddp, engine):
@@ -113,6 +114,15 @@ def test_same_weights_as_ddp_gloo_in_float32(world, gloo):
     else:
         _assert_states_close(mine, ddp, rtol=1e-4, atol=1e-6)
     assert _same_on_every_rank(world, mine)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_channels_last_parameters_reduce_like_ddp(world, gloo):
+    """Gradients with channels_last strides go through the flat buckets and back in the right order."""
+    ddp, mine, _ = _pair(world, torch.float64, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), 3,
+                         memory_format=torch.channels_last)
+    assert mine.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    _assert_states_close(mine, ddp, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.mpi(min_size=2)

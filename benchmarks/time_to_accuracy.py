@@ -1,0 +1,156 @@
+"""Issue 7f: how much of GNet-R's wall time DDC needs to reach GNet-R's final accuracy.
+
+    python benchmarks/time_to_accuracy.py RUN_DIR [--out PNG] [--json]
+
+RUN_DIR is a finished `python -m ddc_hpc.run` directory with `run.strategy = "both"`. From its
+results.json:
+
+* DDC's curve: nothing to show during the sub phase (the sub-networks see tiles), then GNet-T
+  before training at sub.seconds + compose.seconds with compose.init_val_accuracy, then after
+  every global epoch (cumulative `seconds` of global.history rows, which include each epoch's
+  evaluation);
+* GNet-R's curve: cumulative `seconds` of random.history rows; its final validation accuracy is the
+  target and its last point its wall time.
+
+The ratio is DDC's time to the target / GNet-R's wall time (< 1: DDC is faster). The time to the
+target is interpolated linearly between the two evaluations that bracket it (the epoch-end value,
+an upper bound, is reported too). If DDC never reaches the target the ratio is None and
+`reached` false. One PNG: accuracy against wall time for both strategies, target marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def ddc_curve(results: dict) -> tuple[list[float], list[float]]:
+    sub, comp, glob = results["sub"], results["compose"], results["global"]
+    seconds, accuracy = [sub["seconds"] + comp["seconds"]], [comp["init_val_accuracy"]]
+    for row in glob["history"]:
+        seconds.append(seconds[-1] + row["seconds"])
+        accuracy.append(row["val_accuracy"])
+    return seconds, accuracy
+
+
+def random_curve(results: dict) -> tuple[list[float], list[float]]:
+    seconds, accuracy, total = [], [], 0.0
+    for row in results["random"]["history"]:
+        total += row["seconds"]
+        seconds.append(total)
+        accuracy.append(row["val_accuracy"])
+    return seconds, accuracy
+
+
+def first_crossing(seconds: list[float], accuracy: list[float], target: float,
+                   start: tuple[float, float] | None = None) -> tuple[float | None, float | None]:
+    """(interpolated time, time of the first evaluation) at which accuracy >= target; None if never.
+
+    `start` is the point before the first one (for interpolating into the first interval)."""
+    previous = start
+    for t, a in zip(seconds, accuracy):
+        if a >= target:
+            if previous is None or previous[1] >= target or a == previous[1]:
+                return t, t
+            t0, a0 = previous
+            return t0 + (target - a0) / (a - a0) * (t - t0), t
+        previous = (t, a)
+    return None, None
+
+
+def analyse(results: dict) -> dict:
+    for section in ("sub", "compose", "global", "random"):
+        if section not in results:
+            raise ValueError(f"results.json has no '{section}' section: run with run.strategy = \"both\"")
+    ddc_t, ddc_a = ddc_curve(results)
+    r_t, r_a = random_curve(results)
+    if not r_t:
+        raise ValueError("random.history is empty: GNet-R trained no epoch")
+    target, r_total = r_a[-1], r_t[-1]
+    # Before GNet-T's first evaluation DDC has no global accuracy: no interpolation from time 0.
+    interpolated, at_epoch = first_crossing(ddc_t, ddc_a, target)
+    return {
+        "target_val_accuracy": target,
+        "gnet_r_seconds": r_total,
+        "ddc_seconds_total": ddc_t[-1],
+        "ddc_final_val_accuracy": ddc_a[-1],
+        "reached": interpolated is not None,
+        "ddc_seconds_to_target": interpolated,
+        "ddc_seconds_to_target_epoch_end": at_epoch,
+        "ratio": None if interpolated is None else interpolated / r_total,
+        "ratio_epoch_end": None if at_epoch is None else at_epoch / r_total,
+        "sub_plus_compose_seconds": ddc_t[0],
+        "curves": {"ddc": [ddc_t, ddc_a], "random": [r_t, r_a]},
+    }
+
+
+def plot(results: dict, summary: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (ddc_t, ddc_a), (r_t, r_a) = summary["curves"]["ddc"], summary["curves"]["random"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(r_t, [100 * a for a in r_a], "o-", color="tab:gray", label="GNet-R (random init)")
+    ax.plot(ddc_t, [100 * a for a in ddc_a], "s-", color="tab:blue", label="DDC: GNet-T (composed, then trained)")
+    ax.axvspan(0, results["sub"]["seconds"], color="tab:blue", alpha=0.08, label="DDC sub phase (SNets on tiles)")
+    ax.axhline(100 * summary["target_val_accuracy"], color="tab:gray", ls=":", lw=1)
+    if summary["reached"]:
+        t = summary["ddc_seconds_to_target"]
+        ax.axvline(t, color="tab:blue", ls="--", lw=1)
+        ax.annotate(f"DDC reaches GNet-R's final {100 * summary['target_val_accuracy']:.1f}% at {t:.0f} s\n"
+                    f"= {summary['ratio']:.2f} x GNet-R's {summary['gnet_r_seconds']:.0f} s",
+                    xy=(t, 100 * summary["target_val_accuracy"]), xytext=(0.02, 0.97), textcoords="axes fraction", va="top",
+                    fontsize=8, arrowprops={"arrowstyle": "->", "lw": 0.6})
+    else:
+        ax.set_title("DDC did not reach GNet-R's final accuracy", fontsize=9)
+    ax.set_xlabel("wall time, s")
+    ax.set_ylabel("validation accuracy, %")
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"{results.get('model', '?')}, K = {results.get('partitions', '?')}, "
+                 f"{results.get('world_size', '?')} rank(s), {results.get('dataset', '')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="the PNG (default RUN_DIR/time_to_gnet_r_accuracy.png)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = p.parse_args(argv)
+    path = args.run_dir / "results.json"
+    if not path.exists():
+        print(f"error: {path} does not exist: pass a finished run directory", file=sys.stderr)
+        return 2
+    results = json.loads(path.read_text())
+    try:
+        summary = analyse(results)
+    except ValueError as err:
+        print(f"error: {path}: {err}", file=sys.stderr)
+        return 2
+    out = args.out or args.run_dir / "time_to_gnet_r_accuracy.png"
+    plot(results, summary, out)
+    summary["plot"] = str(out)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "curves"}, indent=1))
+    elif summary["reached"]:
+        print(f"DDC reaches GNet-R's final validation accuracy {100 * summary['target_val_accuracy']:.2f}% after "
+              f"{summary['ddc_seconds_to_target']:.1f} s (epoch end: {summary['ddc_seconds_to_target_epoch_end']:.1f} s); "
+              f"GNet-R took {summary['gnet_r_seconds']:.1f} s: ratio {summary['ratio']:.3f} "
+              f"(epoch end {summary['ratio_epoch_end']:.3f}). Plot: {out}")
+    else:
+        print(f"DDC did not reach GNet-R's final validation accuracy {100 * summary['target_val_accuracy']:.2f}% "
+              f"(DDC ended at {100 * summary['ddc_final_val_accuracy']:.2f}% after {summary['ddc_seconds_total']:.1f} s; "
+              f"GNet-R took {summary['gnet_r_seconds']:.1f} s): no ratio. Plot: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

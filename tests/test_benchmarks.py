@@ -1,0 +1,69 @@
+"""benchmarks/time_to_accuracy.py (issue 7f) on made-up results and on a real tiny run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("time_to_accuracy", REPO / "benchmarks" / "time_to_accuracy.py")
+tta = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tta)
+
+
+def _results(global_acc, random_acc, sub_seconds=10.0, compose_seconds=2.0, epoch_seconds=5.0, init=0.5):
+    return {
+        "model": "m", "partitions": 4, "world_size": 4, "dataset": "d",
+        "sub": {"seconds": sub_seconds},
+        "compose": {"seconds": compose_seconds, "init_val_accuracy": init},
+        "global": {"history": [{"seconds": epoch_seconds, "val_accuracy": a} for a in global_acc]},
+        "random": {"history": [{"seconds": epoch_seconds, "val_accuracy": a} for a in random_acc]},
+    }
+
+
+def test_ratio_interpolates_between_the_bracketing_evaluations():
+    # GNet-R: 8 epochs of 5 s, ends at 0.70 after 40 s. DDC: 12 s, then 0.5 -> 0.6 (17 s) -> 0.8 (22 s)
+    summary = tta.analyse(_results([0.6, 0.8, 0.85], [0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.70]))
+    assert summary["target_val_accuracy"] == 0.70 and summary["gnet_r_seconds"] == 40.0
+    assert summary["reached"]
+    assert summary["ddc_seconds_to_target"] == pytest.approx(17 + 0.5 * 5)
+    assert summary["ddc_seconds_to_target_epoch_end"] == 22.0
+    assert summary["ratio"] == pytest.approx(19.5 / 40)
+    assert summary["ratio_epoch_end"] == pytest.approx(22 / 40)
+
+
+def test_the_composed_net_may_already_beat_the_target():
+    summary = tta.analyse(_results([0.9], [0.3, 0.4], init=0.45))
+    assert summary["ddc_seconds_to_target"] == 12.0  # sub + compose: GNet-T before any training
+    assert summary["ratio"] == pytest.approx(12 / 10)
+
+
+def test_not_reached_gives_no_ratio():
+    summary = tta.analyse(_results([0.5, 0.55], [0.6, 0.9]))
+    assert not summary["reached"] and summary["ratio"] is None
+
+
+def test_a_run_without_the_baseline_is_refused(tmp_path):
+    results = _results([0.5], [0.6])
+    del results["random"]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert tta.main([str(tmp_path)]) == 2
+
+
+def test_on_a_tiny_real_run(tiny_run, tmp_path):
+    out, _ = tiny_run
+    png = tmp_path / "tta.png"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), str(out),
+                           "--out", str(png), "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    results = json.loads((out / "results.json").read_text())
+    assert summary["target_val_accuracy"] == results["random"]["history"][-1]["val_accuracy"]
+    assert summary["gnet_r_seconds"] == pytest.approx(sum(r["seconds"] for r in results["random"]["history"]))
+    assert (summary["ratio"] is None) == (not summary["reached"])
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
