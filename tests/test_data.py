@@ -131,7 +131,8 @@ def test_synthetic_is_deterministic_balanced_and_spread():
     assert np.bincount(y).tolist() == [20] * 10
     assert symbol_count(10) == 12  # a symbol per class and spare distractors, whole bands of 4
     assert 0.6 <= tile_bayes_accuracy(10) <= 0.7  # one quadrant alone is only partly informative
-    assert tile_bayes_accuracy(10, evidence=1.0) == 1.0 and tile_bayes_accuracy(10, evidence=0.0) < 0.1
+    assert tile_bayes_accuracy(10, evidence=1.0) == 1.0
+    assert tile_bayes_accuracy(10, evidence=0.0) < 0.12  # about chance (0.1): a symbol seen rules its class out
     assert synthetic(20, 0, num_classes=3, size=20)[0].shape == (20, 20, 20, 3)
 
 

@@ -3,7 +3,7 @@
 ``pytest`` runs a small check with a tiny CNN (a few seconds on one thread). Run this file as a
 script for the numbers in docs/DATA.md:
 
-    python tests/test_data_synthetic.py [--epochs 5] [--model cifar_resnet20 --width 8]
+    python tests/test_data_synthetic.py [--epochs 5] [--model cifar_resnet20 --width 8] [--no-augment]
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def tiny_cnn(width: int = 8, num_classes: int = 10) -> nn.Module:
 
 
 def train_and_score(net: nn.Module, splits, tile, epochs: int, seed: int = 0, lr: float = 3e-3,
-                    batch_size: int = 64) -> list[float]:
-    """Adam, flip+shift augmentation; validation accuracy after each epoch."""
+                    batch_size: int = 64, augment: bool = True) -> list[float]:
+    """Adam, flip+shift augmentation (unless ``augment`` is false); validation accuracy after each epoch."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr)
     g = torch.Generator().manual_seed(seed)
@@ -39,7 +39,7 @@ def train_and_score(net: nn.Module, splits, tile, epochs: int, seed: int = 0, lr
     for _ in range(epochs):
         net.train()
         order = torch.randperm(len(splits.train), generator=g).numpy()
-        for x, y in batches(splits.train, order, batch_size, mean=splits.mean, tile=tile, augment=True,
+        for x, y in batches(splits.train, order, batch_size, mean=splits.mean, tile=tile, augment=augment,
                             generator=g, max_shift=2):
             loss = nn.functional.cross_entropy(net(x), y)
             opt.zero_grad()
@@ -82,11 +82,14 @@ def main() -> None:
     p.add_argument("--source", default="synthetic")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no flip and shift (a flip turns 45-degree stripes into 135-degree ones: see docs/DATA.md)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     splits = load_dataset(args.source, num_classes=10, val_fraction=args.val_fraction, seed=0)
     print(f"{args.source}: {len(splits.train)} train, {len(splits.val)} val; {args.model} stage-1 width "
-          f"{args.width}; {args.epochs} epochs, Adam 3e-3, batch 64, flip + shift 2 px, {args.threads} thread(s)")
+          f"{args.width}; {args.epochs} epochs, Adam 3e-3, batch 64, "
+          f"{'flip + shift 2 px' if args.augment else 'no augmentation'}, {args.threads} thread(s)")
     for name, tile in (("full 32x32", None), ("tile 16x16 (2x2, no overlap)", tile_slices(32, 32, (2, 2), 0)[0]),
                        ("tile 20x20 (2x2, overlap 4)", tile_slices(32, 32, (2, 2), 4)[0])):
         torch.manual_seed(0)
@@ -99,7 +102,7 @@ def main() -> None:
             net = ddc_hpc.build_model(args.model, 10, partitions=1 if tile is None else 4,
                                       width=args.width if tile is None else 4 * args.width)
         t = time.perf_counter()
-        scores = train_and_score(net, splits, tile, args.epochs)
+        scores = train_and_score(net, splits, tile, args.epochs, augment=args.augment)
         print(f"  {name:30s} val accuracy per epoch {' '.join(f'{s:.3f}' for s in scores)}  "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
 

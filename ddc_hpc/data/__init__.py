@@ -1,15 +1,16 @@
-"""Data layer: HDF5 format, importers, synthetic set, tiled views and batch augmentation.
+"""Data layer: HDF5 format, importers, synthetic sets (2D, 1D, 3D), tiled views and batch augmentation.
 
-The pipeline calls ``load_dataset`` (a source string -> ``Splits``), ``check_tiles``, and
-``batches``/``make_batch`` to turn ``ImageSet`` samples into float32 NCHW training batches.
+The pipeline calls ``load_dataset`` (a source string -> ``Splits``; ``task`` classification,
+regression or autoencoder), ``check_tiles``, and ``batches``/``make_batch`` to turn ``ImageSet``
+samples (images, signals, volumes: uint8 channels last) into float32 channels-first batches.
 See docs/DATA.md.
 """
 
-from .hdf5 import H5Writer, content_checksum
+from .hdf5 import TASKS, H5Writer, check_labels, check_targets, content_checksum
 from .importers import describe, import_dataset
-from .loader import ImageSet, Splits, channel_mean, load_dataset, stratified_split
+from .loader import ImageSet, Splits, channel_mean, channel_std, load_dataset, stratified_split
 from .sources import KINDS, parse_source
-from .synthetic import synthetic
+from .synthetic import TARGET_NAMES, synthetic, synthetic1d, synthetic3d
 from .views import batches, check_tiles, make_batch, to_channels_first
 
 __all__ = [
@@ -19,6 +20,13 @@ __all__ = [
     "make_batch",
     "batches",
     "synthetic",
+    "synthetic1d",
+    "synthetic3d",
+    "TARGET_NAMES",
+    "TASKS",
+    "check_labels",
+    "check_targets",
+    "channel_std",
     "check_tiles",
     "to_channels_first",
     "channel_mean",

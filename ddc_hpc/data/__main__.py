@@ -19,10 +19,11 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Import image data sets into ddc_hpc's HDF5 format and inspect them.")
     sub = p.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="copy a data set into one HDF5 file (atomically)",
-                         description="KIND is npz, cifar10, cifar100, food101, imagefolder, h5 or synthetic. "
-                                     "SOURCE is a file (npz, h5), a folder (torchvision root for cifar10/cifar100/"
-                                     "food101, class-per-folder tree for imagefolder), or synthetic options "
-                                     "such as n=5000,seed=1.")
+                         description="KIND is npz, cifar10, cifar100, food101, imagefolder, h5, synthetic, "
+                                     "synthetic1d or synthetic3d. SOURCE is a file (npz, h5), a folder (torchvision "
+                                     "root for cifar10/cifar100/food101, class-per-folder tree for imagefolder), or "
+                                     "synthetic options such as n=5000,seed=1 (target=regression for regression "
+                                     "targets).")
     imp.add_argument("kind")
     imp.add_argument("source")
     imp.add_argument("out", help="the HDF5 file to write, e.g. data/cifar10.h5")
@@ -37,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--classes", default=None,
                      help="comma-separated class names, replacing the source's (e.g. for an npz without names)")
     imp.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    info = sub.add_parser("info", help="print shape, classes and counts per class of a file")
+    imp.add_argument("--task", choices=("auto", "classification", "regression"), default="auto",
+                     help="what an npz's y holds: class indices or regression targets (stored float32); "
+                          "auto: float values that are not all whole numbers, or several per sample, are targets")
+    info = sub.add_parser("info", help="print shape, classes and counts per class of a file "
+                                       "(target statistics for regression files)")
     info.add_argument("file")
     info.add_argument("--verify", action="store_true", help="recompute the content checksum")
     info.add_argument("--json", action="store_true", help="machine-readable output")
@@ -54,7 +59,8 @@ def main(argv=None) -> int:
             classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
             out = import_dataset(args.kind, args.source, args.out, size=args.size, download=args.download,
                                  compression=None if args.compression == "none" else args.compression,
-                                 workers=args.workers, classes=classes, force=args.force)
+                                 workers=args.workers, classes=classes, force=args.force,
+                                 task=None if args.task == "auto" else args.task)
             print(f"wrote {out} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
             print(format_info(describe(out)))
         else:

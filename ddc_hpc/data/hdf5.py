@@ -3,15 +3,19 @@
 Layout (one file, dimension-agnostic: 2D images, 1D signals and 3D volumes alike)::
 
     /images   uint8 (N, *spatial, C)   chunked one sample per chunk
-    /labels   int64 (N,)
+    /labels   int64 (N,) class indices, or float32 (N, *target_shape) regression targets
+              (then with attribute task="regression")
     /test/images, /test/labels         optional held-out split, same layout
-    attrs: format="ddc_hpc.images", format_version=1, classes (list of str), num_classes,
-           source, command, created (UTC, ISO 8601), checksum ("sha256:<hex>", see `content_checksum`)
+    attrs: format="ddc_hpc.images", format_version=1, classes (list of str: class names, or target
+           names for regression), num_classes (classes, or values per target), task
+           ("classification" or "regression"), source, command, created (UTC, ISO 8601),
+           checksum ("sha256:<hex>", see `content_checksum`)
 
 The writer fills ``OUT.tmp<pid>`` in the destination folder, flushes and fsyncs it, then renames it
 over ``OUT`` (and fsyncs the folder): an interrupted import never leaves a file under the final name.
 Files written by other tools are read too, as long as they hold ``images`` (uint8) and ``labels``
-(integers); class names then default to "0".."K-1".
+(integers; or real numbers, read as regression targets when the job's task is regression); class
+names then default to "0".."K-1" (target names to "target0"..).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from ..errors import BadInput
 FORMAT = "ddc_hpc.images"
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
+TASKS = ("classification", "regression", "autoencoder")
+STORED_TASKS = ("classification", "regression")  # what a file's labels can be
 _READ_BLOCK = 1024  # samples per block when streaming a whole split (checksums, means, info)
 
 
@@ -41,8 +47,10 @@ def _group_name(split: str) -> str:
 def check_labels(labels: np.ndarray, num_classes: int | None, where: str) -> np.ndarray:
     """Labels as int64; BadInput unless they are integers in [0, num_classes)."""
     labels = np.asarray(labels)
+    hint = " (if these are regression targets, set model.task = 'regression')"
     if labels.ndim != 1:
-        raise BadInput(f"{where}: labels must be a 1-D array of class indices, got shape {labels.shape}")
+        raise BadInput(f"{where}: labels must be a 1-D array of class indices, got shape {labels.shape}"
+                       + (hint if np.issubdtype(labels.dtype, np.number) else ""))
     if labels.dtype == bool or not (
         np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
     ):
@@ -52,7 +60,7 @@ def check_labels(labels: np.ndarray, num_classes: int | None, where: str) -> np.
             raise BadInput(
                 f"{where}: labels must be integer class indices, got non-integer values such as "
                 f"{labels[~(np.isfinite(labels) & (labels == np.round(labels)))][:3].tolist()} "
-                "(one-hot or soft labels are not supported: store argmax indices)"
+                "(one-hot or soft labels are not supported: store argmax indices)" + hint
             )
     out = labels.astype(np.int64)
     if out.size:
@@ -65,6 +73,58 @@ def check_labels(labels: np.ndarray, num_classes: int | None, where: str) -> np.
     return out
 
 
+def check_targets(targets: np.ndarray, where: str) -> np.ndarray:
+    """Regression targets as float32 (N, *target_shape), a 1-D array becoming (N, 1); BadInput
+    unless they are finite real numbers."""
+    targets = np.asarray(targets)
+    if targets.ndim < 1:
+        raise BadInput(f"{where}: regression targets must be an array (N,) or (N, *target_shape), got a scalar")
+    if targets.dtype == bool or not (
+        np.issubdtype(targets.dtype, np.integer) or np.issubdtype(targets.dtype, np.floating)
+    ):
+        raise BadInput(f"{where}: regression targets must be real numbers, got dtype {targets.dtype}")
+    out = targets.astype(np.float32)
+    if out.ndim == 1:
+        out = out.reshape(-1, 1)
+    if 0 in out.shape[1:]:
+        raise BadInput(f"{where}: regression targets have shape {targets.shape}: no values per sample")
+    bad = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise BadInput(f"{where}: regression targets must be finite numbers, but {int(bad.sum())} sample(s) have "
+                       f"NaN or infinite targets (first: sample {first}, {out[first].ravel()[:4].tolist()})"
+                       + (" — or values beyond float32's range" if np.isfinite(targets[first]).all() else ""))
+    return out
+
+
+def loose_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    """Labels an autoencoder ignores, as stored: integers as int64, floats as float32 (any values)."""
+    labels = np.asarray(labels)
+    if labels.ndim < 1:
+        raise BadInput(f"{where}: labels must be an array with one entry per sample, got a scalar")
+    if labels.dtype == bool or np.issubdtype(labels.dtype, np.integer):
+        return labels.astype(np.int64)
+    if np.issubdtype(labels.dtype, np.floating):
+        return labels.astype(np.float32)
+    raise BadInput(f"{where}: labels must be numbers, got dtype {labels.dtype}")
+
+
+def guess_task(labels: np.ndarray) -> str:
+    """What labels without a ``task`` attribute hold: float values that are not whole numbers, or
+    more than one value per sample, are regression targets; anything else class indices."""
+    labels = np.asarray(labels)
+    if np.issubdtype(labels.dtype, np.floating) and labels.size and (
+            labels.ndim != 1 or not bool((np.isfinite(labels) & (labels == np.round(labels))).all())):
+        return "regression"
+    return "classification"
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise BadInput(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    return task
+
+
 class H5Writer:
     """Write a dataset file atomically; use as a context manager.
 
@@ -74,14 +134,18 @@ class H5Writer:
     """
 
     def __init__(self, path, *, image_shape, classes, source: str, command: str = "",
-                 compression: str | None = None):
+                 compression: str | None = None, task: str = "classification"):
         self.path = Path(path)
         if not self.path.parent.is_dir():
             raise BadInput(f"cannot write {self.path}: folder {self.path.parent} does not exist")
         if compression not in (None, "gzip", "lzf"):
             raise BadInput(f"compression must be gzip, lzf or none, got {compression!r}")
+        if task not in STORED_TASKS:
+            raise BadInput(f"a dataset file holds classification or regression labels, not {task!r}")
         if not classes:
-            raise BadInput(f"{self.path}: a dataset needs at least one class")
+            raise BadInput(f"{self.path}: a dataset needs at least one class"
+                           + (" (for regression: one name per target value)" if task == "regression" else ""))
+        self.task = task
         self.image_shape = tuple(int(d) for d in image_shape)
         if len(self.image_shape) < 2 or min(self.image_shape) < 1:
             raise BadInput(f"images must be (*spatial, C) with at least one spatial axis, got {self.image_shape}")
@@ -103,21 +167,33 @@ class H5Writer:
         if images.shape[1:] != self.image_shape:
             raise BadInput(f"{where}: images must have shape (n, {', '.join(map(str, self.image_shape))}), "
                            f"got {images.shape}")
-        labels = check_labels(labels, len(self.classes), where)
+        if self.task == "regression":
+            labels = check_targets(labels, where)
+            if int(np.prod(labels.shape[1:])) != len(self.classes):
+                raise BadInput(f"{where}: {int(np.prod(labels.shape[1:]))} target values per sample (shape "
+                               f"{labels.shape[1:]}) but {len(self.classes)} target names {self.classes}")
+        else:
+            labels = check_labels(labels, len(self.classes), where)
         if len(labels) != len(images):
             raise BadInput(f"{where}: {len(images)} images but {len(labels)} labels")
         group = self._file.require_group(_group_name(split))
         if "images" not in group:
             group.create_dataset("images", shape=(0, *self.image_shape), maxshape=(None, *self.image_shape),
                                  chunks=(1, *self.image_shape), dtype=np.uint8, compression=self.compression)
-            group.create_dataset("labels", shape=(0,), maxshape=(None,), chunks=(4096,), dtype=np.int64)
+            shape = labels.shape[1:]
+            group.create_dataset("labels", shape=(0, *shape), maxshape=(None, *shape), chunks=(4096, *shape),
+                                 dtype=labels.dtype)
+            if self.task == "regression":
+                group["labels"].attrs["task"] = "regression"
+        elif group["labels"].shape[1:] != labels.shape[1:]:
+            raise BadInput(f"{where}: targets of shape {labels.shape[1:]} after {group['labels'].shape[1:]}")
         start, n = self._count[split], len(images)
         for name, data in (("images", images), ("labels", labels)):
             group[name].resize(start + n, axis=0)
             group[name][start:start + n] = data
         images_hash, labels_hash = self._hash[split]
         images_hash.update(np.ascontiguousarray(images).tobytes())
-        labels_hash.update(labels.astype("<i8").tobytes())
+        labels_hash.update(_label_bytes(labels))
         self._count[split] = start + n
 
     def _digest(self) -> str:
@@ -132,6 +208,7 @@ class H5Writer:
         attrs["format_version"] = FORMAT_VERSION
         attrs["classes"] = np.array(self.classes, dtype=h5py.string_dtype())
         attrs["num_classes"] = len(self.classes)
+        attrs["task"] = self.task
         attrs["source"] = self.source
         attrs["command"] = self.command
         attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -172,6 +249,12 @@ class H5Writer:
         return False
 
 
+def _label_bytes(labels: np.ndarray) -> bytes:
+    """What the checksum hashes: class indices as little-endian int64, targets as little-endian float32."""
+    labels = np.asarray(labels)
+    return np.ascontiguousarray(labels.astype("<f4" if np.issubdtype(labels.dtype, np.floating) else "<i8")).tobytes()
+
+
 def _combine(parts: dict[str, tuple[str, str]]) -> str:
     """sha256 over "split:images-sha256:labels-sha256" lines, splits in file order."""
     text = "".join(f"{s}:{parts[s][0]}:{parts[s][1]}\n" for s in SPLITS if s in parts)
@@ -190,7 +273,7 @@ def content_checksum(path) -> str:
             ds = group["images"]
             for start in range(0, len(ds), _READ_BLOCK):
                 images_hash.update(np.ascontiguousarray(ds[start:start + _READ_BLOCK]).tobytes())
-            labels_hash.update(group["labels"][()].astype("<i8").tobytes())
+            labels_hash.update(_label_bytes(group["labels"][()]))
             parts[split] = (images_hash.hexdigest(), labels_hash.hexdigest())
     return _combine(parts)
 
@@ -213,13 +296,22 @@ def open_h5(path) -> h5py.File:
 
 
 class H5Meta:
-    """What a file holds, read and checked once: classes, counts, shapes, labels, attributes."""
+    """What a file holds, read and checked once: classes, counts, shapes, labels, attributes.
 
-    def __init__(self, path):
+    ``task``: what the reader wants ("classification", "regression", "autoencoder"; None: whatever
+    the file holds).  ``self.task`` is what the labels are taken as — the file's ``task`` attribute
+    when it has one (a mismatch with the wanted task is the loader's to report), else the wanted
+    task, else a guess from the labels (``guess_task``).  Class labels are checked as class indices,
+    regression targets as finite numbers (float32, (N, *target_shape)).
+    """
+
+    def __init__(self, path, task: str | None = None):
         self.path = Path(path)
+        raw: dict[str, tuple[int, tuple, np.ndarray]] = {}
+        stored = None
         with open_h5(self.path) as f:
             self.attrs = {k: _attr(v) for k, v in f.attrs.items()}
-            self.splits: dict[str, tuple[int, tuple, np.ndarray]] = {}
+            stored = self.attrs.get("task")
             for split in SPLITS:
                 if split == "test" and "test" not in f:
                     continue
@@ -238,16 +330,56 @@ class H5Meta:
                                    f"axis, got shape {images.shape}")
                 try:
                     label_values = labels[()]
-                except OSError as exc:
+                except (OSError, TypeError) as exc:
                     raise BadInput(f"{where}: cannot read labels ({exc}); the file is corrupt") from None
-                label_values = check_labels(label_values, None, where)
-                if len(label_values) != images.shape[0]:
-                    raise BadInput(f"{where}: {images.shape[0]} images but {len(label_values)} labels")
-                self.splits[split] = (images.shape[0], tuple(images.shape[1:]), label_values)
+                stored = stored or _attr(labels.attrs.get("task"))
+                raw[split] = (images.shape[0], tuple(images.shape[1:]), label_values)
+        if stored is not None and stored not in STORED_TASKS:
+            raise BadInput(f"{self.path}: attribute task={stored!r}; expected classification or regression")
+        self.stored_task = stored
+        if stored is not None:
+            self.task = stored
+        elif task in STORED_TASKS:
+            self.task = task
+        else:
+            self.task = guess_task(raw["train"][2])
+        self.splits: dict[str, tuple[int, tuple, np.ndarray]] = {}
+        for split, (n, shape, values) in raw.items():
+            where = f"{self.path}:{_group_name(split)}"
+            if task == "autoencoder":
+                values = loose_labels(values, where)
+            elif self.task == "regression":
+                values = check_targets(values, where)
+            else:
+                values = check_labels(values, None, where)
+            if len(values) != n:
+                raise BadInput(f"{where}: {n} images but {len(values)} labels")
+            self.splits[split] = (n, shape, values)
         if "test" in self.splits and self.splits["test"][1] != self.splits["train"][1]:
             raise BadInput(f"{self.path}: test images have shape {self.splits['test'][1]}, "
                            f"training images {self.splits['train'][1]}")
+        if "test" in self.splits and self.splits["test"][2].shape[1:] != self.splits["train"][2].shape[1:]:
+            raise BadInput(f"{self.path}: test targets have shape {self.splits['test'][2].shape[1:]}, "
+                           f"training targets {self.splits['train'][2].shape[1:]}")
         classes = self.attrs.get("classes")
+        if task == "autoencoder":  # labels unchecked: names as stored, or made up
+            self.named = classes is not None
+            if classes is not None:
+                self.classes = [str(c) for c in np.atleast_1d(classes)]
+            elif self.task == "regression":
+                self.classes = [f"target{i}" for i in range(int(np.prod(self.target_shape)))]
+            else:
+                top = max((int(v[2].max()) for v in self.splits.values() if v[2].size), default=-1)
+                self.classes = [str(i) for i in range(max(top + 1, 1))]
+            return
+        if self.task == "regression":
+            size = int(np.prod(self.target_shape))
+            names = None if classes is None else [str(c) for c in np.atleast_1d(classes)]
+            if names is not None and len(names) != size:
+                raise BadInput(f"{self.path}: {len(names)} target names {names} but {size} target values per sample")
+            self.classes = names or [f"target{i}" for i in range(size)]
+            self.named = names is not None
+            return
         if classes is None:
             top = max((int(v[2].max()) for v in self.splits.values() if len(v[2])), default=-1)
             self.classes = [str(i) for i in range(int(self.attrs.get("num_classes", top + 1)))]
@@ -261,6 +393,11 @@ class H5Meta:
     @property
     def image_shape(self) -> tuple:
         return self.splits["train"][1]
+
+    @property
+    def target_shape(self) -> tuple:
+        """Per-sample shape of the labels: () for class indices, (T, ...) for regression targets."""
+        return tuple(self.splits["train"][2].shape[1:])
 
 
 def _attr(value):

@@ -11,19 +11,25 @@ import numpy as np
 
 from ..errors import BadInput
 from .hdf5 import H5Meta, H5Writer, content_checksum
-from .sources import KINDS, open_raw
+from .sources import KINDS, SYNTHETIC_KINDS, open_raw
 
-IMPORT_KINDS = ("npz", "cifar10", "cifar100", "food101", "imagefolder", "h5", "synthetic")
+IMPORT_KINDS = ("npz", "cifar10", "cifar100", "food101", "imagefolder", "h5", "synthetic", "synthetic1d", "synthetic3d")
 _BLOCK = 512  # samples per read/append
 
 
 def import_dataset(kind: str, source: str, out, *, size: int | None = None, download: bool = False,
                    compression: str | None = None, workers: int = 1, classes: list[str] | None = None,
-                   force: bool = False, command: str | None = None, progress: bool | None = None) -> Path:
+                   force: bool = False, command: str | None = None, progress: bool | None = None,
+                   task: str | None = None) -> Path:
     """Copy source ``source`` of ``kind`` into the HDF5 file ``out`` (atomically); returns its path.
 
     ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal).
+    ``task``: "classification" or "regression" to say what an npz's ``y`` (or a foreign HDF5 file's
+    labels) hold; None guesses: float values that are not all whole numbers, or several values per
+    sample, are regression targets (stored float32 with ``task="regression"``).
     """
+    if task not in (None, "classification", "regression"):
+        raise BadInput(f"--task must be classification or regression (or left out to guess), got {task!r}")
     if kind not in IMPORT_KINDS:
         raise BadInput(f"cannot import kind {kind!r}: use one of {', '.join(IMPORT_KINDS)}")
     out = Path(out)
@@ -31,10 +37,18 @@ def import_dataset(kind: str, source: str, out, *, size: int | None = None, down
         raise BadInput(f"{out} already exists: remove it or pass --force to replace it")
     if kind != "synthetic" and Path(source).exists():
         source = str(Path(source).resolve())  # recorded in the file's `source` attribute
-    spec = source if kind == "synthetic" and source.startswith("synthetic") else f"{kind}:{source}"
-    raw = open_raw(spec, in_memory=False, size=size, download=download, workers=workers)
+    if kind in SYNTHETIC_KINDS:
+        spec = source if source == kind or source.startswith(kind + ":") else f"{kind}:{source}"
+    else:
+        spec = f"{kind}:{source}"
+    raw = open_raw(spec, in_memory=False, size=size, download=download, workers=workers, task=task)
+    if task is not None and raw.task != task:
+        raise BadInput(f"{raw.description} holds {'regression targets' if raw.task == 'regression' else 'class labels'}, "
+                       f"not what --task {task} says")
     names = raw.classes
     if classes is not None:
+        if raw.task == "regression" and len(classes) != len(names):
+            raise BadInput(f"--classes gives {len(classes)} names but there are {len(names)} target values per sample")
         if len(classes) < len(names):
             raise BadInput(f"--classes gives {len(classes)} names but the labels need at least {len(names)}")
         names = list(classes)
@@ -47,7 +61,7 @@ def import_dataset(kind: str, source: str, out, *, size: int | None = None, down
     command = command if command is not None else shlex.join([Path(sys.executable).name, "-m", "ddc_hpc.data",
                                                                *sys.argv[1:]])
     with H5Writer(out, image_shape=raw.train.image_shape, classes=names, source=raw.description,
-                  command=command, compression=compression) as writer, \
+                  command=command, compression=compression, task=raw.task) as writer, \
             tqdm(total=total, unit="img", disable=(None if progress is None else not progress),
                  desc=f"import {kind}", file=sys.stderr) as bar:
         for split, store in stores:
@@ -70,12 +84,20 @@ def describe(path, verify: bool = False) -> dict:
         "created": meta.attrs.get("created", ""),
         "checksum": meta.attrs.get("checksum", ""),
         "image_shape": list(meta.image_shape),
+        "task": meta.task,
         "classes": meta.classes,
         "splits": {},
     }
     for split, (n, shape, labels) in meta.splits.items():
-        info["splits"][split] = {"count": n, "shape": [n, *shape],
-                                 "per_class": np.bincount(labels, minlength=len(meta.classes)).tolist()}
+        info["splits"][split] = {"count": n, "shape": [n, *shape]}
+        if meta.task == "regression":
+            flat = labels.reshape(len(labels), -1).astype(np.float64)
+            info["target_shape"] = list(meta.target_shape)
+            info["splits"][split]["targets"] = {
+                stat: (getattr(np, stat)(flat, axis=0).tolist() if len(flat) else [None] * flat.shape[1])
+                for stat in ("mean", "std", "min", "max")}
+        else:
+            info["splits"][split]["per_class"] = np.bincount(labels, minlength=len(meta.classes)).tolist()
     if verify:
         t = time.perf_counter()
         actual = content_checksum(path)
@@ -100,13 +122,26 @@ def format_info(info: dict) -> str:
     for split, s in info["splits"].items():
         lines.append(f"{split:<9} {s['count']} images, shape {tuple(s['shape'])}, uint8")
     classes = info["classes"]
-    lines.append(f"classes   {len(classes)}")
     splits = list(info["splits"])
     width = max(len(c) for c in classes)
+    if info.get("task") == "regression":
+        lines.append(f"targets   {len(classes)} (regression, float32, shape {tuple(info['target_shape'])} per sample)")
+        header = "".join(f"{f'{s} {stat}':>14}" for s in splits for stat in ("mean", "std", "min", "max"))
+        lines.append("  " + " " * (5 + width) + header)
+        for i, name in enumerate(classes):
+            cells = "".join(f"{_number(info['splits'][s]['targets'][stat][i]):>14}"
+                            for s in splits for stat in ("mean", "std", "min", "max"))
+            lines.append(f"  {i:>3}  {name:<{width}}" + cells)
+        return "\n".join(lines)
+    lines.append(f"classes   {len(classes)}")
     lines.append("  " + " " * (5 + width) + "".join(f"{s:>9}" for s in splits))
     for i, name in enumerate(classes):
         lines.append(f"  {i:>3}  {name:<{width}}" + "".join(f"{info['splits'][s]['per_class'][i]:>9}" for s in splits))
     return "\n".join(lines)
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 __all__ = ["import_dataset", "describe", "format_info", "IMPORT_KINDS", "KINDS"]

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
+from .hdf5 import check_task
 from .sources import ArrayStore, FileStore, open_raw
 
 MEAN_SAMPLES = 10_000  # a lazily read training set's mean is estimated from this many samples
@@ -16,9 +17,11 @@ MEAN_SAMPLES = 10_000  # a lazily read training set's mean is estimated from thi
 class ImageSet:
     """A read-only view of a subset of one split's samples.
 
-    ``labels`` (int64, this subset's, in memory) and ``image_shape`` ``(*spatial, C)``;
-    ``read(indices)`` -> uint8 (n, *spatial, C) and int64 (n,) torch tensors, pixels exactly as
-    stored, indices relative to this subset. Picklable; file handles open lazily per process.
+    ``labels`` (this subset's, in memory: int64 (N,) class indices, or float32 (N, *target_shape)
+    regression targets) and ``image_shape`` ``(*spatial, C)``; ``read(indices)`` -> uint8
+    (n, *spatial, C) and the labels as torch tensors (int64 (n,) or float32 (n, *target_shape)),
+    samples exactly as stored, indices relative to this subset. Picklable; file handles open
+    lazily per process.
     """
 
     def __init__(self, store, index: np.ndarray | None = None, name: str = ""):
@@ -35,6 +38,11 @@ class ImageSet:
         return f"ImageSet({self.name!r}, n={len(self)}, image_shape={self.image_shape})"
 
     @property
+    def target_shape(self) -> tuple:
+        """Per-sample shape of ``labels``: () for class indices, e.g. (2,) for two regression targets."""
+        return tuple(self.labels.shape[1:])
+
+    @property
     def in_memory(self) -> bool:
         return isinstance(self._store, ArrayStore)
 
@@ -49,7 +57,9 @@ class ImageSet:
         images = np.ascontiguousarray(self._store.read(self._global(local)))
         if not images.flags.writeable:
             images = images.copy()
-        return torch.from_numpy(images), torch.from_numpy(self.labels[local].astype(np.int64))
+        labels = self.labels[local]
+        labels = labels.astype(np.float32 if np.issubdtype(labels.dtype, np.floating) else np.int64)
+        return torch.from_numpy(images), torch.from_numpy(labels)
 
     def subset(self, indices) -> ImageSet:
         """A view of some of this view's samples (indices relative to this view)."""
@@ -60,8 +70,9 @@ class ImageSet:
 class Splits:
     train: ImageSet
     val: ImageSet
-    classes: list[str]
+    classes: list[str]  # class names; for regression the target names (one per output)
     mean: torch.Tensor  # (C,) per-channel training mean in [0, 1] units
+    task: str = "classification"  # as asked of load_dataset
 
 
 def _stratified_pick(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -83,10 +94,18 @@ def _stratified_pick(labels: np.ndarray, count: int, rng: np.random.Generator) -
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
+def _pick(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Stratified for class indices, a plain seeded random choice (sorted) for regression targets."""
+    if labels.ndim == 1 and not np.issubdtype(labels.dtype, np.floating):
+        return _stratified_pick(labels, count, rng)
+    return np.sort(rng.permutation(len(labels))[: min(max(count, 0), len(labels))])
+
+
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train positions, validation positions), seeded, each class split in the same proportion."""
+    """(train positions, validation positions), seeded, each class split in the same proportion
+    (regression targets, float (N, ...): a seeded random split)."""
     rng = np.random.default_rng([seed, 0])
-    val = _stratified_pick(labels, int(round(len(labels) * val_fraction)), rng)
+    val = _pick(labels, int(round(len(labels) * val_fraction)), rng)
     mask = np.ones(len(labels), bool)
     mask[val] = False
     return np.flatnonzero(mask), val
@@ -109,8 +128,34 @@ def channel_mean(images: ImageSet, seed: int = 0, max_samples: int | None = MEAN
     return torch.tensor(total / (pixels_per_channel * 255.0), dtype=torch.float32)
 
 
+def channel_std(images: ImageSet, seed: int = 0, max_samples: int | None = MEAN_SAMPLES) -> torch.Tensor:
+    """Per-channel standard deviation in [0, 1] units (exact from per-channel histograms of the
+    same samples ``channel_mean`` uses), for ``make_batch(std=...)``: signals and volumes whose
+    values span a small part of 0..255 (an Elman RNN learns far faster from unit-scale inputs).
+    A constant channel gets 1 (no scaling)."""
+    n = len(images)
+    if n == 0:
+        raise BadInput("cannot compute the training std of an empty training set")
+    index = np.arange(n)
+    if not images.in_memory and max_samples is not None and n > max_samples:
+        index = np.sort(np.random.default_rng([seed, 2]).choice(n, max_samples, replace=False))
+    channels = images.image_shape[-1]
+    counts = np.zeros((channels, 256), np.int64)
+    for start in range(0, len(index), 4096):
+        pixels = images.read(index[start:start + 4096])[0].numpy().reshape(-1, channels)
+        for c in range(channels):
+            counts[c] += np.bincount(pixels[:, c], minlength=256)
+    values = np.arange(256, dtype=np.float64) / 255.0
+    total = counts.sum(1)
+    mean = counts @ values / total
+    var = counts @ values ** 2 / total - mean ** 2
+    std = np.sqrt(np.maximum(var, 0.0))
+    return torch.tensor(np.where(std > 0, std, 1.0), dtype=torch.float32)
+
+
 def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, seed: int,
-                 limit: int | None = None, in_memory: bool = True, val_limit: int | None = None) -> Splits:
+                 limit: int | None = None, in_memory: bool = True, val_limit: int | None = None,
+                 task: str = "classification") -> Splits:
     """Open ``source`` and split it into training and validation sets.
 
     The validation set is the source's own test split when it has one (HDF5 ``test`` group,
@@ -119,6 +164,11 @@ def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, s
     stratified choice of that many training samples (``val_limit`` likewise for validation).
     ``in_memory``: hold npz/HDF5/CIFAR data in memory (HDF5 only if it takes at most a quarter of
     the available memory); otherwise every process reads only the samples it asks for.
+
+    ``task``: "classification" (labels are class indices in 0..num_classes-1), "regression"
+    (labels are finite float32 targets (N, *target_shape) with num_classes values per sample;
+    splits and limits are seeded random, not stratified) or "autoencoder" (labels are returned as
+    stored and not checked against num_classes; the pipeline trains on the samples themselves).
     Every problem with the data raises BadInput here, before any training.
     """
     if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
@@ -128,11 +178,29 @@ def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, s
             raise BadInput(f"{name} must be a positive number of samples, got {value!r}")
     if num_classes is not None and (not isinstance(num_classes, (int, np.integer)) or num_classes < 1):
         raise BadInput(f"num_classes must be a positive integer, got {num_classes!r}")
-    raw = open_raw(source, in_memory=in_memory, num_classes=num_classes)
+    check_task(task)
+    if task == "autoencoder":
+        num_classes = None  # the model reconstructs its input: the labels are not its outputs
+    raw = open_raw(source, in_memory=in_memory, num_classes=num_classes, task=task)
     classes = list(raw.classes)
     if len(raw.train) == 0:
         raise BadInput(f"{raw.description}: the dataset is empty (no training samples)")
-    if num_classes is not None and len(classes) != num_classes:
+    if task == "classification" and raw.task == "regression":
+        raise BadInput(f"{raw.description} holds regression targets ({', '.join(classes)}), not class labels: "
+                       "set model.task = 'regression' (or use a classification dataset)")
+    if task == "regression" and raw.task != "regression":
+        hint = (" (add target=regression to a synthetic source, e.g. synthetic1d:target=regression)"
+                if source.strip().startswith("synthetic") else "")
+        raise BadInput(f"{raw.description} holds class labels, not regression targets: model.task = 'regression' "
+                       f"needs float targets{hint}")
+    if task == "regression" and num_classes is not None:
+        size = int(np.prod(raw.train.labels.shape[1:]))
+        if size != num_classes:
+            raise BadInput(f"{raw.description} has {size} regression target value(s) per sample (target shape "
+                           f"{tuple(raw.train.labels.shape[1:])}: {', '.join(classes)}) but the model is built for "
+                           f"num_classes={num_classes} outputs: the target size must equal num_classes; set "
+                           f"model.num_classes = {size} or use the matching dataset")
+    elif task == "classification" and num_classes is not None and len(classes) != num_classes:
         named = any(c != str(i) for i, c in enumerate(classes))
         hint = "" if named else (
             f" (without class names the count is the largest label + 1 = {len(classes)}; store the class "
@@ -156,7 +224,7 @@ def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, s
         train = ImageSet(raw.train, train_idx, raw.description)
         val = ImageSet(raw.train, val_idx, raw.description + " (validation)")
     if limit is not None and limit < len(train):
-        train = train.subset(_stratified_pick(train.labels, int(limit), np.random.default_rng([seed, 1])))
+        train = train.subset(_pick(train.labels, int(limit), np.random.default_rng([seed, 1])))
     if val_limit is not None and val_limit < len(val):
-        val = val.subset(_stratified_pick(val.labels, int(val_limit), np.random.default_rng([seed, 3])))
-    return Splits(train=train, val=val, classes=classes, mean=channel_mean(train, seed))
+        val = val.subset(_pick(val.labels, int(val_limit), np.random.default_rng([seed, 3])))
+    return Splits(train=train, val=val, classes=classes, mean=channel_mean(train, seed), task=task)

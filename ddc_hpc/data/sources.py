@@ -2,12 +2,13 @@
 
 A store is a split of a dataset that can hand out samples by index:
 
-    store.labels        int64 (N,), in memory
+    store.labels        int64 (N,) class indices, or float32 (N, *target_shape) regression targets; in memory
     store.image_shape   (*spatial, C)
     store.read(index)   uint8 (len(index), *spatial, C), in the order of `index`, exactly as stored
     len(store)
 
-Kinds: ``synthetic``, ``npz``, ``h5``, ``cifar10``, ``cifar100``, ``food101``, ``imagefolder``.
+Kinds: ``synthetic`` (2D images), ``synthetic1d`` (signals), ``synthetic3d`` (volumes), ``npz``,
+``h5``, ``cifar10``, ``cifar100``, ``food101``, ``imagefolder``.
 The importers (``importers.py``) copy any of them into the HDF5 format; the loader (``loader.py``)
 reads any of them directly.
 """
@@ -26,11 +27,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
-from .hdf5 import H5Meta, H5Store, check_labels
+from .hdf5 import H5Meta, H5Store, check_labels, check_targets, guess_task, loose_labels
 
-KINDS = ("synthetic", "npz", "h5", "cifar10", "cifar100", "food101", "imagefolder")
+KINDS = ("synthetic", "synthetic1d", "synthetic3d", "npz", "h5", "cifar10", "cifar100", "food101", "imagefolder")
+SYNTHETIC_KINDS = ("synthetic", "synthetic1d", "synthetic3d")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SYNTHETIC_DEFAULTS = {"n": 2000, "seed": 0, "size": 32, "noise": 40.0, "evidence": 0.65}
+SYNTHETIC1D_DEFAULTS = {"n": 2000, "seed": 0, "length": 64, "channels": 1, "noise": 5.0, "evidence": 0.65}
+SYNTHETIC3D_DEFAULTS = {"n": 1000, "seed": 0, "size": 16, "channels": 1, "noise": 30.0, "evidence": 0.65}
+_SYNTHETIC_OPTIONS = {"synthetic": SYNTHETIC_DEFAULTS, "synthetic1d": SYNTHETIC1D_DEFAULTS,
+                      "synthetic3d": SYNTHETIC3D_DEFAULTS}
 FOOD101_SIZE = 224  # the paper's input size
 
 
@@ -145,10 +151,11 @@ def decode_image(path: str, size: int | None) -> np.ndarray:
 
 @dataclass
 class RawData:
-    classes: list[str]
+    classes: list[str]  # class names, or target names for regression
     train: object
     test: object | None
     description: str
+    task: str = "classification"  # what the labels are: "classification" or "regression"
 
 
 # ---------------------------------------------------------------------------- parsing source strings
@@ -156,7 +163,8 @@ class RawData:
 
 def parse_source(source: str) -> tuple[str, str, dict[str, str]]:
     """``"KIND:ARG?opt=v&opt=v"`` -> (kind, arg, options).  A bare path ending in .h5/.hdf5/.npz
-    is taken as that kind; ``synthetic`` takes its options as ARG (``synthetic:n=5000,seed=1``)."""
+    is taken as that kind; ``synthetic``, ``synthetic1d`` and ``synthetic3d`` take their options as
+    ARG (``synthetic:n=5000,seed=1``, ``synthetic1d:length=64,target=regression``)."""
     if not isinstance(source, str) or not source.strip():
         raise BadInput(f"data source must be a non-empty string such as 'synthetic' or 'h5:PATH', got {source!r}")
     source = source.strip()
@@ -167,14 +175,14 @@ def parse_source(source: str) -> tuple[str, str, dict[str, str]]:
             kind, rest = "h5", source
         elif lower.endswith(".npz"):
             kind, rest = "npz", source
-        elif source == "synthetic":
-            kind, rest = "synthetic", ""
+        elif source in SYNTHETIC_KINDS:
+            kind, rest = source, ""
         else:
             raise BadInput(
                 f"unknown data source {source!r}: use one of "
-                + ", ".join("synthetic" if k == "synthetic" else f"{k}:PATH" for k in KINDS)
+                + ", ".join(k if k in SYNTHETIC_KINDS else f"{k}:PATH" for k in KINDS)
             )
-    if kind == "synthetic":
+    if kind in SYNTHETIC_KINDS:
         arg, query = "", rest.lstrip("?")
     else:
         arg, _, query = rest.partition("?")
@@ -208,19 +216,25 @@ def _no_more_options(options, source):
 
 
 def open_raw(source: str, *, in_memory: bool = True, num_classes: int | None = None, size: int | None = None,
-             download: bool = False, workers: int = 1) -> RawData:
-    """Open any source; ``size`` (file sources only) overrides a '?size=' option."""
+             download: bool = False, workers: int = 1, task: str | None = None) -> RawData:
+    """Open any source; ``size`` (file sources only) overrides a '?size=' option.
+
+    ``task``: how to take labels that do not say what they are (npz, HDF5 files without a ``task``
+    attribute): "classification" (class indices), "regression" (float targets), "autoencoder"
+    (either, as they look); None guesses from the labels (``guess_task``).  Synthetic sources give
+    what their ``target`` option says, class-folder and CIFAR sources give classes; the result's
+    ``task`` says what was read, and the loader reports a mismatch."""
     kind, arg, options = parse_source(source)
     if size is not None and kind not in ("food101", "imagefolder"):
         raise BadInput(f"--size applies to food101 and imagefolder sources, not {kind}")
-    if kind == "synthetic":
-        return _open_synthetic(options, source, num_classes)
+    if kind in SYNTHETIC_KINDS:
+        return _open_synthetic(kind, options, source, num_classes)
     if kind == "npz":
         _no_more_options(options, source)
-        return open_npz(arg, num_classes)
+        return open_npz(arg, num_classes, task)
     if kind == "h5":
         _no_more_options(options, source)
-        return open_h5_source(arg, in_memory)
+        return open_h5_source(arg, in_memory, task)
     if kind in ("cifar10", "cifar100"):
         _no_more_options(options, source)
         return open_cifar(arg, kind, download)
@@ -233,28 +247,47 @@ def open_raw(source: str, *, in_memory: bool = True, num_classes: int | None = N
     return open_imagefolder(arg, size, workers)
 
 
-def _open_synthetic(options, source, num_classes) -> RawData:
-    from .synthetic import synthetic
+def _open_synthetic(kind, options, source, num_classes) -> RawData:
+    """``synthetic``, ``synthetic1d``, ``synthetic3d`` with their options, plus ``classes`` (the class
+    count; for regression the number of targets, 1 or 2) and ``target`` (classification, regression)."""
+    from .synthetic import TARGET_NAMES, synthetic, synthetic1d, synthetic3d
 
-    opts = dict(SYNTHETIC_DEFAULTS)
-    classes = num_classes or 10
+    defaults = _SYNTHETIC_OPTIONS[kind]
+    opts = dict(defaults)
+    options = dict(options)
+    target = options.pop("target", "classification")
+    if target not in ("classification", "regression"):
+        raise BadInput(f"data source {source!r}: target must be classification or regression, got {target!r}")
+    regression = target == "regression"
+    classes = num_classes or (len(TARGET_NAMES) if regression else 10)
     try:
         for key, value in options.items():
-            if key in ("classes", "num_classes"):
+            if key in ("classes", "num_classes") or (regression and key == "targets"):
                 classes = int(value)
             elif key in opts:
-                opts[key] = type(SYNTHETIC_DEFAULTS[key])(value)
+                opts[key] = type(defaults[key])(value)
             else:
                 raise BadInput(f"data source {source!r}: unknown option {key!r} "
-                               f"(synthetic takes n, seed, size, noise, evidence, classes)")
+                               f"({kind} takes {', '.join(defaults)}, classes, target)")
     except ValueError:
-        raise BadInput(f"data source {source!r}: options must be numbers, e.g. synthetic:n=5000,seed=1") from None
-    if opts["n"] < 1 or opts["size"] < 4 or classes < 1 or not 0 <= opts["evidence"] <= 1:
-        raise BadInput(f"data source {source!r}: need n >= 1, size >= 4, 0 <= evidence <= 1 and a class")
-    images, labels = synthetic(opts["n"], opts["seed"], num_classes=classes, size=opts["size"],
-                               noise=opts["noise"], evidence=opts["evidence"])
-    desc = "synthetic:" + ",".join(f"{k}={v}" for k, v in {**opts, "classes": classes}.items())
-    return RawData([f"class{i}" for i in range(classes)], ArrayStore(images, labels, desc), None, desc)
+        raise BadInput(f"data source {source!r}: options must be numbers, e.g. {kind}:n=5000,seed=1") from None
+    spatial = {"synthetic": ("size", 4), "synthetic1d": ("length", 8), "synthetic3d": ("size", 4)}[kind]
+    if (opts["n"] < 1 or opts[spatial[0]] < spatial[1] or opts.get("channels", 1) < 1 or classes < 1
+            or not 0 <= opts["evidence"] <= 1 or opts["noise"] < 0):
+        raise BadInput(f"data source {source!r}: need n >= 1, {spatial[0]} >= {spatial[1]}"
+                       + (", channels >= 1" if "channels" in opts else "")
+                       + ", noise >= 0, 0 <= evidence <= 1 and a class")
+    if regression and classes > len(TARGET_NAMES):
+        raise BadInput(f"data source {source!r}: the synthetic regression targets are "
+                       f"{' and '.join(TARGET_NAMES)}, so the model can have 1 or 2 outputs "
+                       f"(num_classes), not {classes}")
+    make = {"synthetic": synthetic, "synthetic1d": synthetic1d, "synthetic3d": synthetic3d}[kind]
+    samples, labels = make(num_classes=classes, target=target, **opts)
+    desc = f"{kind}:" + ",".join(f"{k}={v}" for k, v in {**opts, "classes": classes}.items())
+    if regression:
+        desc += ",target=regression"
+    names = list(TARGET_NAMES[:classes]) if regression else [f"class{i}" for i in range(classes)]
+    return RawData(names, ArrayStore(samples, labels, desc), None, desc, target)
 
 
 def _require_file(path: Path, what: str) -> Path:
@@ -265,9 +298,12 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
-def open_npz(path, num_classes: int | None = None) -> RawData:
+def open_npz(path, num_classes: int | None = None, task: str | None = None) -> RawData:
     """npz with ``x`` (N, *spatial, C) uint8 and ``y``; or ``x_train``/``y_train`` (+ ``x_test``/
-    ``y_test``, the test split); optional ``classes`` (array of names)."""
+    ``y_test``, the test split); optional ``classes`` (array of names: classes, or targets).
+
+    ``y`` holds class indices, or regression targets (N,) / (N, *target_shape) — see ``open_raw``
+    for how ``task`` decides which."""
     path = _require_file(Path(path), "npz file")
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -287,7 +323,10 @@ def open_npz(path, num_classes: int | None = None) -> RawData:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise BadInput(f"cannot read {path} as npz ({type(exc).__name__}: {exc}): the file is "
                        "truncated, corrupt or not an npz archive") from None
-    stores, shape = {}, None
+    loose = task == "autoencoder"  # labels ignored: taken as stored
+    if task not in ("classification", "regression"):
+        task = guess_task(parts["train"][1])
+    stores, shape, target_shape = {}, None, None
     for split, (x, y) in parts.items():
         where = f"{path} ({split})"
         if x.dtype != np.uint8:
@@ -300,18 +339,37 @@ def open_npz(path, num_classes: int | None = None) -> RawData:
         if shape is not None and x.shape[1:] != shape:
             raise BadInput(f"{path}: test images are {x.shape[1:]}, training images {shape}")
         shape = x.shape[1:]
-        labels = check_labels(y, len(names) if names else num_classes, where)
+        if loose:
+            labels = loose_labels(y, where)
+        elif task == "regression":
+            labels = check_targets(y, where)
+            if target_shape is not None and labels.shape[1:] != target_shape:
+                raise BadInput(f"{path}: test targets have shape {labels.shape[1:]}, training targets {target_shape}")
+            target_shape = labels.shape[1:]
+        else:
+            labels = check_labels(y, len(names) if names else num_classes, where)
         if len(labels) != len(x):
             raise BadInput(f"{where}: {len(x)} images but {len(labels)} labels")
         stores[split] = ArrayStore(np.ascontiguousarray(x), labels, f"npz:{path}")
-    if names is None:
+    if loose:
+        if names is None and np.issubdtype(stores["train"].labels.dtype, np.floating):
+            names = [f"target{i}" for i in range(int(np.prod(stores["train"].labels.shape[1:])))]
+        elif names is None:
+            top = max((int(s.labels.max()) for s in stores.values() if s.labels.size), default=-1)
+            names = [str(i) for i in range(max(top + 1, 1))]
+    elif task == "regression":
+        size = int(np.prod(target_shape))
+        if names is not None and len(names) != size:
+            raise BadInput(f"{path}: {len(names)} names in 'classes' but {size} target values per sample")
+        names = names or [f"target{i}" for i in range(size)]
+    elif names is None:
         top = max((int(s.labels.max()) for s in stores.values() if len(s)), default=-1)
         names = [str(i) for i in range(top + 1)]
-    return RawData(names, stores["train"], stores.get("test"), f"npz:{path}")
+    return RawData(names, stores["train"], stores.get("test"), f"npz:{path}", task)
 
 
-def open_h5_source(path, in_memory: bool) -> RawData:
-    meta = H5Meta(path)
+def open_h5_source(path, in_memory: bool, task: str | None = None) -> RawData:
+    meta = H5Meta(path, task)
     stores = {}
     for split, (_, shape, labels) in meta.splits.items():
         store = H5Store(meta.path, split, labels, shape)
@@ -319,7 +377,7 @@ def open_h5_source(path, in_memory: bool) -> RawData:
                                              meta.splits.values())):
             store = ArrayStore(store.read_all(), labels, store.description)
         stores[split] = store
-    return RawData(meta.classes, stores["train"], stores.get("test"), f"h5:{meta.path}")
+    return RawData(meta.classes, stores["train"], stores.get("test"), f"h5:{meta.path}", meta.task)
 
 
 def _available_memory() -> int:

@@ -75,14 +75,17 @@ def _shift(x: torch.Tensor, shifts: torch.Tensor, axis: int, max_shift: int) -> 
 
 
 def make_batch(images_uint8: torch.Tensor, *, mean: torch.Tensor, tile: tuple[slice, ...] | None,
-               augment: bool, generator: torch.Generator | None, max_shift: int = 4) -> torch.Tensor:
+               augment: bool, generator: torch.Generator | None, max_shift: int = 4,
+               std: torch.Tensor | None = None) -> torch.Tensor:
     """A training/evaluation batch: crop ``tile``, then (if ``augment``) random horizontal flip and
     random translation by up to ``max_shift`` px per spatial axis (zero-filled, i.e. black, in
-    pixel space), then scale to [0, 1] and subtract the per-channel ``mean``.
+    pixel space), then scale to [0, 1] and subtract the per-channel ``mean`` (and, if ``std`` is
+    given, divide by the per-channel ``std``, also in [0, 1] units: see ``channel_std``).
 
-    ``images_uint8`` is (n, *spatial, C) uint8; returns float32 (n, C, *tile_spatial), contiguous.
-    "Horizontal" is the last spatial axis. All randomness comes from ``generator`` (CPU), so a
-    batch is reproducible from the generator's state.
+    ``images_uint8`` is (n, *spatial, C) uint8 — images, 1D signals (n, L, C) with a tile of one
+    slice, 3D volumes (n, D, H, W, C) with a tile of three; returns float32 (n, C, *tile_spatial),
+    contiguous. "Horizontal" is the last spatial axis (time for signals, W for volumes). All
+    randomness comes from ``generator`` (CPU), so a batch is reproducible from the generator's state.
     """
     if images_uint8.dtype != torch.uint8 or images_uint8.ndim < 3:
         raise ValueError(f"expected uint8 (n, *spatial, C), got {images_uint8.dtype} {tuple(images_uint8.shape)}")
@@ -106,12 +109,17 @@ def make_batch(images_uint8: torch.Tensor, *, mean: torch.Tensor, tile: tuple[sl
     if mean.shape[1] != x.shape[1]:
         raise ValueError(f"mean has {mean.shape[1]} channels, images have {x.shape[1]}")
     out = x.to(torch.float32).mul_(1.0 / 255.0).sub_(mean)
+    if std is not None:
+        std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, *[1] * (x.ndim - 2))
+        if std.shape[1] != x.shape[1]:
+            raise ValueError(f"std has {std.shape[1]} channels, images have {x.shape[1]}")
+        out.div_(std)
     return out.contiguous()
 
 
 def batches(images, indices: Sequence[int], batch_size: int, *, mean, tile=None, augment=False,
-            generator=None, drop_last=False, max_shift: int = 4,
-            prefetch: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            generator=None, drop_last=False, max_shift: int = 4, prefetch: bool = False,
+            std=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches of ``images`` (an ImageSet) in the order of ``indices``; one ``read`` each.
 
     The caller chooses the order (its own seeded permutation or a DistributedSampler shard).
@@ -128,7 +136,7 @@ def batches(images, indices: Sequence[int], batch_size: int, *, mean, tile=None,
         chunk = indices[start:start + batch_size]
         pixels, labels = images.read(chunk)
         return make_batch(pixels, mean=mean, tile=tile, augment=augment, generator=generator,
-                          max_shift=max_shift), labels
+                          max_shift=max_shift, std=std), labels
 
     starts = range(0, stop, batch_size)
     if not prefetch:
