@@ -225,31 +225,35 @@ def load_run(path: str | Path) -> dict:
     return {"name": path.resolve().name, "dir": path, "results": results, "config": config}
 
 
-def _range(values) -> str:
+def _range(values, digits: int = 2, scale: float = 100.0) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     lo, hi = min(values), max(values)
-    return f"{100 * lo:.2f}" if abs(hi - lo) < 5e-5 else f"{100 * lo:.2f}-{100 * hi:.2f}"
+    same = f"{scale * lo:.{digits}f}" == f"{scale * hi:.{digits}f}"
+    return f"{scale * lo:.{digits}f}" if same else f"{scale * lo:.{digits}f}-{scale * hi:.{digits}f}"
 
 
 def _num(value, digits: int = 2, scale: float = 100.0) -> str:
     return "-" if value is None else f"{scale * value:.{digits}f}"
 
 
+# (table header, results key, scale, digits): classification in %, regression errors as they are
+METRIC_TABLES = {"top1": ("top-1 [%]", "val_accuracy", 100.0, 2), "top5": ("top-5 [%]", "val_top5", 100.0, 2),
+                 "rmse": ("RMSE", "val_rmse", 1.0, 4), "mae": ("MAE", "val_mae", 1.0, 4)}
+
+
 def accuracy_rows(results: dict, metric: str) -> dict[str, str]:
-    """The accuracy rows of Tables 3.3 / 3.5 for one run; metric 'top1' or 'top5'."""
-    sub, comp = results.get("sub"), results.get("compose")
-    glob, rand = results.get("global"), results.get("random")
-    if metric == "top1":
-        snets = sub["per_subnet_val_accuracy"] if sub else []
-        values = [comp and comp.get("init_val_accuracy"), glob and glob.get("val_accuracy"),
-                  rand and rand.get("val_accuracy")]
-    else:
-        snets = [h[-1].get("val_top5") if h else None for h in sub.get("histories", [])] if sub else []
-        values = [comp and comp.get("init_val_top5"), glob and glob.get("val_top5"), rand and rand.get("val_top5")]
-    return {"SNet-k, each (range over k)": _range(snets), "GNet-T, not trained": _num(values[0]),
-            "GNet-T-trained": _num(values[1]), "GNet-R-trained": _num(values[2])}
+    """The rows of Tables 3.3 / 3.5 for one run; metric 'top1', 'top5' (or 'rmse', 'mae' for
+    regression runs): SNets on their tiles (range over k), GNet-T before and after training, GNet-R."""
+    _, key, scale, digits = METRIC_TABLES[metric]
+    sub, comp = results.get("sub") or {}, results.get("compose") or {}
+    glob, rand = results.get("global") or {}, results.get("random") or {}
+    snets = [h[-1].get(key) if h else None for h in sub.get("histories", [])]
+    return {"SNet-k, each (range over k)": _range(snets, digits, scale),
+            "GNet-T, not trained": _num(comp.get(f"init_{key}"), digits, scale),
+            "GNet-T-trained": _num(glob.get(key), digits, scale),
+            "GNet-R-trained": _num(rand.get(key), digits, scale)}
 
 
 def _ddc_seconds(results: dict):
@@ -324,18 +328,34 @@ def _markdown_table(header: str, names: list[str], rows: list[dict[str, str]]) -
     return "\n".join(lines)
 
 
+def _regression(run: dict) -> bool:
+    return metric_of(run["results"]) != "val_accuracy"
+
+
 def markdown(runs: list[dict]) -> str:
-    """Tables 3.3 / 3.5 (top-1, top-5 where it means something) and the wall time per phase."""
+    """Tables 3.3 / 3.5 (top-1; top-5 where it means something; RMSE and MAE for regression runs,
+    one column a run, '-' where a run has no such value) and the wall time per phase."""
     names = [f"`{run['name']}`" for run in runs]
-    parts = ["Validation accuracy, top-1 [%] (layout of the paper's Tables 3.3 / 3.5)", "",
-             _markdown_table("top-1 [%]", names, [accuracy_rows(run["results"], "top1") for run in runs])]
-    # With 5 classes or fewer top-5 is 100 % by definition: shown as '-'.
-    top5 = [accuracy_rows(run["results"], "top5") if _classes(run) > 5 else None for run in runs]
-    if any(top5):
-        blank = dict.fromkeys(next(t for t in top5 if t), "-")
-        parts += ["", "Validation accuracy, top-5 [%]", "",
-                  _markdown_table("top-5 [%]", names, [t or blank for t in top5])]
-    parts += ["", "Wall time [s] per phase (paper Tables 3.2 / 3.4, Figs. 3.1 / 3.5)", "",
+    parts = []
+
+    def add(metric: str, title: str, runs_with) -> None:
+        header = METRIC_TABLES[metric][0]
+        rows = [accuracy_rows(run["results"], metric) if run in runs_with else None for run in runs]
+        blank = dict.fromkeys(next(r for r in rows if r), "-")
+        parts.extend([title, "", _markdown_table(header, names, [r or blank for r in rows]), ""])
+
+    classifiers = [run for run in runs if not _regression(run)]
+    if classifiers:
+        add("top1", "Validation accuracy, top-1 [%] (layout of the paper's Tables 3.3 / 3.5)", classifiers)
+        many = [run for run in classifiers if _classes(run) > 5]  # top-5 of <= 5 classes is 100 %
+        if many:
+            add("top5", "Validation accuracy, top-5 [%]", many)
+    regressors = [run for run in runs if _regression(run)]
+    if regressors:
+        add("rmse", "Validation RMSE (regression, eq. 2.22: the composed output is the sub-networks' mean)",
+            regressors)
+        add("mae", "Validation MAE", regressors)
+    parts += ["Wall time [s] per phase (paper Tables 3.2 / 3.4, Figs. 3.1 / 3.5)", "",
               _markdown_table("seconds", names, [time_rows(run["results"]) for run in runs])]
     parts += ["", "Runs:", ""] + [f"- `{run['name']}`: {describe(run)}" for run in runs]
     return "\n".join(parts) + "\n"

@@ -71,7 +71,8 @@ def test_tables_have_the_papers_rows_one_column_per_run():
     assert seconds["DDC total (sub + compose + global)"] == ["7.0", "7.0", "-"]
     assert seconds["GNet-R training (random)"] == ["12.0", "-", "12.0"]
     assert seconds["DDC / GNet-R"] == ["0.58", "-", "-"]
-    assert seconds["one SNet epoch (slowest)"][0] == "1.00" and seconds["one GNet epoch"][0] == "4.00"
+    assert seconds["one SNet epoch (slowest)"][0] == "1.00" and seconds["one GNet-T epoch"][0] == "4.00"
+    assert seconds["one GNet-R epoch"] == ["4.00", "-", "4.00"]
     assert "`run-both`: cifar_resnet20 (width 16, 10 classes)" in text and "overlap 4" in text
 
 
@@ -136,3 +137,31 @@ def test_same_folder_names_are_told_apart_by_path(tmp_path, tiny_run):
         shutil.copytree(out, tmp_path / parent / "run", ignore=shutil.ignore_patterns("*.pt", "checkpoints", "logs"))
     text = report.report([tmp_path / "a" / "run", tmp_path / "b" / "run"], tmp_path / "out")
     assert f"`{tmp_path / 'a' / 'run'}`" in text and f"`{tmp_path / 'b' / 'run'}`" in text
+
+
+def regression_run() -> dict:
+    """A regression run as results.json holds it (metric val_rmse, also val_mae; no accuracy)."""
+    run = fabricated("both")
+    r = run["results"]
+    r["metric"] = "val_rmse"
+    for h in [*r["sub"]["histories"], r["global"]["history"], r["random"]["history"]]:
+        for row in h:
+            del row["val_accuracy"], row["val_top5"]
+            row.update(val_rmse=0.5 + 0.01 * row["epoch"], val_mae=0.4)
+    r["sub"]["per_subnet_val_rmse"] = [h[-1]["val_rmse"] for h in r["sub"]["histories"]]
+    r["compose"] = {"seconds": 0.5, "epochs": 0, "init_val_rmse": 0.45, "init_val_mae": 0.35, "max_abs_error": 1e-7}
+    r["global"].update(val_rmse=0.3, val_mae=0.25)
+    r["random"].update(val_rmse=0.35, val_mae=0.3)
+    run["name"] = "regression"
+    return run
+
+
+def test_regression_runs_get_rmse_and_mae_tables_beside_classification(tmp_path):
+    text = report.markdown([fabricated("both"), regression_run()])
+    assert rows_of(text, "top-1 [%]")["GNet-T-trained"] == ["70.00", "-"]
+    rmse = rows_of(text, "RMSE")
+    assert rmse["SNet-k, each (range over k)"] == ["-", "0.5200"]
+    assert rmse["GNet-T, not trained"] == ["-", "0.4500"] and rmse["GNet-R-trained"] == ["-", "0.3500"]
+    assert rows_of(text, "MAE")["GNet-T-trained"] == ["-", "0.2500"]
+    report.accuracy_figure([regression_run()], tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:8] == PNG
