@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import difflib
 import hashlib
 import os
 import platform
@@ -28,7 +29,7 @@ from .compose import compose, flatten_fc_layers, flatten_state, state_numel, the
 from .config import Config, load_config
 from .data import Splits, check_tiles, load_dataset, make_batch
 from .errors import BadInput
-from .models import build_model, model_options
+from .models import build_model, model_defaults, model_names, model_options
 from .partition import default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd
 from .engine import MPIDataParallel
 from .train import Job, PhaseData, Task, evaluate, fit
@@ -94,7 +95,17 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
                         val_fraction=config.data.val_fraction, seed=config.run.seed,
                         limit=config.data.limit or None, in_memory=config.data.in_memory,
                         task=config.model.task)
+    if config.model.name not in model_names():
+        close = difflib.get_close_matches(config.model.name, model_names(), n=3)
+        raise BadInput(f"unknown model.name {config.model.name!r}" + (f" (did you mean {', '.join(close)}?)" if close
+                       else "") + f"; models: {', '.join(model_names())}")
     spatial = data.train.image_shape[:-1]
+    model_dims = model_defaults(config.model.name)["dims"]
+    if "dims" not in model_options(config.model.name) and model_dims != len(spatial):
+        raise BadInput(f"model {config.model.name!r} takes samples with {model_dims} spatial axes but "
+                       f"{config.data.source} holds samples of shape {data.train.image_shape} ({len(spatial)} "
+                       "spatial axes, channels last); images must be stored (N, H, W, C), signals (N, L, C), "
+                       "volumes (N, D, H, W, C)")
     grid = d.grid or default_grid(d.partitions, len(spatial))
     if len(grid) != len(spatial):
         raise BadInput(f"decompose.grid {list(grid)} has {len(grid)} axes but the samples of {config.data.source} "

@@ -63,7 +63,7 @@ CASES = [
     ("garbage-h5", lambda d: sets(f"data.source=h5:{_write(d / 'bad.h5', 'not hdf5')}"), "bad.h5"),
     ("truncated-npz", lambda d: sets(f"data.source=npz:{_truncated(d)}"), "trunc.npz"),
     ("wrong-dimensions", lambda d: sets(f"data.source=npz:{_npz(d / 'x.npz', x=np.zeros((40, 32, 32), np.uint8))}"),
-     "channels last"),
+     "2 spatial axes"),
     ("labels-out-of-range", lambda d: sets(f"data.source=npz:{_npz(d / 'x.npz', y=np.arange(40) % 10 + 1)}"),
      "label"),
     ("labels-not-integer", lambda d: sets(f"data.source=npz:{_npz(d / 'x.npz', y=np.linspace(0, 9, 40))}"),
