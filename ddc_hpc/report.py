@@ -436,10 +436,10 @@ def phase_seconds_figure(runs: list[dict], path: Path) -> None:
     ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # room for the labels above the bars
     ax.set_ylabel("wall time [s]")
     ax.set_title("wall time per phase: DDC (SNets + compose + GNet-T) and GNet-R")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend sits below the axes
     plt.close(fig)
 
 
