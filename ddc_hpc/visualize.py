@@ -18,7 +18,7 @@ count in it) it writes to DIR (default RUN_DIR/visualize):
   after BN+ReLU, w the FC weights of the predicted class), bilinearly upsampled and overlaid on
   the input: every sub-network on its tile; GNet-T before (composed_model.pt) and after training
   (model.pt); GNet-R before training — rebuilt exactly as run.py builds the baseline, with the
-  global RNG seeded to run.seed + 7919 before ``build_model`` — and after (random_model.pt).
+  global RNG seeded to run.seed + run.RANDOM_INIT_SEED_OFFSET before ``build_model`` — and after (random_model.pt).
 * ``visualize.json`` — every difference and prediction shown, as numbers.
 
 Works for networks that end in global average pooling (cnn11, the CIFAR and ImageNet ResNets).
@@ -44,9 +44,8 @@ from .errors import BadInput
 from .evaluate import load_network
 from .models import build_model
 from .partition import default_grid
+from .run import RANDOM_INIT_SEED_OFFSET
 
-# run.py seeds the global RNG with run.seed + RANDOM_INIT_OFFSET right before building GNet-R.
-RANDOM_INIT_OFFSET = 7919
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 
 
@@ -194,7 +193,7 @@ def load_run(run_dir: Path) -> dict:
 def random_init(spec: dict, seed: int) -> nn.Module:
     """GNet-R before training: the global network as run.py builds the baseline (same seed, same spec)."""
     spec = dict(spec)
-    torch.manual_seed(seed + RANDOM_INIT_OFFSET)
+    torch.manual_seed(seed + RANDOM_INIT_SEED_OFFSET)
     return build_model(spec.pop("name"), spec.pop("num_classes"), **spec).eval()
 
 
