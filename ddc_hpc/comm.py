@@ -149,20 +149,8 @@ def configure_threads(world: World, threads: int, deterministic: bool) -> int:
 
 
 def _wait(world: World, request: MPI.Request, what: str) -> None:
-    """Complete a non-blocking collective, or raise once run.collective_timeout has passed."""
-    world.collectives[_phase] += 1
-    deadline = time.monotonic() + world.timeout
-    pause = 1e-4
-    while not request.Test():
-        if time.monotonic() > deadline:
-            err = CollectiveTimeout(
-                f"{what} in phase {_phase!r} did not complete within {world.timeout:g} s: another rank "
-                "is stuck or dead (raise run.collective_timeout if a phase is legitimately slower)"
-            )
-            err.request = request  # still pending: freeing it would be erroneous MPI
-            raise err
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+    """Complete one non-blocking collective, or raise once run.collective_timeout has passed."""
+    wait_all(world, [request], what)
 
 
 def allgather(world: World, value, what: str = "allgather") -> list:
