@@ -41,7 +41,8 @@ def run(command: list[str], timeout: float = 3600, extra_env: dict | None = None
 
 
 def mpi(ranks: int, script: str, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
-    return run([tool("mpiexec"), "-n", str(ranks), sys.executable, script, *args], timeout=timeout)
+    # -X faulthandler: a rank that dies of a signal (SIGABRT, SIGSEGV) prints its Python stack
+    return run([tool("mpiexec"), "-n", str(ranks), sys.executable, "-X", "faulthandler", script, *args], timeout=timeout)
 
 
 def load_json(path: Path) -> dict:

@@ -1,6 +1,6 @@
 """Issue 7f: how much of GNet-R's wall time DDC needs to reach GNet-R's final accuracy.
 
-    python benchmarks/time_to_accuracy.py RUN_DIR [--out PNG] [--json]
+    python benchmarks/time_to_accuracy.py RUN_DIR [--baseline RUN_DIR] [--out PNG] [--json]
 
 RUN_DIR is a finished `python -m ddc_hpc.run` directory with `run.strategy = "both"`. From its
 results.json:
@@ -16,6 +16,9 @@ The ratio is DDC's time to the target / GNet-R's wall time (< 1: DDC is faster).
 target is interpolated linearly between the two evaluations that bracket it (the epoch-end value,
 an upper bound, is reported too). If DDC never reaches the target the ratio is None and
 `reached` false. One PNG: accuracy against wall time for both strategies, target marked.
+
+`--baseline OTHER_RUN` takes GNet-R (its `random` section) from another run of the same model and
+data, for a run made with `run.strategy = "ddc"`.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ def analyse(results: dict) -> dict:
         "ratio": None if interpolated is None else interpolated / r_total,
         "ratio_epoch_end": None if at_epoch is None else at_epoch / r_total,
         "sub_plus_compose_seconds": ddc_t[0],
+        # the other way round: when GNet-R passed DDC's final accuracy (None if it never did)
+        "gnet_r_seconds_to_ddc_final": first_crossing(r_t, r_a, ddc_a[-1], start=(0.0, 0.0))[0],
         "curves": {"ddc": [ddc_t, ddc_a], "random": [r_t, r_a]},
     }
 
@@ -124,12 +129,19 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, help="the PNG (default RUN_DIR/time_to_gnet_r_accuracy.png)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--baseline", type=Path, help="take GNet-R from this run directory instead")
     args = p.parse_args(argv)
     path = args.run_dir / "results.json"
     if not path.exists():
         print(f"error: {path} does not exist: pass a finished run directory", file=sys.stderr)
         return 2
     results = json.loads(path.read_text())
+    if args.baseline is not None:
+        other = json.loads((args.baseline / "results.json").read_text())
+        if "random" not in other:
+            print(f"error: {args.baseline}/results.json has no GNet-R ('random') section", file=sys.stderr)
+            return 2
+        results["random"] = other["random"]
     try:
         summary = analyse(results)
     except ValueError as err:
@@ -146,9 +158,12 @@ def main(argv=None) -> int:
               f"GNet-R took {summary['gnet_r_seconds']:.1f} s: ratio {summary['ratio']:.3f} "
               f"(epoch end {summary['ratio_epoch_end']:.3f}). Plot: {out}")
     else:
+        back = summary["gnet_r_seconds_to_ddc_final"]
         print(f"DDC did not reach GNet-R's final validation accuracy {100 * summary['target_val_accuracy']:.2f}% "
               f"(DDC ended at {100 * summary['ddc_final_val_accuracy']:.2f}% after {summary['ddc_seconds_total']:.1f} s; "
-              f"GNet-R took {summary['gnet_r_seconds']:.1f} s): no ratio. Plot: {out}")
+              f"GNet-R took {summary['gnet_r_seconds']:.1f} s"
+              + (f" and passed DDC's final accuracy after {back:.1f} s" if back is not None else "")
+              + f"): no ratio. Plot: {out}")
     return 0
 
 
