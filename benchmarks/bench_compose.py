@@ -41,10 +41,18 @@ def worker(args) -> None:
 
     world = comm.init_world()
     comm.configure_threads(world, 0, False)
-    current_wait = comm._wait
+    current_wait = comm._wait  # since 34b597e: comm.wait_all (back-to-back polls 5 ms, then pauses <= 1 ms)
 
-    def proposed_wait(world, request, what):  # the change proposed for comm._wait
-        comm.wait_all(world, [request], what)
+    def old_wait(world, request, what):
+        """comm._wait before 34b597e, verbatim but for the error path: pauses doubling to 50 ms."""
+        world.collectives[comm._phase] += 1
+        deadline = time.monotonic() + world.timeout
+        pause = 1e-4
+        while not request.Test():
+            if time.monotonic() > deadline:
+                raise comm.CollectiveTimeout(what)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     K = 4
     out = {}
@@ -58,11 +66,11 @@ def worker(args) -> None:
             build_seconds = time.perf_counter() - tic
             global_bytes = state_numel(global_net) * 4
         rows = []
-        for _ in range(args.repeats):
-            # comm.gatherv as it is (its _wait polls with pauses up to 50 ms), then with _wait
-            # completing through comm.wait_all (back-to-back polls 5 ms, then pauses <= 1 ms)
+        for repeat in range(args.repeats):
+            # comm.gatherv with the old _wait and with today's, in alternating order
             timings = {}
-            for variant, wait in (("gatherv", current_wait), ("gatherv_proposed", proposed_wait)):
+            variants = [("gatherv_old", old_wait), ("gatherv", current_wait)]
+            for variant, wait in variants if repeat % 2 == 0 else variants[::-1]:
                 comm._wait = wait
                 comm.barrier(world)
                 tic = time.perf_counter()
@@ -114,8 +122,8 @@ def table(res: dict) -> list[str]:
         c_ratio = [x["memcpy_global"] / (x["unflatten"] + x["compose"]) for x in rows]
         mg = [gb / x["memcpy_gather"] / 1e9 for x in rows]
         mc = [glb / x["memcpy_global"] / 1e9 for x in rows]
-        for key, label in (("gatherv", "as committed (pauses up to 50 ms)"),
-                           ("gatherv_proposed", "proposed: `comm.wait_all`")):
+        for key, label in (("gatherv_old", "before 34b597e (pauses up to 50 ms)"),
+                           ("gatherv", "now: `comm.wait_all` (pauses <= 1 ms)")):
             g = [x[key] for x in rows]
             g_ratio = [x["memcpy_gather"] / x[key] for x in rows]
             both = [(x["memcpy_gather"] + x["memcpy_global"]) / (x[key] + x["unflatten"] + x["compose"]) for x in rows]
@@ -151,8 +159,10 @@ def main() -> None:
             f"machine: {machine()}; {before} before, {load()} after (shared machine). One thread per rank "
             "(the project's policy), float32 states, BatchNorm buffers included.",
             "",
-            "Gatherv: rank 0 receives the four flat sub-network states (`comm.gatherv`, i.e. Igatherv polled "
-            "with its deadline); compose: `unflatten_state` into four sub-networks and `compose` into a "
+            "Gatherv: rank 0 receives the four flat sub-network states (`comm.gatherv`: counts by allgather, then "
+            "Igatherv, each completed by `comm._wait` with its deadline), once with `_wait` as it was before commit "
+            "34b597e (sleeps doubling to 50 ms between polls) and once as it is now (`comm.wait_all`), in alternating "
+            "order; compose: `unflatten_state` into four sub-networks and `compose` into a "
             "preallocated global network (block-diagonal, every block written into zeros). memcpy: `np.copyto` "
             "of the same byte counts on rank 0, in the same run, fastest of 3. Medians of the repeats (min in "
             "brackets); *both / memcpy* is memcpy's time for both byte counts over the two steps' time.",

@@ -141,9 +141,9 @@ def summarise(res: dict) -> tuple[list[str], list[str]]:
 
     a = [
         "| tiles | layout (both phases) | sub step, s (median / min) | global step, s (median / min) "
-        "| per-image ratio global/sub | **epoch ratio global/sub** (median, range over rounds) "
-        "| sub epoch, s | global epoch, s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| per-image ratio global/sub (median) | **epoch ratio global/sub** (median, range over rounds) "
+        "| epoch ratio from the fastest rounds (min / min) | sub epoch, s | global epoch, s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for edge in (16, 20):
         for cl in (False, True):
@@ -155,6 +155,7 @@ def summarise(res: dict) -> tuple[list[str], list[str]]:
                 f"| {median(sub):.3f} / {min(sub):.3f} | {median(glob):.2f} / {min(glob):.2f} "
                 f"| {median([g / s for g, s in zip(glob, sub)]):.1f} "
                 f"| **{median(ratios):.1f}** ({min(ratios):.1f}-{max(ratios):.1f}) "
+                f"| {min(glob) / (4 * min(sub)):.1f} "
                 f"| {math.ceil(EPOCH_IMAGES / BATCH) * median(sub):.0f} "
                 f"| {math.ceil(EPOCH_IMAGES / 4 / BATCH) * median(glob):.0f} |")
     e = [
@@ -165,8 +166,9 @@ def summarise(res: dict) -> tuple[list[str], list[str]]:
     for phase, edge in (("sub", 16), ("global", 32)):
         pol = per_round(name((phase, edge, False, "policy")))
         dft = per_round(name((phase, edge, False, "default")))
-        for label, values, threads in (("policy (cores / ranks per node)", pol, res["policy_threads"]),
-                                       ("torch default", dft, res["default_threads"])):
+        for label, values, threads in (("policy: cores / ranks per node", pol, res["policy_threads"]),
+                                       ("torch's default without an MPI launcher variable", dft,
+                                        res["default_threads"])):
             speed = res["ranks"] * BATCH / median(values)
             ratio = f"{median([d / p for p, d in zip(pol, dft)]):.2f}x" if values is pol else ""
             e.append(f"| {phase} {edge}x{edge} | {threads} ({label}) | {median(values):.3f} / {min(values):.3f} "
@@ -210,16 +212,26 @@ def main() -> None:
     p.add_argument("--pipeline", action="store_true", help="cross-check with the real CLI instead")
     p.add_argument("--pipeline-images", type=int, default=2048)
     p.add_argument("--write", action="store_true", help="record the tables in benchmarks/RESULTS.md")
+    p.add_argument("--from-json", type=Path, help="re-render (and with --write re-record) a saved last_phases.json")
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    if args.from_json:
+        res = load_json(args.from_json)
+        a, e = summarise(res)
+        print("\n".join(a + [""] + e))
+        if args.write:
+            _record(res, a, e, res["command"])
+        return
     before = load()
     if args.pipeline:
         rows = pipeline(args)
-        command = f"python benchmarks/bench_phases.py --pipeline --write"
+        saved = {"rows": rows, "command": "python benchmarks/bench_phases.py --pipeline --write",
+                 "machine": machine(), "load_before": before, "load_after": load()}
+        (REPO / "benchmarks" / "last_pipeline.json").write_text(json.dumps(saved, indent=1))
         print("\n".join(rows))
         if args.write:
-            _record_pipeline(rows, command, before)
+            _record_pipeline(saved)
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "phases.json"
@@ -230,14 +242,14 @@ def main() -> None:
         print(done.stdout[-4000:])
         res = load_json(out)
     res["load_before"], res["load_after"] = before, load()
+    res["command"] = (f"python benchmarks/bench_phases.py --rounds {args.rounds} --write` (`mpiexec -n {args.ranks}` "
+                      f"inside; {args.sub_steps} sub / {args.global_steps} global steps timed per configuration and "
+                      "round after 1 warm-up step")
     a, e = summarise(res)
     print("\n".join(a + [""] + e))
     Path(REPO / "benchmarks" / "last_phases.json").write_text(json.dumps(res, indent=1))
     if args.write:
-        command = (f"python benchmarks/bench_phases.py --rounds {args.rounds} --write` (`mpiexec -n {args.ranks}` "
-                   f"inside; {args.sub_steps} sub / {args.global_steps} global steps timed per configuration and "
-                   "round after 1 warm-up step")
-        _record(res, a, e, command)
+        _record(res, a, e, res["command"])
 
 
 def _record(res, a, e, command) -> None:
@@ -258,8 +270,14 @@ def _record(res, a, e, command) -> None:
         "The epoch ratio is bounded by the FLOP ratio divided by the 4 data-parallel ranks: 2.20 GFLOP per "
         "image for the global net against 0.0345 (16x16) / 0.0539 (20x20) for a sub-network (PAPER.md) is "
         "64x / 41x per image, so at most ~16x / ~10x per epoch, before the global phase's gradient allreduce. "
-        "See the note under the table for the targets.",
+        "The issue's targets (>= 30x for 16x16, >= 20x for 20x20 tiles) exceed these bounds: they are met by the "
+        "per-image ratio (one global step against one sub-network step on the same batch size), not by the "
+        "ratio of epochs, in which the global phase's 4 ranks share the images and every sub-network sees all of "
+        "them. channels_last speeds up both phases by about the same factor, so it does not move the ratio.",
     ])
+    pipeline_json = REPO / "benchmarks" / "last_pipeline.json"
+    if pipeline_json.exists():  # keep the cross-check subsection, which record() just replaced
+        _record_pipeline(load_json(pipeline_json))
     record(HEADING_E, [
         where,
         "",
@@ -274,10 +292,12 @@ def _record(res, a, e, command) -> None:
     ])
 
 
-def _record_pipeline(rows, command, before) -> None:
+def _record_pipeline(saved: dict) -> None:
+    rows = saved["rows"]
     text = (REPO / "benchmarks" / "RESULTS.md").read_text()
     marker = "### Cross-check with the real pipeline"
-    body = "\n".join([marker, "", f"Command: `{command}` ({machine()}; {before} before, {load()} after): "
+    body = "\n".join([marker, "", f"Command: `{saved['command']}` ({saved['machine']}; {saved['load_before']} before, "
+                      f"{saved['load_after']} after): "
                       "`mpiexec -n 4 python -m ddc_hpc.run` with `model.width=64`, one sub and one global epoch of "
                       "2,048 images (16 sub steps, 4 global steps per rank, the first of each with its warm-up), "
                       "train_seconds from results.json's histories.", "", *rows, ""])

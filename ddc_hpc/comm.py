@@ -475,9 +475,9 @@ def wait_all(world: World, requests: list, what: str) -> None:
     MPI moves a message along only while some rank polls it (MPICH has no progress thread), so
     the pause between polls bounds a collective's speed: every exchange of an algorithm's rounds
     waits for the partner's next poll. Back-to-back polls with sched_yield for the first 5 ms (a
-    peer that is runnable gets the core), then sleeps doubling from 10 us to at most 1 ms: a
-    25 MB Gatherv at 4 ranks on 2 cores takes ~15-20 ms instead of ~600 ms with _wait's
-    50 ms pauses, a small allgather ~5 ms instead of ~400 ms (benchmarks/RESULTS.md, 7c).
+    peer that is runnable gets the core), then sleeps doubling from 10 us to at most 1 ms: the
+    compose phase's 25 MB Gatherv at 4 ranks on 2 cores takes ~8 ms instead of ~0.5 s with sleeps
+    doubling to 50 ms (benchmarks/RESULTS.md, 7c).
     """
     world.collectives[_phase] += len(requests)
     start = time.monotonic()

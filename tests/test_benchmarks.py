@@ -67,3 +67,21 @@ def test_on_a_tiny_real_run(tiny_run, tmp_path):
     assert summary["gnet_r_seconds"] == pytest.approx(sum(r["seconds"] for r in results["random"]["history"]))
     assert (summary["ratio"] is None) == (not summary["reached"])
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baseline_from_another_run(tmp_path):
+    ddc_only, baseline = tmp_path / "ddc", tmp_path / "both"
+    ddc_only.mkdir()
+    baseline.mkdir()
+    results = _results([0.6, 0.8], [0.2, 0.7])
+    (baseline / "results.json").write_text(json.dumps(results))
+    del results["random"]
+    (ddc_only / "results.json").write_text(json.dumps(results))
+    assert tta.main([str(ddc_only)]) == 2
+    assert tta.main([str(ddc_only), "--baseline", str(baseline), "--out", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").exists()
+
+
+def test_gnet_r_time_to_ddc_final_accuracy():
+    summary = tta.analyse(_results([0.5, 0.55], [0.3, 0.6, 0.9]))
+    assert summary["gnet_r_seconds_to_ddc_final"] == pytest.approx(5 + 5 * (0.55 - 0.3) / 0.3)
