@@ -44,22 +44,49 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_STATE = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
 
 
-def field_origins(global_spatial: Sequence[int], sub_spatial: Sequence[int], grid: Sequence[int]) -> list[tuple[int, ...]]:
-    """Where each tile's activation field starts in the global feature map, tiles row-major.
+def field_origins(global_spatial: Sequence[int], sub_spatial: Sequence[int], grid: Sequence[int] | None = None,
+                  tiles: Sequence[tuple[slice, ...]] | None = None,
+                  input_size: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    """Where each tile's activation field starts in the global feature map (eq. 2.13), tiles in order.
 
-    The fields are spread like the tiles themselves (partition.tile_slices_nd): the first starts
-    at 0, the last ends at the border, origin i of g along an axis is round(i*(H-h)/(g-1)).
+    From the decomposition itself: `tiles` (one slice per spatial axis, as partition.tile_slices_nd
+    gives them) cut from an input of spatial shape `input_size`.  Along an axis of X px, a tile of
+    t px starting at a has its field of h on the H-long feature map start at round(a*(H-h)/(X-t)):
+    the first possible tile position maps to 0, the last to H-h, so a crop insets the fields and
+    any layout of equal tiles is followed.  From a `grid` alone, the tiles are taken as
+    tile_slices_nd spreads them without crop: origin i of g along an axis is round(i*(H-h)/(g-1)).
     """
-    if not len(global_spatial) == len(sub_spatial) == len(grid):
-        raise ValueError(f"feature map {tuple(global_spatial)}, field {tuple(sub_spatial)} and grid "
-                         f"{tuple(grid)} must have one entry per spatial axis")
-    axes = []
-    for size, field, parts in zip(global_spatial, sub_spatial, grid):
-        if not 0 < field <= size or parts < 1:
-            raise ValueError(f"a {tuple(sub_spatial)} field on a {tuple(global_spatial)} feature map "
-                             f"with a {tuple(grid)} grid does not fit")
-        axes.append([0] if parts == 1 else [round(i * (size - field) / (parts - 1)) for i in range(parts)])
-    return list(itertools.product(*axes))
+    shapes = [tuple(global_spatial), tuple(sub_spatial)] + [tuple(v) for v in (grid, input_size) if v is not None]
+    if len({len(v) for v in shapes}) != 1:
+        raise ValueError(f"feature map {tuple(global_spatial)}, field {tuple(sub_spatial)}, grid {grid} and input size "
+                         f"{input_size} must have one entry per spatial axis")
+    if (grid is None) == (tiles is None):
+        raise ValueError("field_origins takes a grid or the tiles (with input_size), not both or neither")
+    if not all(0 < field <= size for size, field in zip(global_spatial, sub_spatial)) or \
+            (grid is not None and min(grid) < 1):
+        raise ValueError(f"a {tuple(sub_spatial)} field on a {tuple(global_spatial)} feature map "
+                         f"with a {tuple(grid or ())} grid does not fit")
+    if grid is not None:
+        axes = [[0] if parts == 1 else [round(i * (size - field) / (parts - 1)) for i in range(parts)]
+                for size, field, parts in zip(global_spatial, sub_spatial, grid)]
+        return list(itertools.product(*axes))
+    if input_size is None:
+        raise ValueError("field_origins: tiles need input_size, the spatial shape they were cut from")
+    spans = [_tile_span(tile, input_size) for tile in tiles]
+    if len({tuple(length for _, length in span) for span in spans}) > 1:
+        raise ValueError(f"tiles of different sizes cannot share one sub-network field: {list(tiles)}")
+    return [tuple(0 if length == size else round(start * (feature - field) / (size - length))
+                  for (start, length), size, feature, field in zip(span, input_size, global_spatial, sub_spatial))
+            for span in spans]
+
+
+def _tile_span(tile: Sequence[slice], input_size: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, length) per axis of a tile, which must be a step-1 slice per axis inside `input_size`."""
+    if len(tile) != len(input_size) or any(
+            s.step not in (None, 1) or s.start is None or s.stop is None or not 0 <= s.start < s.stop <= size
+            for s, size in zip(tile, input_size)):
+        raise ValueError(f"tile {tuple(tile)} is not one step-1 slice per axis inside an input of {tuple(input_size)}")
+    return [(s.start, s.stop - s.start) for s in tile]
 
 
 def _label(name: str) -> str:
@@ -156,6 +183,33 @@ def _tile_placements(name: str, what: str, shape: Sequence[int], sub_shape: Sequ
     return tiles
 
 
+def _flatten_fc_fields(name: str, layer: nn.Module, sub_layer: nn.Module, K: int, grid=None, tiles=None,
+                       input_size=None) -> list[tuple[slice, ...]]:
+    """Eq. 2.13's placement, shared by compose and theorem_error: sub-network k's flatten-FC input
+    is channel group k of the global feature map at tile k's field (field_origins: from the
+    tiles when given, which then need `input_size`; else from the grid)."""
+    feature_shape, sub_shape = tuple(layer.feature_shape), getattr(sub_layer, "feature_shape", None)
+    if sub_shape is None or len(sub_shape) != len(feature_shape) or feature_shape[0] != K * sub_shape[0]:
+        raise ValueError(f"{_label(name)}: flatten-FC over a {feature_shape} feature map cannot be "
+                         f"composed from {K} sub-networks over {sub_shape} feature maps")
+    if tiles is not None and input_size is None:
+        raise ValueError(f"{_label(name)}: a flatten-FC's fields follow the tiles: pass input_size= too (the "
+                         "spatial shape of the global network's input, which the tiles index)")
+    spatial_grid = None
+    if tiles is None:
+        spatial_grid = tuple(grid) if grid is not None else default_grid(K, len(feature_shape) - 1)
+    try:
+        origins = field_origins(feature_shape[1:], sub_shape[1:], spatial_grid, tiles, input_size)
+    except ValueError as err:
+        raise ValueError(f"{_label(name)}: {err}") from None
+    if len(origins) != K:
+        raise ValueError(f"{_label(name)}: {'grid ' + str(spatial_grid) if tiles is None else 'the tiles'} give "
+                         f"{len(origins)} fields for {K} sub-networks")
+    channels = sub_shape[0]
+    return [(slice(k * channels, (k + 1) * channels), *(slice(o, o + s) for o, s in zip(origin, sub_shape[1:])))
+            for k, origin in enumerate(origins)]
+
+
 def _placed_shapes(name: str, attr: str, module: nn.Module, parts: list[nn.Module], size: int, sub_size: int):
     """The (C, *S) shapes a Linear's `input_shape` / `output_shape` declares, checked against its weight."""
     shape, sub_shape = tuple(getattr(module, attr)), getattr(parts[0], attr, None)
@@ -167,26 +221,18 @@ def _placed_shapes(name: str, attr: str, module: nn.Module, parts: list[nn.Modul
 
 
 def _input_side(name: str, module: nn.Module, parts: list[nn.Module], weight: torch.Tensor,
-                sub_weight: torch.Tensor, grid, tiles) -> _Side:
+                sub_weight: torch.Tensor, grid, tiles, input_size) -> _Side:
     """Where sub k's weight goes along the input axes (after the output axes)."""
     K = len(parts)
     feature_shape = getattr(module, "feature_shape", None)
     if feature_shape is not None and hasattr(module, "input_shape"):
         raise ValueError(f"{_label(name)}: a Linear cannot carry both feature_shape and input_shape")
     if feature_shape is not None:
-        sub_shape = getattr(parts[0], "feature_shape", None)
-        if sub_shape is None or feature_shape[0] != K * sub_shape[0] or weight.shape[1] != math.prod(feature_shape) \
-                or sub_weight.shape[1] != math.prod(sub_shape):
-            raise ValueError(f"{_label(name)}: flatten-FC over a {tuple(feature_shape)} feature map cannot be "
-                             f"composed from {K} sub-networks over {sub_shape} feature maps")
-        channels = sub_shape[0]
-        spatial_grid = tuple(grid) if grid is not None else default_grid(K, len(feature_shape) - 1)
-        origins = field_origins(feature_shape[1:], sub_shape[1:], spatial_grid)
-        if len(origins) != K:
-            raise ValueError(f"{_label(name)}: grid {spatial_grid} has {len(origins)} tiles for {K} sub-networks")
-        index = [(slice(k * channels, (k + 1) * channels), *(slice(o, o + s) for o, s in zip(origin, sub_shape[1:])))
-                 for k, origin in enumerate(origins)]
-        return _Side(index, tuple(feature_shape), tuple(sub_shape))
+        index = _flatten_fc_fields(name, module, parts[0], K, grid, tiles, input_size)
+        if weight.shape[1] != math.prod(feature_shape) or sub_weight.shape[1] != math.prod(parts[0].feature_shape):
+            raise ValueError(f"{_label(name)}: the weights {tuple(weight.shape)} and {tuple(sub_weight.shape)} do not "
+                             f"read feature maps of {tuple(feature_shape)} and {tuple(parts[0].feature_shape)}")
+        return _Side(index, tuple(feature_shape), tuple(parts[0].feature_shape))
     if hasattr(module, "input_shape"):
         shape, sub_shape = _placed_shapes(name, "input_shape", module, parts, weight.shape[1], sub_weight.shape[1])
         placed = _tile_placements(name, "input", shape[1:], sub_shape[1:], K, tiles, grid)
@@ -248,7 +294,8 @@ def _assemble(name: str, tensor_name: str, target: torch.Tensor, subs: Sequence[
     _write(name, tensor_name, target, assembled.reshape(target.shape))
 
 
-def _compose_affine(name: str, module: nn.Module, parts: list[nn.Module], task: str, grid, tiles) -> None:
+def _compose_affine(name: str, module: nn.Module, parts: list[nn.Module], task: str, grid, tiles,
+                    input_size) -> None:
     """Conv or Linear: the weight layout follows from the output and input splits (table above)."""
     state = _own_state(module)
     if set(state) - {"weight", "bias"}:
@@ -265,7 +312,7 @@ def _compose_affine(name: str, module: nn.Module, parts: list[nn.Module], task: 
     if kernel != tuple(sub_weights[0].shape[2:]):
         raise ValueError(f"{_label(name)}: kernel {kernel} vs sub-network {tuple(sub_weights[0].shape[2:])}")
     out = _output_side(name, module, parts, weight, sub_weights[0], grid, tiles)
-    inp = _input_side(name, module, parts, weight, sub_weights[0], grid, tiles)
+    inp = _input_side(name, module, parts, weight, sub_weights[0], grid, tiles, input_size)
     if out.shared:
         if inp.shared:
             raise ValueError(f"{_label(name)}: neither inputs nor outputs are split: {tuple(weight.shape)} from "
@@ -321,15 +368,17 @@ def _compose_recurrent(name: str, module: nn.RNNBase, parts: list[nn.Module]) ->
 
 
 def compose(subnets: Sequence[nn.Module], global_net: nn.Module, task: str = "classification",
-            grid: Sequence[int] | None = None, tiles: Sequence[tuple[slice, ...]] | None = None) -> nn.Module:
+            grid: Sequence[int] | None = None, tiles: Sequence[tuple[slice, ...]] | None = None,
+            input_size: Sequence[int] | None = None) -> nn.Module:
     """Fill `global_net`'s parameters and buffers in place from its K sub-networks; returns it.
 
-    `grid` is the tile grid (default `partition.default_grid(K, axes)`), needed only to place a
-    flatten-FC's fields.  `tiles`, the decomposition itself (partition.tile_slices_nd's slices,
-    sub-network k's tile k), places the layers that read the network input or write its
-    reconstruction (an mlp's first layer, an mlp_autoencoder's last); without it they are spread
-    over `grid` as tile_slices_nd spreads tiles without crop, so pass it whenever there is a
-    crop.  Both are ignored by networks without such layers (a pipeline may always pass them).  Any other module that holds
+    `tiles`, the decomposition itself (partition.tile_slices_nd's slices, sub-network k's tile k),
+    places the layers that read the network input or write its reconstruction (an mlp's first
+    layer, an mlp_autoencoder's last) and, with `input_size` (the spatial shape of the global
+    input the tiles index), a flatten-FC's fields (field_origins).  Without tiles those layers are
+    spread over `grid` (default `partition.default_grid(K, axes)`) as tile_slices_nd spreads tiles
+    without crop, so pass them whenever there is a crop.  All three are ignored by networks
+    without such layers (a pipeline may always pass them).  Any other module that holds
     parameters or buffers is an error, so an unsupported layer is never silently left at its
     random initialisation.
     """
@@ -346,7 +395,7 @@ def compose(subnets: Sequence[nn.Module], global_net: nn.Module, task: str = "cl
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and set(state) <= _NORM_STATE:
                 _compose_norm(name, module, parts)
             elif isinstance(module, (*_CONVS, nn.Linear)):
-                _compose_affine(name, module, parts, task, grid, tiles)
+                _compose_affine(name, module, parts, task, grid, tiles, input_size)
             elif isinstance(module, nn.RNNBase) and type(module) in (nn.RNN, nn.GRU, nn.LSTM):
                 _compose_recurrent(name, module, parts)
             else:
@@ -385,7 +434,7 @@ def flatten_fc_layers(model: nn.Module) -> list[str]:
     """Names of the Linear layers that read a flattened feature map (they carry `feature_shape`).
 
     A network with one does not satisfy F(x) = sum_k F_k(x) on a full-size x: its sub-networks'
-    heads are built for tiles.  Theorem 2.1 holds exactly only for networks that pool globally.
+    heads are built for tiles.  Theorem 2.1 holds for it per tile field (theorem_error).
     """
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and hasattr(m, "feature_shape")]
 
@@ -407,38 +456,73 @@ def _tile_of(x: torch.Tensor, tile: Sequence[slice]) -> torch.Tensor:
     return x[(..., *tile)]  # tiles index the trailing (spatial / feature) axes
 
 
+@contextlib.contextmanager
+def _sub_maps_at_their_fields(global_net: nn.Module, subnets: Sequence[nn.Module], name: str, tiles,
+                              input_size: Sequence[int]):
+    """While active, each sub-network's flatten-FC `name` records the feature map it reads, and the
+    global one reads its own map with channel group k at tile k's field replaced by sub-network
+    k's recorded map (run the sub-networks first)."""
+    layer, sub_layers = global_net.get_submodule(name), [net.get_submodule(name) for net in subnets]
+    fields = _flatten_fc_fields(name, layer, sub_layers[0], len(subnets), tiles=tiles, input_size=input_size)
+    recorded: list[torch.Tensor | None] = [None] * len(subnets)
+
+    def record(k):
+        return lambda module, args: recorded.__setitem__(k, args[0])
+
+    def place(module, args):
+        features = args[0].reshape(len(args[0]), *layer.feature_shape).clone()
+        for field, sub_layer, sub_map in zip(fields, sub_layers, recorded):
+            features[(slice(None), *field)] = sub_map.reshape(len(sub_map), *sub_layer.feature_shape).to(features)
+        return (features.flatten(1), *args[1:])
+
+    hooks = [sub.register_forward_pre_hook(record(k)) for k, sub in enumerate(sub_layers)]
+    hooks.append(layer.register_forward_pre_hook(place))
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def theorem_error(global_net: nn.Module, subnets: Sequence[nn.Module], x: torch.Tensor,
                   task: str = "classification", sub_inputs: Sequence[torch.Tensor] | None = None,
                   train: bool = False, tiles: Sequence[tuple[slice, ...]] | None = None) -> dict[str, float]:
     """How far the composed network is from Theorem 2.1 on the batch `x`.
 
     What sub-network k reads: `sub_inputs[k]` if given; else its tile of x when the network reads
-    input tiles (an mlp: then `tiles`, the decomposition, is required); else the whole x (GAP
-    networks and recurrent nets, where the theorem holds on the full input; `tiles` is then
-    not used, so a pipeline may always pass it).  The reference F(x) is compared with:
-    classification: sum_k F_k; regression: their mean (eq. 2.22); autoencoder: F_k placed at tile
-    k (the mean where tiles overlap) for a network with an `output_shape` layer, else the
-    concatenation of F_k(sub_inputs[k]) along dim 1 (default inputs: x cut into K groups along
-    dim 1).  Tiles index the trailing axes of x.  `train=True` checks with batch statistics
-    (meaningless with dropout).  Modes and BatchNorm statistics are left as found.
+    input tiles (an mlp) or has a flatten-FC head (VGG); else the whole x (GAP networks and
+    recurrent nets, where the theorem holds on the full input; `tiles` is then not used, so a
+    pipeline may always pass it).  A flatten-FC network is checked per tile field, the identity
+    eq. 2.13's placement gives: the global network's flatten-FC reads its own feature map of x with
+    channel group k at tile k's field replaced by the map sub-network k computed from its input;
+    then F = sum_k F_k(x_k) exactly (everything from the flatten-FC on is checked, including the
+    zeros off the fields; the layers below it are not, as their output is replaced where it
+    counts).  Such networks and mlps need `tiles`, the decomposition (with the fields placed as
+    compose places them from tiles).  The reference F(x) is compared with: classification: sum_k
+    F_k; regression: their mean (eq. 2.22); autoencoder: F_k placed at tile k (the mean where tiles
+    overlap) for a network with an `output_shape` layer, else the concatenation of
+    F_k(sub_inputs[k]) along dim 1 (default inputs: x cut into K groups along dim 1).  Tiles index
+    the trailing axes of x.  `train=True` checks with batch statistics (meaningless with
+    dropout).  Modes and BatchNorm statistics are left as found.
     Returns max_abs = max |F(x) - reference| and max_rel = max_abs / max |F(x)|.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    if flatten_fc_layers(global_net):
-        raise ValueError(f"{flatten_fc_layers(global_net)[0]} is a flatten-FC head: F(x) = sum_k F_k(x) holds only "
-                         "for networks that end in global pooling (check such a network with flatten_fc_layers first)")
     subnets = list(subnets)
+    flatten_fc = flatten_fc_layers(global_net)
+    if len(flatten_fc) > 1:
+        raise ValueError(f"{', '.join(flatten_fc)}: theorem_error checks networks with at most one flatten-FC layer")
     tiled_in, tiled_out = input_tiled_layers(global_net), output_tiled_layers(global_net)
-    needs_tiles = [*(tiled_in if sub_inputs is None else []), *tiled_out]  # to cut x, to place the F_k
+    needs_tiles = [*flatten_fc, *(tiled_in if sub_inputs is None else []), *tiled_out]  # fields, cut x, place F_k
     if needs_tiles and tiles is None:
         layer = needs_tiles[0]
-        raise ValueError(f"{layer} {'reads' if layer in tiled_in else 'writes'} tiles of the input: pass tiles= "
-                         f"(the decomposition: one tuple of slices per sub-network)")
-    if tiles is not None and (tiled_in or tiled_out) and len(tiles) != len(subnets):
+        what = "reads tile fields of a feature map" if layer in flatten_fc else \
+            "reads tiles of the input" if layer in tiled_in else "writes tiles of the input"
+        raise ValueError(f"{layer} {what}: pass tiles= (the decomposition: one tuple of slices per sub-network)")
+    if tiles is not None and needs_tiles and len(tiles) != len(subnets):
         raise ValueError(f"{len(tiles)} tiles for {len(subnets)} sub-networks")
     if sub_inputs is None:
-        if tiled_in:
+        if tiled_in or flatten_fc:
             sub_inputs = [_tile_of(x, tile) for tile in tiles]
         elif task == "autoencoder" and not tiled_out:
             sub_inputs = list(x.chunk(len(subnets), dim=1))
@@ -446,9 +530,12 @@ def theorem_error(global_net: nn.Module, subnets: Sequence[nn.Module], x: torch.
             sub_inputs = [x] * len(subnets)
     if len(sub_inputs) != len(subnets):
         raise ValueError(f"{len(sub_inputs)} sub-network inputs for {len(subnets)} sub-networks")
-    with torch.no_grad(), _checking_mode([global_net, *subnets], train):
+    fields = _sub_maps_at_their_fields(global_net, subnets, flatten_fc[0], tiles, x.shape[x.dim() - len(tiles[0]):]) \
+        if flatten_fc else contextlib.nullcontext()
+    with torch.no_grad(), _checking_mode([global_net, *subnets], train), fields:
+        sub_outputs = [net(_on_device_of(net, inp)) for net, inp in zip(subnets, sub_inputs)]
         output = global_net(_on_device_of(global_net, x))
-        sub_outputs = [net(_on_device_of(net, inp)).to(output) for net, inp in zip(subnets, sub_inputs)]
+    sub_outputs = [sub_output.to(output) for sub_output in sub_outputs]
     if tiled_out:
         reference, count = torch.zeros_like(output), torch.zeros_like(output)
         for tile, sub_output in zip(tiles, sub_outputs):

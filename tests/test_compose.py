@@ -211,12 +211,49 @@ def test_vgg_flatten_fc_places_each_sub_network_at_its_tiles_field(tile, K, grid
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_the_full_input_theorem_check_refuses_a_flatten_fc_network():
-    subnets = [build_model("vgg11", 10, 2, width=8, fc_width=16, input_size=(64, 32)) for _ in range(2)]
-    global_net = compose(subnets, build_model("vgg11", 10, 1, width=8, fc_width=16, input_size=64))
-    assert flatten_fc_layers(global_net) == ["classifier.0"]
-    with pytest.raises(ValueError, match="classifier.0 is a flatten-FC"):
-        theorem_error(global_net, subnets, torch.randn(1, 3, 64, 64))
+@pytest.mark.parametrize("size, overlap, crop", [
+    ((128, 128), 0, 16),   # the crop insets the fields: (1, 1)..(2, 2), not the grid's (0, 0)..(3, 3)
+    ((96, 128), 8, 8),     # overlap and crop, non-square
+    ((64, 64), 8, 4),
+])
+def test_a_flatten_fc_network_satisfies_theorem_2_1_per_tile_field(size, overlap, crop):
+    """VGG, composed from the tiles: F with sub k's feature map at tile k's field = sum_k F_k(x_k)."""
+    torch.manual_seed(0)
+    tiles = tile_slices_nd(size, (2, 2), overlap=overlap, crop=crop)
+    options = dict(width=8, fc_width=32)
+    subnets = [randomize_batchnorm(build_model("vgg11", 10, 4, input_size=tile_shape(tiles), **options)) for _ in range(4)]
+    global_net = compose(subnets, build_model("vgg11", 10, 1, input_size=size, **options), tiles=tiles, input_size=size)
+    x = torch.randn(4, 3, *size)
+    assert theorem_error(global_net, subnets, x, tiles=tiles)["max_rel"] <= TOLERANCE
+    assert theorem_error(global_net, subnets, x, task="regression", tiles=tiles)["max_rel"] > 0.1  # the check can fail
+    with pytest.raises(ValueError, match="classifier.0 reads tile fields.*pass tiles="):
+        theorem_error(global_net, subnets, x)
+
+
+def test_a_flatten_fc_placed_by_the_grid_despite_a_crop_fails_the_check():
+    tiles, size = tile_slices_nd((128, 128), (2, 2), crop=16), (128, 128)
+    subnets = [build_model("vgg11", 10, 4, width=8, fc_width=32, input_size=48) for _ in range(4)]
+    by_grid = compose(subnets, build_model("vgg11", 10, 1, width=8, fc_width=32, input_size=size), grid=(2, 2))
+    assert theorem_error(by_grid, subnets, torch.randn(4, 3, *size), tiles=tiles)["max_rel"] > 0.01
+    with pytest.raises(ValueError, match="classifier.0: .*pass input_size="):
+        compose(subnets, build_model("vgg11", 10, 1, width=8, fc_width=32, input_size=size), tiles=tiles)
+
+
+def test_field_origins_follow_the_tiles():
+    # without crop the tiles give the grid's fields; a crop of 16 px insets them on the 4x4 map
+    for overlap in (0, 16):
+        tiles = tile_slices_nd((128, 128), (2, 2), overlap=overlap)
+        field = (128 // 2 + overlap) // 32
+        assert field_origins((4, 4), (field, field), tiles=tiles, input_size=(128, 128)) == \
+            field_origins((4, 4), (field, field), (2, 2))
+    cropped = tile_slices_nd((128, 128), (2, 2), crop=16)
+    assert field_origins((4, 4), (1, 1), tiles=cropped, input_size=(128, 128)) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    uneven = [(slice(0, 64),), (slice(16, 80),), (slice(64, 128),)]  # any layout of equal tiles
+    assert field_origins((4,), (2,), tiles=uneven, input_size=(128,)) == [(0,), (0,), (2,)]
+    with pytest.raises(ValueError, match="different sizes"):
+        field_origins((4,), (2,), tiles=[(slice(0, 64),), (slice(0, 32),)], input_size=(128,))
+    with pytest.raises(ValueError, match="inside an input"):
+        field_origins((4,), (2,), tiles=[(slice(100, 164),)], input_size=(128,))
 
 
 def test_field_origins_spread_like_the_tiles():
