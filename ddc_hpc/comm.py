@@ -40,6 +40,10 @@ class CollectiveTimeout(RuntimeError):
     """A collective waited past run.collective_timeout: some other rank is stuck or gone."""
 
 
+class StrayCollective(RuntimeError):
+    """A collective in the sub phase outside a sub-network's own group: that phase has no communication."""
+
+
 @dataclass(frozen=True)
 class World:
     rank: int
@@ -51,6 +55,8 @@ class World:
     comm: MPI.Comm = field(default_factory=lambda: MPI.COMM_WORLD, repr=False, compare=False)
     # Collectives this rank took part in, by phase: the evidence that the sub phase talks to no one.
     collectives: collections.Counter = field(default_factory=collections.Counter, repr=False, compare=False)
+    # A sub-network's data-parallel group (R > K, enter_sub_group): the only world the sub phase may use.
+    subnet_group: bool = False
 
     @property
     def is_root(self) -> bool:
@@ -245,20 +251,22 @@ def _free_port() -> int:
 
 
 def init_distributed(world: World, backend: str) -> str:
-    """torch.distributed over the MPI world; rank 0 chooses the rendezvous and broadcasts it."""
+    """torch.distributed over `world` (the MPI world, or a sub-network's group from enter_sub_group);
+    its rank 0 chooses the rendezvous and broadcasts it."""
     if dist.is_initialized():
         return dist.get_backend()
+    whole = world.comm == MPI.COMM_WORLD
     backend = "gloo" if backend == "mpi4py" else backend
+    if backend == "mpi" and not whole:  # torch's MPI process group always spans MPI_COMM_WORLD
+        backend = "nccl" if world.device.type == "cuda" else "gloo"
     timeout = datetime.timedelta(seconds=world.timeout)
     if backend == "mpi":
         dist.init_process_group("mpi", timeout=timeout)
         return backend
     address = None
     if world.is_root:
-        address = (
-            os.environ.get("MASTER_ADDR") or socket.gethostname(),
-            int(os.environ.get("MASTER_PORT") or _free_port()),
-        )
+        env = os.environ if whole else {}  # MASTER_ADDR/PORT name the world's rendezvous; a group picks its own
+        address = (env.get("MASTER_ADDR") or socket.gethostname(), int(env.get("MASTER_PORT") or _free_port()))
     host, port = bcast(world, address, "broadcasting the torch.distributed rendezvous")
     dist.init_process_group(
         backend, init_method=f"tcp://{host}:{port}", rank=world.rank, world_size=world.size, timeout=timeout
@@ -266,9 +274,39 @@ def init_distributed(world: World, backend: str) -> str:
     return backend
 
 
-def new_groups(rank_lists: list[list[int]]) -> list:
-    """One torch.distributed group per rank list; every rank must call this with the same lists."""
-    return [dist.new_group(ranks) for ranks in rank_lists]
+def enter_sub_group(world: World, backend: str, ranks: list[int]) -> World:
+    """The only world the sub phase gets: this rank's sub-network group `ranks`, and nothing wider.
+
+    Alone (R <= K, `ranks` = [this rank]): MPI.COMM_SELF and no torch.distributed, so nobody can
+    be reached, and any collective fails loudly: the toolkit's raise StrayCollective in phase 'sub'
+    (as do those on the MPI world), torch's find no process group.  A data-parallel group (R > K):
+    a communicator over `ranks` (made collectively by every rank, before phase 'sub') and
+    torch.distributed initialised over the group alone: its default process group is the group,
+    and no world-wide one exists until leave_sub_group has ended it.
+    """
+    if list(ranks) == [world.rank]:
+        return dataclasses.replace(world, comm=MPI.COMM_SELF, rank=0, size=1, collectives=collections.Counter())
+    group = dataclasses.replace(data_parallel_world(world, ranks), subnet_group=True)
+    init_distributed(group, backend)
+    return group
+
+
+def leave_sub_group(group: World) -> None:
+    """End the sub phase's torch.distributed and communicator (the global phases make the world's)."""
+    shutdown_distributed()
+    free_world(group)
+
+
+def stray_point(world: World) -> None:
+    """Test hook: DDC_STRAY=<phase>[:torch] makes that phase run one collective it must not: a
+    barrier on `world`, or (`torch`) a torch.distributed all_reduce on the default process group."""
+    phase, _, kind = os.environ.get("DDC_STRAY", "").partition(":")
+    if phase != _phase:
+        return
+    if kind == "torch":
+        dist.all_reduce(torch.zeros(1))
+    else:
+        barrier(world, "a stray barrier (DDC_STRAY)")
 
 
 def group_size(group=None) -> int:
@@ -479,6 +517,9 @@ def wait_all(world: World, requests: list, what: str) -> None:
     compose phase's 25 MB Gatherv at 4 ranks on 2 cores takes ~8 ms instead of ~0.5 s with sleeps
     doubling to 50 ms (benchmarks/RESULTS.md, 7c).
     """
+    if _phase == "sub" and not world.subnet_group:
+        raise StrayCollective(f"{what} in phase 'sub' on a communicator of {world.size} rank(s) that is not a "
+                              "sub-network's group: the sub phase has no communication between sub-networks")
     world.collectives[_phase] += len(requests)
     start = time.monotonic()
     deadline = start + world.timeout
@@ -503,5 +544,5 @@ def wait_all(world: World, requests: list, what: str) -> None:
 
 def free_world(world: World) -> None:
     """Release a communicator made by data_parallel_world."""
-    if world.comm not in (MPI.COMM_WORLD, MPI.COMM_NULL):
+    if world.comm not in (MPI.COMM_WORLD, MPI.COMM_SELF, MPI.COMM_NULL):
         world.comm.Free()

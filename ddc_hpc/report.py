@@ -74,8 +74,9 @@ def phase_result(trained: dict) -> dict:
     }
 
 
-def ddc_results(plan, sub: dict, compose_info: dict, trained: dict) -> dict:
-    """The sub, compose and global sections of results.json (rank 0 holds all sub histories)."""
+def ddc_results(plan, compose_info: dict, trained: dict) -> dict:
+    """The sub, compose and global sections of results.json (rank 0 holds all sub histories and
+    every rank's sub-phase collective count and reach, gathered in compose)."""
     histories = compose_info["histories"]
     K, metric = plan.partitions, plan.task.metric
     per_subnet = [histories[k][-1][metric] for k in range(K)]
@@ -87,7 +88,9 @@ def ddc_results(plan, sub: dict, compose_info: dict, trained: dict) -> dict:
         "sub": {"seconds": seconds, "epochs": plan.config.sub.epochs,
                 metric: sum(per_subnet) / K, f"per_subnet_{metric}": per_subnet,
                 "images_per_second": samples / seconds if seconds else None,
-                "collectives": sub["collectives"], "histories": [histories[k] for k in range(K)]},
+                "collectives": sum(compose_info["collectives_per_rank"]),
+                "collectives_per_rank": compose_info["collectives_per_rank"],
+                "reach_per_rank": compose_info["reach_per_rank"], "histories": [histories[k] for k in range(K)]},
         "compose": {"seconds": compose_info["seconds"], "epochs": 0, **initial,
                     **{f"init_{k}": v for k, v in initial.items()},
                     "max_abs_error": compose_info["max_abs_error"],

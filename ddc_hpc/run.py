@@ -169,18 +169,17 @@ def phase_data(plan: Plan, tile) -> PhaseData:
                      augment=plan.config.data.augment, max_shift=plan.config.data.max_shift)
 
 
-def data_parallel(model: torch.nn.Module, world: comm.World, backend: str, ranks: list[int] | None = None,
-                  group=None) -> torch.nn.Module:
-    """The model on this rank's device, wrapped for data parallelism over `ranks` (all if None):
-    torch DDP, or the toolkit's own MPI engine for `run.backend = "mpi4py"`. Both start from rank
-    0's weights (the composed net in the global phase)."""
+def data_parallel(model: torch.nn.Module, world: comm.World, backend: str) -> torch.nn.Module:
+    """The model on this rank's device, wrapped for data parallelism over `world` (and the
+    torch.distributed process group made over it): torch DDP, or the toolkit's own MPI engine for
+    `run.backend = "mpi4py"`. Both start from rank 0's weights (the composed net in the global phase)."""
     model = model.to(world.device)
-    if comm.group_size(group) == 1:
+    if comm.group_size() == 1:
         return model
     if backend == "mpi4py":
-        return MPIDataParallel(model, world, ranks=ranks)
+        return MPIDataParallel(model, world)
     device_ids = [world.device.index] if world.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, process_group=group)
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def run_job(job: Job, world: comm.World, slot_name: str, plan: Plan) -> list[dict]:
@@ -196,34 +195,38 @@ def run_job(job: Job, world: comm.World, slot_name: str, plan: Plan) -> list[dic
 
 
 def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
-    """Train this rank's sub-networks on their tiles: no communication between sub-domains."""
+    """Train this rank's sub-networks on their tiles: no communication between sub-domains.
+
+    The phase runs in comm.enter_sub_group's world, which reaches no one when R <= K (and
+    torch.distributed is not initialised) and only the sub-network's own group when R > K;
+    `world` itself only names ranks (collectives on it raise comm.StrayCollective here).
+    """
     cfg, K = plan.config, plan.partitions
-    groups = None
-    if world.size > K:  # several ranks per sub-network: data parallel inside each group only
-        comm.init_distributed(world, plan.backend)
-        groups = comm.new_groups([subnet_group(k, world.size, K) for k in range(K)])
+    mine = subnets_of_rank(world.rank, world.size, K)
+    local = comm.enter_sub_group(world, plan.backend, subnet_group(mine[0], world.size, K))
     comm.set_phase("sub")
+    comm.stray_point(world)
     tic = time.perf_counter()
-    trained = {}
-    for k in subnets_of_rank(world.rank, world.size, K):
-        group = groups[k] if groups else None
+    trained, preempted = {}, None
+    for k in mine:
         model = build(cfg, K, plan.tile_sample_shape, cfg.run.seed * 1000 + k + 1)
         writer = subnet_owner(k, world.size, K) == world.rank
         slot = Slot(plan.out / "checkpoints", f"sub_{k}", cfg.digest()) if writer else None
-        wrapped = data_parallel(model, world, plan.backend, subnet_group(k, world.size, K), group)
+        wrapped = data_parallel(model, local, plan.backend)
         job = Job(name=f"sub_{k}", model=wrapped, config=cfg.sub, task=plan.task,
                   data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
-                  rank=world.rank, group=group, checkpoint_every=cfg.run.checkpoint_every, log=log)
+                  rank=world.rank, checkpoint_every=cfg.run.checkpoint_every, log=log)
         try:
-            history = run_job(job, world, f"sub_{k}", plan)
+            history = run_job(job, local, f"sub_{k}", plan)
         except comm.Preempted as stop:  # told to everyone at the first collective, in compose
-            return {"trained": trained, "seconds": time.perf_counter() - tic, "preempted": str(stop),
-                    "collectives": world.collectives["sub"]}
+            preempted = str(stop)
+            break
         if writer:
             save_torch(_model_file(job.module, plan, plan.tiles[k]), plan.out / f"subnet_{k}.pt")
             trained[k] = (job.module, history)
-    return {"trained": trained, "seconds": time.perf_counter() - tic, "preempted": None,
-            "collectives": world.collectives["sub"]}
+    comm.leave_sub_group(local)
+    return {"trained": trained, "seconds": time.perf_counter() - tic, "preempted": preempted,
+            "collectives": world.collectives["sub"], "reach": local.size}
 
 
 def _model_file(module: torch.nn.Module, plan: Plan, tile=None) -> dict:
@@ -240,14 +243,16 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
     mine = sorted(sub["trained"])
     flat = np.concatenate([np.zeros(0, np.float32)] + [flatten_state(sub["trained"][k][0]).cpu().numpy() for k in mine])
     summaries = comm.allgather(world, {"histories": {k: sub["trained"][k][1] for k in mine},
-                                       "seconds": sub["seconds"], "preempted": sub["preempted"]},
+                                       "seconds": sub["seconds"], "preempted": sub["preempted"],
+                                       "collectives": sub["collectives"], "reach": sub["reach"]},
                                "gathering sub-network metrics")
     stopped = [(r, s["preempted"]) for r, s in enumerate(summaries) if s["preempted"]]
     if stopped:
         raise comm.Preempted(f"rank {stopped[0][0]} was stopped in the sub phase ({stopped[0][1]}); "
                              "every sub-network is checkpointed")
     gathered = comm.gatherv(world, flat)
-    info = {"seconds_sub": max(s["seconds"] for s in summaries), "histories": {}}
+    info = {"seconds_sub": max(s["seconds"] for s in summaries), "histories": {},
+            "collectives_per_rank": [s["collectives"] for s in summaries], "reach_per_rank": [s["reach"] for s in summaries]}
     for s in summaries:
         info["histories"].update(s["histories"])
     if not world.is_root:
@@ -261,21 +266,17 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
         unflatten_state(net, torch.from_numpy(gathered[offset : offset + n]))
         by_k[k], offset = net, offset + n
     subnets = [by_k[k].eval() for k in range(K)]
-    grid = cfg.decompose.grid or default_grid(K, len(plan.tiles[0]))
     global_net = build(cfg, 1, plan.data.train.image_shape, 0)
-    compose(subnets, global_net, task=cfg.model.task, grid=grid, tiles=plan.tiles).eval()
-    error = {"max_abs": None, "max_rel": None}
-    if flatten_fc_layers(global_net):  # F(x) = sum_k F_k(x) needs a GAP head; tests cover the placement
-        log("[compose] flatten-FC head: Theorem 2.1 holds per tile field, not on full images; check skipped")
-    else:
-        probe_images, _ = plan.data.val.read(np.arange(min(16, len(plan.data.val))))
-        probe = make_batch(probe_images, mean=plan.data.mean, tile=None, augment=False, generator=None)
-        error = theorem_error(global_net, subnets, probe, task=cfg.model.task, tiles=plan.tiles)
-        log(f"[compose] Theorem 2.1 on {len(probe)} probe images: max |F(x) - sum_k F_k(x)| = "
-            f"{error['max_abs']:.3g} (relative {error['max_rel']:.3g})")
-        if not error["max_rel"] <= THEOREM_RTOL:
-            raise RuntimeError(f"the composed network does not equal the sum of its sub-networks: relative "
-                               f"error {error['max_rel']:.3g} > {THEOREM_RTOL:g}")
+    compose(subnets, global_net, task=cfg.model.task, tiles=plan.tiles, input_size=plan.data.train.image_shape[:-1]).eval()
+    probe_images, _ = plan.data.val.read(np.arange(min(16, len(plan.data.val))))
+    probe = make_batch(probe_images, mean=plan.data.mean, tile=None, augment=False, generator=None)
+    error = theorem_error(global_net, subnets, probe, task=cfg.model.task, tiles=plan.tiles)
+    fields = ", per tile field (flatten-FC head)" if flatten_fc_layers(global_net) else ""
+    log(f"[compose] Theorem 2.1 on {len(probe)} probe images{fields}: max |F - sum_k F_k| = "
+        f"{error['max_abs']:.3g} (relative {error['max_rel']:.3g})")
+    if not error["max_rel"] <= THEOREM_RTOL:
+        raise RuntimeError(f"the composed network does not equal the sum of its sub-networks: relative "
+                           f"error {error['max_rel']:.3g} > {THEOREM_RTOL:g}")
     save_torch(_model_file(global_net, plan), plan.out / "composed_model.pt")
     info.update(max_abs_error=error["max_abs"], max_rel_error=error["max_rel"], bytes_gathered=gathered.nbytes)
     return info | {"seconds": time.perf_counter() - tic}, global_net
@@ -330,7 +331,7 @@ def pipeline(args: argparse.Namespace) -> None:
         model = global_net if world.is_root else build(cfg, 1, plan.data.train.image_shape, 0)
         trained = global_phase(plan, world, "global", model, log)
         if world.is_root:  # only rank 0 holds the composed net's check and every sub history
-            results.update(report.ddc_results(plan, sub, compose_info, trained))
+            results.update(report.ddc_results(plan, compose_info, trained))
     if cfg.run.strategy in ("random", "both"):
         baseline = build(cfg, 1, plan.data.train.image_shape, cfg.run.seed + RANDOM_INIT_SEED_OFFSET)
         results["random"] = report.phase_result(global_phase(plan, world, "random", baseline, log))

@@ -57,6 +57,29 @@ def test_torch_distributed_bootstrapped_from_mpi(world):
     comm.shutdown_distributed()
 
 
+def test_the_sub_phase_world_reaches_only_a_sub_network_group(world):
+    """Alone: COMM_SELF, no torch.distributed, every collective raises; a group (ranks of one
+    parity, at 4 ranks): torch.distributed spans the group only."""
+    import torch.distributed as dist
+
+    ranks = [r for r in range(world.size) if r % 2 == world.rank % 2]
+    local = comm.enter_sub_group(world, "gloo", ranks)
+    comm.set_phase("sub")
+    try:
+        if len(ranks) == 1:
+            assert local.size == 1 and not dist.is_initialized()
+            with pytest.raises(comm.StrayCollective, match="a lonely barrier in phase 'sub'"):
+                comm.barrier(local, "a lonely barrier")
+        else:
+            assert dist.get_world_size() == local.size == len(ranks)
+            comm.barrier(local, "a group barrier")  # inside the group: allowed
+            assert comm.all_reduce_sum(torch.ones(1)).item() == len(ranks)
+    finally:
+        comm.set_phase("startup")
+    comm.leave_sub_group(local)
+    assert not dist.is_initialized()
+
+
 @pytest.mark.mpi(min_size=2)
 def test_a_collective_that_a_rank_never_joins_times_out(world):
     private = dataclasses.replace(world, comm=world.comm.Dup(), timeout=0.5)

@@ -26,7 +26,8 @@ def test_pipeline_completes_with_every_promised_key(ranks, tmp_path):
     assert r["world_size"] == ranks and r["partitions"] == 4
     assert len(r["sub"]["per_subnet_val_accuracy"]) == 4
     assert r["compose"]["max_abs_error"] <= 1e-4
-    assert r["sub"]["collectives"] == 0, "the sub phase must not communicate"
+    # every rank trained alone: its sub-phase world reached no one, and it ran no world collective
+    assert r["sub"]["collectives_per_rank"] == [0] * ranks and r["sub"]["reach_per_rank"] == [1] * ranks
     for name in ("model.pt", "random_model.pt", "composed_model.pt", "metrics.csv", "config.toml",
                  "accuracy.png", "phase_seconds.png", *(f"subnet_{k}.pt" for k in range(4))):
         assert (out / name).exists(), name
@@ -49,8 +50,38 @@ def test_more_ranks_than_subnetworks_train_in_groups(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     r = results(out)
     assert r["partitions"] == 2 and len(r["sub"]["per_subnet_val_accuracy"]) == 2
-    assert r["sub"]["collectives"] == 0  # only allreduces inside each sub-network's own group
+    # only allreduces inside each sub-network's own group of 2 ranks, none on the world
+    assert r["sub"]["collectives_per_rank"] == [0] * 4 and r["sub"]["reach_per_rank"] == [2] * 4
     assert r["compose"]["max_abs_error"] <= 1e-4
+
+
+def test_a_flatten_fc_network_satisfies_theorem_2_1_per_tile_field_with_crop_and_overlap(tmp_path):
+    """VGG (flatten-FC head): compose places each sub-network at its tile's field, which a crop
+    insets ((1, 2) on the 4x4 map here, not the uncropped grid's (0, 3)); compose checks it."""
+    out = tmp_path / "run"
+    done = run_pipeline(2, out, "model.name=vgg11", 'data.source="synthetic:size=128"', "data.limit=64",
+                        "decompose.overlap=8", "decompose.crop=16", "run.strategy=ddc", timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = results(out)
+    assert 0 <= r["compose"]["max_rel_error"] <= 1e-4 and r["compose"]["max_abs_error"] >= 0
+    assert "per tile field (flatten-FC head)" in (out / "logs" / "rank0.log").read_text()
+
+
+@pytest.mark.parametrize("ranks, partitions, kind, named", [
+    (2, 4, "", "StrayCollective in phase 'sub': a stray barrier (DDC_STRAY)"),  # R <= K: alone, MPI
+    (2, 4, "torch", "Default process group has not been initialized"),  # R <= K: no torch.distributed at all
+    (4, 2, "", "StrayCollective in phase 'sub': a stray barrier (DDC_STRAY)"),  # R > K: the world is off limits
+])
+def test_a_stray_collective_in_the_sub_phase_ends_the_job(ranks, partitions, kind, named, tmp_path):
+    """DDC_STRAY makes the sub phase run one collective on the world: the job must fail, naming it."""
+    out = tmp_path / "run"
+    done = run_pipeline(ranks, out, f"decompose.partitions={partitions}", "run.strategy=ddc", extra=("--debug",),
+                        env={"DDC_STRAY": f"sub:{kind}" if kind else "sub"}, timeout=120)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert named in done.stderr and not (out / "results.json").exists()
+    if kind == "torch":
+        assert "dist.all_reduce" in done.stderr  # the traceback (--debug) shows the stray call
+    assert not list(out.glob("subnet_*.pt"))  # it failed before any training
 
 
 def test_bad_config_value_exits_2_without_traceback(tmp_path):
