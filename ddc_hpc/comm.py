@@ -518,8 +518,9 @@ def wait_all(world: World, requests: list, what: str) -> None:
     doubling to 50 ms (benchmarks/RESULTS.md, 7c).
     """
     if _phase == "sub" and not world.subnet_group:
-        raise StrayCollective(f"{what} in phase 'sub' on a communicator of {world.size} rank(s) that is not a "
-                              "sub-network's group: the sub phase has no communication between sub-networks")
+        raise StrayCollective(f"{what}: a collective in the sub phase, on a communicator of {world.size} rank(s) "
+                              "that is not a sub-network's group (the sub phase has no communication between "
+                              "sub-networks)")
     world.collectives[_phase] += len(requests)
     start = time.monotonic()
     deadline = start + world.timeout
