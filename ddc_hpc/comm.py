@@ -148,6 +148,8 @@ def configure_threads(world: World, threads: int, deterministic: bool) -> int:
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         threads = int(cpus) if cpus else max(1, len(os.sched_getaffinity(0)) // world.local_size)
     torch.set_num_threads(threads)
+    if world.device.type == "cuda":  # autotuned convolution kernels: the fastest, not reproducible
+        torch.backends.cudnn.benchmark = not deterministic
     if deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False

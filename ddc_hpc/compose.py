@@ -430,6 +430,17 @@ def _on_device_of(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x if tensor is None else x.to(tensor.device)
 
 
+@contextlib.contextmanager
+def _fp32(nets: Sequence[nn.Module]):
+    """Autocast off on every device the nets live on: the theorem is checked to fp32 rounding,
+    which a caller's bf16/fp16 autocast would swamp."""
+    devices = {t.device.type for net in nets for t in itertools.chain(net.parameters(), net.buffers())}
+    with contextlib.ExitStack() as stack:
+        for device in sorted(devices - {"meta"}):
+            stack.enter_context(torch.autocast(device, enabled=False))
+        yield
+
+
 def flatten_fc_layers(model: nn.Module) -> list[str]:
     """Names of the Linear layers that read a flattened feature map (they carry `feature_shape`).
 
@@ -532,7 +543,7 @@ def theorem_error(global_net: nn.Module, subnets: Sequence[nn.Module], x: torch.
         raise ValueError(f"{len(sub_inputs)} sub-network inputs for {len(subnets)} sub-networks")
     fields = _sub_maps_at_their_fields(global_net, subnets, flatten_fc[0], tiles, x.shape[x.dim() - len(tiles[0]):]) \
         if flatten_fc else contextlib.nullcontext()
-    with torch.no_grad(), _checking_mode([global_net, *subnets], train), fields:
+    with torch.no_grad(), _checking_mode([global_net, *subnets], train), fields, _fp32([global_net, *subnets]):
         sub_outputs = [net(_on_device_of(net, inp)) for net, inp in zip(subnets, sub_inputs)]
         output = global_net(_on_device_of(global_net, x))
     sub_outputs = [sub_output.to(output) for sub_output in sub_outputs]

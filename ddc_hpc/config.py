@@ -26,6 +26,7 @@ OPTIMIZERS = ("adam", "sgd")
 TASKS = ("classification", "regression", "autoencoder")
 LOSSES = ("auto", "cross_entropy", "mse", "l1")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class RunConfig:
     device: str = "auto"
     threads: int = 0  # 0: cores of this node / ranks on this node
     deterministic: bool = False
+    # Autocast dtype of forward and loss; parameters, optimizer state and composition stay fp32.
+    precision: str = "fp32"
     checkpoint_every: int = 1  # epochs; 0: only on signals and at phase ends
     collective_timeout: float = 300.0  # seconds a collective may wait before the job is ended
 
@@ -242,6 +245,7 @@ def validate(config: Config) -> None:
     _one_of("run.strategy", r.strategy, STRATEGIES)
     _one_of("run.backend", r.backend, BACKENDS)
     _one_of("run.device", r.device, DEVICES)
+    _one_of("run.precision", r.precision, PRECISIONS)
     _require(r.threads >= 0, f"run.threads must be >= 0 (0 = automatic), got {r.threads}")
     _require(r.checkpoint_every >= 0, f"run.checkpoint_every must be >= 0, got {r.checkpoint_every}")
     _require(r.collective_timeout > 0, f"run.collective_timeout must be > 0 seconds, got {r.collective_timeout}")

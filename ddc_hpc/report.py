@@ -43,7 +43,8 @@ def plan_text(plan, world, threads: int) -> str:
         f"  tiles {'x'.join(map(str, tile_shape(plan.tiles)))} (overlap {cfg.decompose.overlap}, crop "
         f"{cfg.decompose.crop}): " + ", ".join(
             f"{k}:[" + ",".join(f"{s.start}:{s.stop}" for s in t) + "]" for k, t in enumerate(plan.tiles)),
-        f"  {world.size} rank(s), {threads} thread(s) each, device {world.device}; rank -> sub-networks: "
+        f"  {world.size} rank(s), {threads} thread(s) each, device {world.device}, precision {cfg.run.precision}; "
+        "rank -> sub-networks: "
         + ", ".join(f"{r}:{ks}" for r, ks in owners.items()),
         f"  epochs: sub {cfg.sub.epochs}, global {cfg.global_.epochs}, random {cfg.random_epochs}"
         + ("  (resuming from checkpoints)" if plan.resume else ""),

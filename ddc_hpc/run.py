@@ -137,7 +137,11 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
                        f"original config (see {out / 'config.toml'}) to resume")
     if args.resume and not digests:
         raise BadInput(f"--resume: {out} holds no checkpoint to resume from")
-    backend = comm.resolve_backend(config.run.backend, comm.device_type(config.run.device))
+    device = comm.device_type(config.run.device)
+    backend = comm.resolve_backend(config.run.backend, device)
+    if config.run.precision == "fp16" and device == "cpu":
+        raise BadInput("run.precision = 'fp16' needs GPUs (its gradient scaling is for CUDA's fp16 kernels); "
+                       "on CPUs use 'bf16' or 'fp32'")
     return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend)
 
 
@@ -174,6 +178,8 @@ def data_parallel(model: torch.nn.Module, world: comm.World, backend: str) -> to
     torch.distributed process group made over it): torch DDP, or the toolkit's own MPI engine for
     `run.backend = "mpi4py"`. Both start from rank 0's weights (the composed net in the global phase)."""
     model = model.to(world.device)
+    if world.device.type == "cuda":  # batches are channels_last there too (train.to_device)
+        model = model.to(memory_format=torch.channels_last)
     if comm.group_size() == 1:
         return model
     if backend == "mpi4py":
@@ -215,7 +221,8 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         wrapped = data_parallel(model, local, plan.backend)
         job = Job(name=f"sub_{k}", model=wrapped, config=cfg.sub, task=plan.task,
                   data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
-                  rank=world.rank, checkpoint_every=cfg.run.checkpoint_every, log=log)
+                  rank=world.rank, checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
+                  log=log)
         try:
             history = run_job(job, local, f"sub_{k}", plan)
         except comm.Preempted as stop:  # told to everyone at the first collective, in compose
@@ -293,8 +300,9 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
     slot = Slot(plan.out / "checkpoints", name, cfg.digest()) if world.is_root else None
     job = Job(name=name, model=ddp, config=phase_cfg, data=phase_data(plan, None), slot=slot, task=plan.task,
               seed=cfg.run.seed + (1 if name == "global" else 2), rank=world.rank, group=None,
-              checkpoint_every=cfg.run.checkpoint_every, log=log)
-    initial = evaluate(ddp, job.data, world.device, plan.task) if name == "global" else None
+              checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision, log=log)
+    initial = (evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
+               if name == "global" else None)
     history = run_job(job, world, name, plan)
     if world.is_root:
         save_torch(_model_file(job.module, plan), plan.out / ("model.pt" if name == "global" else "random_model.pt"))
@@ -315,7 +323,8 @@ def pipeline(args: argparse.Namespace) -> None:
     world = comm.configure_world(world, cfg.run.device, cfg.run.collective_timeout)
     threads = comm.configure_threads(world, cfg.run.threads, cfg.run.deterministic)
     log = Logger(plan.out / "logs" / f"rank{world.rank}.log", echo=world.is_root)
-    log(f"rank {world.rank} of {world.size}: pid {os.getpid()} on {platform.node()}")
+    log(f"rank {world.rank} of {world.size}: pid {os.getpid()} on {platform.node()}, local rank "
+        f"{world.local_rank} of {world.local_size}, device {world.device}")
     if world.is_root:
         atomic_write(plan.out / "config.toml", cfg.to_toml().encode())
     log(report.plan_text(plan, world, threads))
@@ -324,7 +333,7 @@ def pipeline(args: argparse.Namespace) -> None:
     comm.install_stop_handlers()
     results = {"strategy": cfg.run.strategy, "world_size": world.size, "partitions": plan.partitions,
                "model": cfg.model.name, "dataset": cfg.data.source, "threads": threads,
-               "device": str(world.device), "resumed": plan.resume, "slurm_restarts": comm.restart_count()}
+               "device": str(world.device), "precision": cfg.run.precision, "resumed": plan.resume, "slurm_restarts": comm.restart_count()}
     if cfg.run.strategy in ("ddc", "both"):
         sub = sub_phase(plan, world, log)
         compose_info, global_net = compose_phase(plan, world, sub, log)

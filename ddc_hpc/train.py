@@ -25,6 +25,9 @@ from .data import ImageSet, make_batch
 from .partition import shard_range
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or Inf: the phase stops, the last good checkpoint stays."""
 
@@ -78,12 +81,30 @@ class Job:
     rank: int = 0  # world rank, for messages
     group: object = None  # torch.distributed group of data-parallel peers, None for a lone rank
     checkpoint_every: int = 1
+    precision: str = "fp32"  # run.precision: the autocast dtype of forward and loss
     log: Callable[[str], None] = print
     history: list[dict] = field(default_factory=list)
 
     @property
     def module(self) -> nn.Module:
         return getattr(self.model, "module", self.model)
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision for forward and loss only (run.precision): parameters, gradients and the
+    optimizer state stay fp32, so composition and the Gatherv see fp32 weights whatever it is."""
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision in AUTOCAST_DTYPES)
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on `device`. On CUDA it goes through pinned memory without blocking (the copy
+    overlaps kernels already queued) and image batches become channels_last, the layout of
+    cuDNN's tensor-core convolutions. Never channels_last on the CPU: oneDNN corrupts the heap on
+    narrow channels_last convolutions (ENVIRONMENT.md)."""
+    if device.type != "cuda":
+        return batch.to(device)
+    batch = batch.pin_memory().to(device, non_blocking=True)
+    return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
 
 
 def make_optimizer(params, config: PhaseConfig) -> torch.optim.Optimizer:
@@ -106,9 +127,10 @@ def epoch_order(n: int, seed: int, epoch: int, group) -> list[int]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: PhaseData, device: torch.device, task: Task = Task(), group=None,
-             batch_size: int = 256) -> dict:
+             batch_size: int = 256, precision: str = "fp32") -> dict:
     """Validation metrics, split over the group's ranks: top-1/top-5 for classification, MAE and
-    RMSE for regression and autoencoders; the mean loss for all."""
+    RMSE for regression and autoencoders; the mean loss for all. The forward pass runs in
+    `precision`, the metrics in fp32."""
     was_training = model.training
     model.eval()
     indices = np.asarray(shard_range(len(data.val), comm.group_rank(group), comm.group_size(group)))
@@ -117,7 +139,9 @@ def evaluate(model: nn.Module, data: PhaseData, device: torch.device, task: Task
     for start in range(0, len(indices), batch_size):
         images, labels = data.val.read(indices[start : start + batch_size])
         x = make_batch(images, mean=data.mean, tile=data.tile, augment=False, generator=None)
-        output = model(x.to(device)).float().cpu()
+        with autocast(device, precision):
+            output = model(to_device(x, device))
+        output = output.float().cpu()
         target = task.target(x, labels)
         loss = task.criterion(output, target, reduction="sum").item()
         if task.name == "classification":
@@ -142,6 +166,8 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
     """Train `job.config.epochs` epochs (continuing from `resume`); returns the per-epoch history."""
     cfg, data, model = job.config, job.data, job.model
     optimizer = make_optimizer(model.parameters(), cfg)
+    # fp16 only: scale the loss so small gradients do not flush to zero (bf16 has fp32's range).
+    scaler = torch.amp.GradScaler(device.type, enabled=job.precision == "fp16")
     milestones = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max" if job.task.higher_is_better else "min", factor=cfg.plateau_factor,
@@ -155,6 +181,8 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         optimizer.load_state_dict(resume["optimizer"])
         milestones.load_state_dict(resume["milestones"])
         plateau.load_state_dict(resume["plateau"])
+        if scaler.is_enabled():
+            scaler.load_state_dict(resume["scaler"])
         job.history = list(resume["history"])
         start_epoch, start_step, partial = resume["epoch"], resume["step"], resume["partial"]
 
@@ -162,7 +190,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         if job.slot is not None:
             state = {"model": job.module.state_dict(), "optimizer": optimizer.state_dict(),
                      "milestones": milestones.state_dict(), "plateau": plateau.state_dict(),
-                     "history": job.history, "epoch": epoch, "step": step, "partial": partial,
+                     "scaler": scaler.state_dict(), "history": job.history, "epoch": epoch, "step": step, "partial": partial,
                      "finished": finished}
             job.slot.save(state, epoch=epoch, step=step, finished=finished)
 
@@ -183,8 +211,9 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
             images, labels = data.train.read(np.asarray(order[step * cfg.batch_size : (step + 1) * cfg.batch_size]))
             x = make_batch(images, mean=data.mean, tile=data.tile, augment=data.augment,
                            generator=torch.Generator().manual_seed(seed), max_shift=data.max_shift)
-            x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            loss = job.task.criterion(model(x), job.task.target(x, labels))
+            x, labels = to_device(x, device), to_device(labels, device)
+            with autocast(device, job.precision):
+                loss = job.task.criterion(model(x), job.task.target(x, labels)).float()
             if comm.nan_point(job.name, epoch + 1, step + 1):
                 loss = loss * float("nan")
             if not torch.isfinite(loss):
@@ -193,8 +222,9 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                     f"the loss is {loss.item()}; lower {job.name.split('_')[0]}.lr or check the data "
                     "(the last good checkpoint is kept)")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
+            scaler.update()
             loss_sum += loss.detach().double().cpu() * len(labels)
             seen += len(labels)
             comm.signal_point(job.name, epoch + 1, step + 1)
@@ -207,7 +237,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                     f"stop signal in phase {job.name} at epoch {epoch + 1}, step {step + 1}: "
                     "checkpoint written; run again with the same --out to resume")
         train_seconds = earlier_seconds + time.perf_counter() - tic
-        metrics = evaluate(model, data, device, job.task, job.group)
+        metrics = evaluate(model, data, device, job.task, job.group, precision=job.precision)
         totals = comm.all_reduce_sum(torch.tensor([loss_sum.item(), seen], dtype=torch.float64), job.group)
         samples = int(totals[1].item())
         row = {"phase": job.name, "epoch": epoch + 1, "loss": totals[0].item() / max(samples, 1), **metrics,

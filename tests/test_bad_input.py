@@ -56,6 +56,8 @@ CASES = [
     ("nccl-without-gpus", lambda d: sets("run.backend=nccl", "run.strategy=random"), "needs GPUs"),
     ("mpi-backend-missing", lambda d: sets("run.backend=mpi"), "no MPI backend"),
     ("cuda-without-gpus", lambda d: sets("run.device=cuda"), "no CUDA device"),
+    ("unknown-precision", lambda d: sets("run.precision=bf61"), "did you mean 'bf16'"),
+    ("fp16-on-cpu", lambda d: sets("run.device=cpu", "run.precision=fp16"), "'fp16' needs GPUs"),
     ("val-fraction-out-of-range", lambda d: sets("data.val_fraction=1.0"), "data.val_fraction"),
     ("decreasing-milestones", lambda d: sets("global.milestones=[5, 2]"), "increasing"),
     ("unknown-data-kind", lambda d: sets("data.source=imagenet:/x"), "imagenet"),
