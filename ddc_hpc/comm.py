@@ -11,10 +11,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import fcntl
 import os
 import pickle
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -252,9 +254,82 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+
+
+def ipv4_interfaces() -> dict[str, str]:
+    """This host's non-loopback IPv4 address per network interface."""
+    found = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                reply = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:  # no IPv4 address on this interface
+                continue
+            address = socket.inet_ntoa(reply[20:24])
+            if not address.startswith("127."):
+                found[name] = address
+    return found
+
+
+def route_source(destination: str) -> str | None:
+    """The local address the kernel's routing table picks to reach `destination` (a UDP
+    connect sends no packet); None when there is no route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((destination, 9))
+        except OSError:
+            return None
+        return s.getsockname()[0]
+
+
+def rendezvous_host(world: World, master_addr: str | None) -> str | None:
+    """Collective over `world`: the address its rank 0 offers for torch.distributed's rendezvous
+    (None on the other ranks).
+
+    `master_addr` (MASTER_ADDR) when given; 127.0.0.1 when every rank has this host's addresses;
+    across nodes, rank 0's own address on its route to a rank of another node. Never rank 0's host
+    name when it can be avoided: Debian-style /etc/hosts map it to 127.0.1.1 on that host, an
+    address other hosts cannot reach.
+    """
+    seen = allgather(world, sorted(ipv4_interfaces().values()), "exchanging network addresses")
+    if not world.is_root:
+        return None
+    if master_addr:
+        return master_addr
+    mine = set(seen[0])
+    others = [addresses for addresses in seen[1:] if set(addresses) != mine]
+    if not mine:  # no IPv4 address here (IPv6-only): the host name is all there is
+        return socket.gethostname()
+    if not others:  # one host
+        return "127.0.0.1"
+    for addresses in others:
+        for peer in addresses:
+            if route_source(peer) in mine:
+                return route_source(peer)
+    raise RuntimeError(f"rank 0 finds no route from its addresses {sorted(mine)} to the ranks on other nodes "
+                       f"({sorted({a for s in seen for a in s} - mine)}); set MASTER_ADDR to an address of rank "
+                       "0's node that every node reaches, and GLOO_SOCKET_IFNAME to the interface that carries it")
+
+
+def gloo_interface(host: str) -> str | None:
+    """The interface this rank reaches `host` through (None for a loopback or unknown host). Gloo
+    otherwise binds to the address its host name resolves to (127.0.1.1 with Debian's
+    /etc/hosts) and tells the peers that."""
+    try:
+        source = route_source(socket.gethostbyname(host))
+    except OSError:
+        return None
+    return next((name for name, address in ipv4_interfaces().items() if address == source), None)
+
+
 def init_distributed(world: World, backend: str) -> str:
     """torch.distributed over `world` (the MPI world, or a sub-network's group from enter_sub_group);
-    its rank 0 chooses the rendezvous and broadcasts it."""
+    its rank 0 chooses the rendezvous and broadcasts it.
+
+    Across nodes every rank binds gloo to the interface that reaches rank 0's address, unless
+    GLOO_SOCKET_IFNAME says otherwise (NCCL chooses its interfaces itself: NCCL_SOCKET_IFNAME).
+    """
     if dist.is_initialized():
         return dist.get_backend()
     whole = world.comm == MPI.COMM_WORLD
@@ -265,11 +340,14 @@ def init_distributed(world: World, backend: str) -> str:
     if backend == "mpi":
         dist.init_process_group("mpi", timeout=timeout)
         return backend
-    address = None
-    if world.is_root:
-        env = os.environ if whole else {}  # MASTER_ADDR/PORT name the world's rendezvous; a group picks its own
-        address = (env.get("MASTER_ADDR") or socket.gethostname(), int(env.get("MASTER_PORT") or _free_port()))
+    env = os.environ if whole else {}  # MASTER_ADDR/PORT name the world's rendezvous; a group picks its own
+    host = rendezvous_host(world, env.get("MASTER_ADDR"))
+    address = (host, int(env.get("MASTER_PORT") or _free_port())) if world.is_root else None
     host, port = bcast(world, address, "broadcasting the torch.distributed rendezvous")
+    if not os.environ.get("GLOO_SOCKET_IFNAME"):
+        interface = gloo_interface(host)
+        if interface:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
     dist.init_process_group(
         backend, init_method=f"tcp://{host}:{port}", rank=world.rank, world_size=world.size, timeout=timeout
     )
