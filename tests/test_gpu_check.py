@@ -1,0 +1,49 @@
+"""tools/gpu_check.sh (issue 12, item 9). No GPU here: its CPU-safe parts run (--cpu-smoke, one check
+within a zero time budget, the rest reported as skipped), and its GPU mode must refuse to report
+anything without CUDA. The full GPU run is for a machine with a GPU (docs/CLUSTER.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+
+SCRIPT = REPO / "tools" / "gpu_check.sh"
+
+
+def _run(out: Path, *args: str, budget: str = "420", timeout: float = 400) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DDC_", "SLURM_", "OUT"))}
+    env.update(DDC_PYTHON=sys.executable, DDC_CHECK_BUDGET=budget, DDC_CHECK_DEADLINE="400", OMP_NUM_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+    return subprocess.run([str(SCRIPT), *args, "--out", str(out)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_script_is_valid_bash():
+    assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
+
+
+def test_cpu_smoke_runs_a_check_and_writes_the_report(tmp_path):
+    done = _run(tmp_path, "--cpu-smoke", budget="0")
+    report = (tmp_path / "report.md").read_text()
+    assert done.returncode == 1, done.stderr[-3000:]  # the checks after the budget are not passes
+    assert "CPU smoke: plumbing only, no GPU numbers" in report
+    assert "| 1rank-bf16 | 1 | 0 |" in report
+    assert "skipped (time budget spent): 1rank-fp32, 2rank-gloo, ratio-fp32" in report
+    r = json.loads((tmp_path / "1rank-bf16.results.json").read_text())
+    assert r["precision"] == "bf16" and r["device"] == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: run tools/gpu_check.sh itself")
+def test_gpu_mode_without_cuda_measures_nothing(tmp_path):
+    done = _run(tmp_path, timeout=120)
+    assert done.returncode == 1
+    assert "torch.cuda.is_available()` is False" in (tmp_path / "report.md").read_text()
+    assert not list(tmp_path.glob("*.results.json"))
