@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -182,26 +183,35 @@ def _score(value, metric: str) -> str:
     return f"{100 * value:6.2f}%" if metric == "val_accuracy" else f"{value:7.4f}"
 
 
-def table(results: dict) -> str:
-    """The comparison the paper reports: SNet-k, GNet-T before/after training, GNet-R, times."""
+def table(results: dict, out: Path | str | None = None) -> str:
+    """The comparison the paper reports: SNet-k, GNet-T before/after training, GNet-R, times, and
+    where the run was written (`out`). Each SNet shows its own training seconds; the sub phase row
+    its wall time, the sub-networks having trained side by side on their ranks."""
     metric, rows = metric_of(results), []
     if "sub" in results:
         sub = results["sub"]
+        histories = sub["histories"]
         for k, value in enumerate(sub[f"per_subnet_{metric}"]):
-            rows.append((f"SNet-{k} (own tile)", value, sub["seconds"] if k == 0 else None))
+            rows.append((f"SNet-{k} (own tile)", value, sum(row["seconds"] for row in histories[k])))
+        ranks = results.get("world_size", 1)
+        rows.append((f"  sub phase: {len(histories)} SNets on {ranks} rank{'s' * (ranks > 1)}", None,
+                     sub["seconds"]))
         rows.append(("GNet-T, composed, not trained", results["compose"][f"init_{metric}"],
                      results["compose"]["seconds"]))
         rows.append(("GNet-T, trained", results["global"][metric], results["global"]["seconds"]))
     if "random" in results:
         rows.append(("GNet-R, trained", results["random"][metric], results["random"]["seconds"]))
     label = "val acc" if metric == "val_accuracy" else metric[4:]
-    lines = [f"{'network':32} {label:>8} {'seconds':>9}", "-" * 51]
-    lines += [f"{name:32} {_score(v, metric):>8} {'' if s is None else f'{s:9.1f}'}" for name, v, s in rows]
+    lines = [f"{'network':38} {label:>8} {'seconds':>9}", "-" * 57]
+    lines += [f"{name:38} {'' if v is None else _score(v, metric):>8} {'' if s is None else f'{s:9.1f}'}"
+              for name, v, s in rows]
     if "global" in results and "random" in results:
         ddc = sum(results[p]["seconds"] for p in ("sub", "compose", "global"))
         lines.append(f"wall time DDC (sub+compose+global) {ddc:.1f} s vs GNet-R {results['random']['seconds']:.1f} s")
     if "compose" in results and results["compose"]["max_abs_error"] is not None:
         lines.append(f"Theorem 2.1 check: max |F(x) - sum_k F_k(x)| = {results['compose']['max_abs_error']:.3g}")
+    if out is not None:
+        lines.append(f"written to {out}/ (results.json, metrics.csv, plots, models, logs)")
     return "\n".join(lines)
 
 
@@ -417,16 +427,22 @@ def phase_seconds_figure(runs: list[dict], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 2.4 * len(runs) + 1.5), 4.4))
     labelled = set()
+    tallest = max([sum(r["results"].get(p, {}).get("seconds", 0.0) for p in ("sub", "compose", "global"))
+                   for r in runs] + [r["results"].get("random", {}).get("seconds", 0.0) for r in runs])
     for i, run in enumerate(runs):
         r = run["results"]
         x = 3 * i
         bottom = 0.0
         for phase in ("sub", "compose", "global"):
             if phase in r:
-                ax.bar(x, r[phase]["seconds"], bottom=bottom, color=PHASE_COLOURS[phase],
+                seconds = r[phase]["seconds"]
+                thin = seconds < 0.02 * tallest  # e.g. compose: an edge keeps it a visible line
+                ax.bar(x, seconds, bottom=bottom, color=PHASE_COLOURS[phase], edgecolor=PHASE_COLOURS[phase],
+                       linewidth=2.5 if thin else 0, zorder=3 if thin else 2,
                        label=None if phase in labelled else PHASE_LABELS[phase])
+                ax.text(x - 0.43, bottom + seconds / 2, f"{seconds:.1f} s", ha="right", va="center", fontsize=7)
                 labelled.add(phase)
-                bottom += r[phase]["seconds"]
+                bottom += seconds
         if bottom:
             ax.text(x, bottom, f"DDC\n{bottom:.0f} s", ha="center", va="bottom", fontsize=8)
         if "random" in r:
@@ -448,14 +464,18 @@ def phase_seconds_figure(runs: list[dict], path: Path) -> None:
 
 
 def _wrap(name: str, width: int = 22) -> str:
-    """Break a long run name at '-' or '_' so that neighbouring tick labels do not overlap."""
-    lines, line = [], ""
-    for part in name.replace("_", "_\0").replace("-", "-\0").split("\0"):
-        if line and len(line) + len(part) > width:
-            lines.append(line)
-            line = ""
-        line += part
-    return "\n".join(lines + [line])
+    """Break a long run name between words so that neighbouring tick labels do not overlap; a
+    single word longer than `width` is broken after a '-' or '_'."""
+    lines = []
+    for line in textwrap.wrap(name, width, break_long_words=False, break_on_hyphens=False) or [""]:
+        part = ""
+        for piece in line.replace("_", "_\0").replace("-", "-\0").split("\0") if len(line) > width else [line]:
+            if part and len(part) + len(piece) > width:
+                lines.append(part)
+                part = ""
+            part += piece
+        lines.append(part)
+    return "\n".join(lines)
 
 
 def report(run_dirs, out: Path) -> str:

@@ -165,3 +165,30 @@ def test_regression_runs_get_rmse_and_mae_tables_beside_classification(tmp_path)
     assert rows_of(text, "MAE")["GNet-T-trained"] == ["-", "0.2500"]
     report.accuracy_figure([regression_run()], tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:8] == PNG
+
+
+def test_the_run_table_shows_each_subnetworks_seconds_and_where_the_run_is():
+    text = report.table(fabricated("both")["results"], "runs/first")
+    lines = {line[:38].strip(): line[38:].split() for line in text.splitlines()}
+    for k in range(4):
+        assert lines[f"SNet-{k} (own tile)"][-1] == "2.0"  # two 1.0 s epochs of its own
+    assert lines["sub phase: 4 SNets on 4 ranks"] == ["2.5"]
+    assert text.splitlines()[-1].startswith("written to runs/first/")
+
+
+def test_run_names_break_between_words_not_inside_them():
+    assert report._wrap("cifar_resnet20, K = 4, 1 rank(s)") == "cifar_resnet20, K = 4,\n1 rank(s)"
+    assert report._wrap("20261202-025310_cifar_resnet20_w32") == "20261202-025310_cifar_\nresnet20_w32"
+
+
+def test_a_tiny_compose_bar_is_still_drawn(tmp_path):
+    """0.3 s of compose between 300 s and 200 s bars: its colour must appear in the figure."""
+    matplotlib_image = pytest.importorskip("matplotlib.image")
+    run = fabricated("both")
+    r = run["results"]
+    r["sub"]["seconds"], r["compose"]["seconds"], r["global"]["seconds"], r["random"]["seconds"] = 300, 0.3, 200, 450
+    report.phase_seconds_figure([run], tmp_path / "phase_seconds.png")
+    pixels = matplotlib_image.imread(tmp_path / "phase_seconds.png")[..., :3]
+    orange = (abs(pixels - [1.0, 0.498, 0.055]).max(axis=-1) < 0.02)  # matplotlib's C1, the compose colour
+    legend_rows = orange[int(0.85 * len(orange)):]  # the legend's patch sits below the axes
+    assert orange.sum() - legend_rows.sum() > 50, "the compose bar is not visible in the plot area"
