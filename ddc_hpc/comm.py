@@ -203,15 +203,20 @@ def agree(world: World, value, what: str) -> None:
         raise err
 
 
+def collective_error(message: str) -> BadInput:
+    """A BadInput that every rank raises together: reported once, by rank 0, without MPI Abort."""
+    err = BadInput(message)
+    err.collective = True
+    return err
+
+
 def gather_outcome(world: World, error: BadInput | None) -> None:
     """Collective verdict on per-rank validation: all ranks raise the first rank's error, together."""
     errors = allgather(world, None if error is None else str(error), "validating the input")
     failed = [(r, e) for r, e in enumerate(errors) if e is not None]
     if failed:
         rank, message = failed[0]
-        err = BadInput(message if len(failed) == world.size else f"rank {rank}: {message}")
-        err.collective = True
-        raise err
+        raise collective_error(message if len(failed) == world.size else f"rank {rank}: {message}")
 
 
 def gatherv(world: World, flat: np.ndarray, root: int = 0) -> np.ndarray | None:

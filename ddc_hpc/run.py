@@ -14,9 +14,11 @@ import dataclasses
 import datetime
 import difflib
 import hashlib
+import json
 import os
 import platform
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +145,34 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
         raise BadInput("run.precision = 'fp16' needs GPUs (its gradient scaling is for CUDA's fp16 kernels); "
                        "on CPUs use 'bf16' or 'fp32'")
     return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend)
+
+
+def finished_run(args: argparse.Namespace) -> dict | None:
+    """The record of a run that already finished in --out (results.json is written last), or None.
+
+    A finished run is never trained or written again: its record is the real timings."""
+    if not args.out:
+        return None
+    out = Path(args.out)
+    path = out / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{path} exists but cannot be read ({err}), so {out} may hold a finished run; "
+                       "look at it, then choose a new --out (or delete the folder to train again)") from None
+    config = load_config(args.config, args.set)
+    try:
+        saved = tomllib.loads((out / "config.toml").read_text())
+    except (OSError, ValueError):
+        saved = None
+    if saved is not None and saved != tomllib.loads(config.to_toml()):
+        raise BadInput(f"{out} holds a run that finished with a different configuration (see "
+                       f"{out / 'config.toml'}); a finished run is never changed: choose a new --out for "
+                       "this configuration, or drop the changed --set/--config to see the finished run's table")
+    when = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
+    return {"results": results, "when": when}
 
 
 def code_version() -> str:
@@ -312,6 +342,21 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
 def pipeline(args: argparse.Namespace) -> None:
     world = comm.init_world()
     stamp = comm.bcast(world, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), "choosing the run name")
+    finished, error = None, None
+    if world.is_root:  # one reader decides for all, before anything is written
+        try:
+            finished = finished_run(args)
+        except BadInput as err:
+            error = str(err)
+    finished, error = comm.bcast(world, (finished, error), "checking for a finished run")
+    if error is not None:
+        raise comm.collective_error(error)
+    if finished is not None:
+        if world.is_root:
+            print(f"{args.out} finished earlier (results.json written {finished['when']}); nothing was trained "
+                  f"or rewritten. Its results:\n{report.table(finished['results'], args.out)}\n"
+                  "To train again, choose a new --out.", flush=True)
+        return
     plan, error = None, None
     try:
         plan = prepare(args, stamp)
@@ -347,7 +392,7 @@ def pipeline(args: argparse.Namespace) -> None:
     results["backend"] = plan.backend
     if world.is_root:
         report.write(plan.out, results)
-        print(report.table(results), flush=True)
+        print(report.table(results, plan.out), flush=True)
 
 
 def main(argv=None) -> None:

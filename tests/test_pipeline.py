@@ -131,3 +131,25 @@ def test_mpi4py_engine_runs_the_data_parallel_phases(ranks, partitions, tmp_path
     r = results(out)
     assert r["backend"] == "mpi4py" and r["compose"]["max_abs_error"] <= 1e-4
     assert r["global"]["epochs"] == 1 and r["random"]["epochs"] == 2
+
+
+def _snapshot(out) -> dict:
+    """Every file under a run directory: its bytes and modification time."""
+    return {p.relative_to(out): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_rerunning_a_finished_run_rewrites_nothing_at_one_and_two_ranks(tmp_path):
+    out = tmp_path / "run"
+    assert run_pipeline(1, out).returncode == 0
+    before = _snapshot(out)
+    for ranks in (1, 2):
+        again = run_pipeline(ranks, out)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "finished earlier (results.json written " in again.stdout, again.stdout
+        assert "GNet-T, trained" in again.stdout and f"written to {out}/" in again.stdout
+        assert again.stdout.count("finished earlier") == 1  # rank 0 speaks for all
+        assert _snapshot(out) == before, f"rerun at {ranks} rank(s) changed the finished run"
+    changed = run_pipeline(2, out, "sub.lr=0.1")
+    assert changed.returncode == 2 and "finished with a different configuration" in changed.stderr
+    assert changed.stderr.count("different configuration") == 1
+    assert _snapshot(out) == before
