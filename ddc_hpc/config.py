@@ -128,12 +128,28 @@ def _did_you_mean(word: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _job_hint(path: Path) -> str:
+    """Where job files are, and the closest names to a mistyped one."""
+    jobs = sorted(Path("jobs").glob("*.toml"))
+    if not jobs:
+        return ""
+    close = difflib.get_close_matches(path.name, [j.name for j in jobs], n=2)
+    if close:
+        return " (did you mean " + " or ".join(f"jobs/{c}" for c in close) + "?)"
+    example = next((j for j in jobs if j.name == "quickstart.toml"), jobs[0])
+    return f" such as jobs/{example.name} ({len(jobs)} jobs in jobs/)"
+
+
+_KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+
+
 def _coerce(where: str, value, annotation):
     """Check a TOML value against a dataclass field type; ints are accepted where floats are."""
     origin = typing.get_origin(annotation)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise BadInput(f"{where} must be a list such as [1, 2], got {value!r}")
+            raise BadInput(f"{where} must be a list such as [1, 2], got {value!r}; in a job file write "
+                           f"{where.split('.')[-1]} = [1, 2], on the command line --set {where}=[1,2]")
         return tuple(_coerce(f"{where}[{i}]", v, typing.get_args(annotation)[0]) for i, v in enumerate(value))
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -142,7 +158,14 @@ def _coerce(where: str, value, annotation):
     else:
         ok = isinstance(value, annotation)
     if not ok:
-        raise BadInput(f"{where} must be {annotation.__name__}, got {type(value).__name__} {value!r}")
+        example = {int: "5", float: "0.001", bool: "true", str: '"text"'}.get(annotation, "...")
+        key = where.split("[")[0]
+        if key != where:  # an element of a list
+            example = f"[{example}, {example}]"
+        raise BadInput(f"{where} must be {_KIND_NAMES.get(annotation, annotation.__name__)}, got "
+                       f"{type(value).__name__} {value!r}; values use TOML syntax: in a job file "
+                       f"{key.split('.')[-1]} = {example} under [{key.split('.')[0]}], on the command line "
+                       f"--set {key}={example.strip(chr(34)).replace(' ', '')}")
     return value
 
 
@@ -150,14 +173,17 @@ def _build(raw: dict) -> Config:
     sections = {}
     for name, values in raw.items():
         if name not in SECTIONS:
-            raise BadInput(f"unknown config section [{name}]{_did_you_mean(name, SECTIONS)}")
+            raise BadInput(f"unknown config section [{name}]{_did_you_mean(name, SECTIONS)}; the sections are "
+                           f"{', '.join(f'[{s}]' for s in SECTIONS)} (see the Configuration table in README.md)")
         if not isinstance(values, dict):
-            raise BadInput(f"[{name}] must be a table of keys, got {values!r}")
+            raise BadInput(f"[{name}] must be a table of keys, got {values!r}; write its keys under a [{name}] "
+                           f"header, or set one with --set {name}.KEY=VALUE")
         section = SECTIONS[name]
         default = section.default_factory()
         hints = typing.get_type_hints(type(default))
         for key in sorted(set(values) - set(hints)):
-            raise BadInput(f"unknown key {name}.{key}{_did_you_mean(key, hints)}")
+            raise BadInput(f"unknown key {name}.{key}{_did_you_mean(f'{name}.{key}', (f'{name}.{k}' for k in hints))}; "
+                           f"[{name}] takes {', '.join(hints)} (see the Configuration table in README.md)")
         typed = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()}
         sections[section.name] = dataclasses.replace(default, **typed)
     return Config(**sections)
@@ -183,7 +209,9 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         try:
             raw = tomllib.loads(path.read_text())
         except FileNotFoundError:
-            raise BadInput(f"config file {path} does not exist") from None
+            raise BadInput(f"config file {path} does not exist (relative paths start at {Path.cwd()}). Give the "
+                           f"path of a job TOML file{_job_hint(path)}, or leave out --config to "
+                           "run the built-in quickstart") from None
         except OSError as err:
             raise BadInput(f"config file {path} cannot be read: {err.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:

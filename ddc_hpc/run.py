@@ -157,7 +157,7 @@ def finished_run(args: argparse.Namespace) -> dict | None:
     path = out / "results.json"
     try:
         results = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, ValueError) as err:
         raise BadInput(f"{path} exists but cannot be read ({err}), so {out} may hold a finished run; "

@@ -20,16 +20,26 @@ TINY = [
 ]
 
 
+def mpiexec() -> str:
+    """The mpiexec beside this Python first (a venv's own MPICH, found without activating the venv),
+    else the one on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("mpiexec") or "mpiexec"
+
+
+
 def sets(*overrides: str) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
 
 
 def launch(ranks: int, module: str, *args: str, env: dict | None = None, timeout: float = 240,
-           mpiexec: bool | None = None) -> subprocess.CompletedProcess:
+           use_mpiexec: bool | None = None) -> subprocess.CompletedProcess:
     """Run `python -m module args` on `ranks` MPI ranks (plain python for one rank by default)."""
     command = [sys.executable, "-m", module, *args]
-    if mpiexec or (mpiexec is None and ranks > 1):
-        command = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), *command]
+    if use_mpiexec or (use_mpiexec is None and ranks > 1):
+        command = [mpiexec(), "-n", str(ranks), *command]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DDC_FAULT", "SLURM_"))}
     full_env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from conftest import REPO
 from ddc_hpc.config import load_config, parse_override
 from ddc_hpc.errors import BadInput
 
@@ -34,11 +35,11 @@ def test_parse_override_reads_toml_values():
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("sub.epoch=3", "did you mean 'epochs'"),
+    ("sub.epoch=3", "did you mean 'sub.epochs'"),
     ("sbu.epochs=3", "did you mean 'sub'"),
-    ("sub.lr=fast", "sub.lr must be float"),
+    ("sub.lr=fast", "sub.lr must be a number"),
     ("sub.batch_size=0", "sub.batch_size must be >= 1"),
-    ("global.epochs=2.5", "global.epochs must be int"),
+    ("global.epochs=2.5", "global.epochs must be a whole number"),
     ("decompose.grid=[2, 3]", "exactly one tile per sub-network"),
     ("run.backend=ncll", "did you mean 'nccl'"),
     ("data.val_fraction=1.5", "data.val_fraction"),
@@ -64,3 +65,27 @@ def test_quickstart_job_file_is_the_built_in_default():
 
     job = Path(__file__).resolve().parents[1] / "jobs" / "quickstart.toml"
     assert load_config(job).digest() == load_config().digest()
+
+
+@pytest.mark.parametrize("override, suggestion", [
+    ("sub.epoch=3", "did you mean 'sub.epochs'?"),
+    ("run.colective_timeout=3", "did you mean 'run.collective_timeout'?"),
+])
+def test_did_you_mean_names_the_full_key(override, suggestion):
+    with pytest.raises(BadInput) as err:
+        load_config(None, [override])
+    assert suggestion in str(err.value)
+
+
+def test_a_missing_config_file_says_how_to_fix_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(BadInput) as err:
+        load_config("jobs/quikstart.toml")
+    assert "did you mean jobs/quickstart.toml?" in str(err.value)
+    assert "leave out --config to run the built-in quickstart" in str(err.value)
+
+
+def test_a_value_of_the_wrong_type_shows_the_toml_syntax():
+    with pytest.raises(BadInput) as err:
+        load_config(None, ["sub.epochs=five"])
+    assert "epochs = 5 under [sub]" in str(err.value) and "--set sub.epochs=5" in str(err.value)

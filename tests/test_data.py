@@ -411,3 +411,16 @@ class _ArrayStore:
 
     def read(self, index):
         return self.images[index]
+
+
+@pytest.mark.parametrize("source, fix", [
+    ("h5:{d}/nope.h5", "python -m ddc_hpc.data import KIND SOURCE OUT.h5"),
+    ("npz:{d}/nope.npz", "Check data.source"),
+    ("cifar10:{d}/cifar", "`python -m ddc_hpc.data import cifar10 {d}/cifar data/cifar10.h5 --download`"),
+    ("food101:{d}/food", "`python -m ddc_hpc.data import food101 {d}/food data/food101.h5 --download`"),
+    ("imagefolder:{d}/tree", "class-per-folder tree"),
+])
+def test_missing_data_says_how_to_get_it(tmp_path, source, fix):
+    with pytest.raises(BadInput) as err:
+        load_dataset(source.format(d=tmp_path), num_classes=10, val_fraction=0.2, seed=0)
+    assert fix.format(d=tmp_path) in str(err.value)

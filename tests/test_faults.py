@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_pipeline
+from conftest import REPO, mpiexec, run_pipeline
 
 PHASES = ["sub", "compose", "global", "random"]
 
@@ -118,8 +118,7 @@ def test_ranks_with_different_configs_are_stopped(tmp_path):
     a, b = tmp_path / "a.toml", tmp_path / "b.toml"
     a.write_text("[sub]\nepochs = 1\n")
     b.write_text("[sub]\nepochs = 2\n")
-    mpiexec = shutil.which("mpiexec")
-    command = [mpiexec, "-n", "1", sys.executable, "-m", "ddc_hpc.run", "--config", str(a), "--out",
+    command = [mpiexec(), "-n", "1", sys.executable, "-m", "ddc_hpc.run", "--config", str(a), "--out",
                str(tmp_path / "run"), ":", "-n", "1", sys.executable, "-m", "ddc_hpc.run", "--config", str(b),
                "--out", str(tmp_path / "run")]
     done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -131,9 +130,8 @@ def test_ranks_running_different_code_are_stopped(tmp_path):
     copy = tmp_path / "other"
     shutil.copytree(REPO / "ddc_hpc", copy / "ddc_hpc", ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "ddc_hpc" / "train.py").write_text((copy / "ddc_hpc" / "train.py").read_text() + "\n# edited\n")
-    mpiexec = shutil.which("mpiexec")
     run = [sys.executable, "-m", "ddc_hpc.run", "--out", str(tmp_path / "run"), "--dry-run"]
-    command = [mpiexec, "-n", "1", "-env", "PYTHONPATH", str(REPO), *run, ":",
+    command = [mpiexec(), "-n", "1", "-env", "PYTHONPATH", str(REPO), *run, ":",
                "-n", "1", "-env", "PYTHONPATH", str(copy), *run]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "code version" in done.stderr, done.stderr[-2000:]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, launch, results
+from conftest import REPO, launch, mpiexec, results
 from ddc_hpc import build_model
 from ddc_hpc.config import load_config
 from ddc_hpc.data import parse_source
@@ -167,7 +166,7 @@ for name in names:
 
 def test_other_smoke_jobs_pass_a_dry_run_at_two_ranks(tmp_path):
     names = [n for n in SMOKE if n not in END_TO_END]
-    command = [shutil.which("mpiexec") or "mpiexec", "-n", "2", sys.executable, "-c", DRY_RUN_DRIVER,
+    command = [mpiexec(), "-n", "2", sys.executable, "-c", DRY_RUN_DRIVER,
                str(tmp_path), *names]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DDC_FAULT", "SLURM_"))}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")

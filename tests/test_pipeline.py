@@ -153,3 +153,11 @@ def test_rerunning_a_finished_run_rewrites_nothing_at_one_and_two_ranks(tmp_path
     assert changed.returncode == 2 and "finished with a different configuration" in changed.stderr
     assert changed.stderr.count("different configuration") == 1
     assert _snapshot(out) == before
+
+
+def test_multi_rank_launches_find_the_venvs_mpiexec_without_an_activated_venv(monkeypatch):
+    """`python -m pytest` from a venv that is not activated: mpiexec is not on PATH."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    done = launch(2, "ddc_hpc.info", "--model", "cnn11", "--partitions", "2", "--input-size", "32")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("ratio") == 2  # one table per rank

@@ -278,11 +278,20 @@ def content_checksum(path) -> str:
     return _combine(parts)
 
 
+def missing_file(path: Path, what: str = "data file") -> BadInput:
+    """The error for a data file that is not there, saying how to make one."""
+    where = "" if path.is_absolute() else f" (relative paths start at {Path.cwd()})"
+    return BadInput(f"{what} {path} does not exist{where}. Check data.source (in the job file, or "
+                    "--set data.source=h5:PATH); to build an HDF5 file from CIFAR-10/100, Food-101, an npz "
+                    "or an image folder run `python -m ddc_hpc.data import KIND SOURCE OUT.h5` (with "
+                    "--download for cifar10, cifar100 and food101 where there is internet); see docs/DATA.md")
+
+
 def open_h5(path) -> h5py.File:
     """Open read-only; BadInput for a missing, unreadable or truncated file."""
     path = Path(path)
     if not path.exists():
-        raise BadInput(f"data file {path} does not exist")
+        raise missing_file(path)
     if path.is_dir():
         raise BadInput(f"data file {path} is a folder, expected an HDF5 file")
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
-from .hdf5 import H5Meta, H5Store, check_labels, check_targets, guess_task, loose_labels
+from .hdf5 import H5Meta, H5Store, check_labels, check_targets, guess_task, loose_labels, missing_file
 
 KINDS = ("synthetic", "synthetic1d", "synthetic3d", "npz", "h5", "cifar10", "cifar100", "food101", "imagefolder")
 SYNTHETIC_KINDS = ("synthetic", "synthetic1d", "synthetic3d")
@@ -292,7 +292,7 @@ def _open_synthetic(kind, options, source, num_classes) -> RawData:
 
 def _require_file(path: Path, what: str) -> Path:
     if not path.exists():
-        raise BadInput(f"{what} {path} does not exist")
+        raise missing_file(path, what)
     if not path.is_file():
         raise BadInput(f"{what} {path} is not a file")
     return path
@@ -417,7 +417,7 @@ def open_cifar(root, kind: str, download: bool = False) -> RawData:
     base = root / folder if (root / folder).is_dir() else root
     if not (base / meta_file).is_file():
         raise BadInput(f"{kind}: no {folder}/{meta_file} under {root}; point at the folder that holds "
-                       f"{folder} (torchvision's root), or add --download where there is internet")
+                       f"{folder} (torchvision's root){_download_hint(kind, root)}")
     names = [str(c) for c in _unpickle(base / meta_file, kind)[names_key]]
 
     def load(files):
@@ -446,6 +446,13 @@ def _unpickle(path: Path, kind: str) -> dict:
                        "the file is truncated or corrupt") from None
 
 
+def _download_hint(kind: str, root: Path) -> str:
+    """How to fetch a public data set: `run` reads data, the import command downloads it."""
+    return (f", or download it where there is internet: `python -m ddc_hpc.data import {kind} {root} data/{kind}.h5 "
+            f"--download` fetches it into {root} (so this source then works) and writes an HDF5 copy for "
+            f"data.source = 'h5:data/{kind}.h5' (docs/DATA.md)")
+
+
 def _download(kind: str, root: Path) -> None:
     import torchvision.datasets as tvd
 
@@ -470,7 +477,7 @@ def open_food101(root, size: int, download: bool = False, workers: int = 1) -> R
     images, meta = base / "images", base / "meta"
     if not images.is_dir() or not meta.is_dir():
         raise BadInput(f"food101: no food-101/images and food-101/meta under {root}; point at the folder "
-                       "that holds food-101 (torchvision's root), or add --download where there is internet")
+                       f"that holds food-101 (torchvision's root){_download_hint('food101', root)}")
     if (meta / "classes.txt").is_file():
         names = [line.strip() for line in (meta / "classes.txt").read_text().splitlines() if line.strip()]
     else:
@@ -516,7 +523,9 @@ def open_imagefolder(root, size: int | None, workers: int = 1) -> RawData:
     ImageFolder; ROOT/train and ROOT/test (or ROOT/val) holding such trees give a test split."""
     root = Path(root)
     if not root.is_dir():
-        raise BadInput(f"imagefolder: {root} is not a folder")
+        raise BadInput(f"imagefolder: {root} is not a folder" + ("" if root.is_absolute() else
+                       f" (relative paths start at {Path.cwd()})") + "; point the source at a class-per-folder "
+                       "tree ROOT/<class>/<image files> (optionally ROOT/train and ROOT/test), see docs/DATA.md")
     top = _class_dirs(root)
     held_out = next((d for d in ("test", "val") if d in top), None)
     if "train" in top and held_out and _class_dirs(root / "train") and _class_dirs(root / held_out):
