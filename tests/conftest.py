@@ -30,6 +30,17 @@ def mpiexec() -> str:
 
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """pytest-mpi prints its "MPI Information" block on every rank, interleaved under mpiexec:
+    rank 0's is enough."""
+    for plugin in config.pluginmanager.get_plugins():
+        if type(plugin).__name__ == "MPIPlugin" and plugin._is_testing_mpi:
+            from mpi4py import MPI
+
+            plugin._is_testing_mpi = MPI.COMM_WORLD.Get_rank() == 0
+
+
 def sets(*overrides: str) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
 

@@ -122,6 +122,6 @@ def test_debug_flag_shows_the_traceback(tmp_path, capsys):
 @pytest.mark.parametrize("override, expected", [("model.name=resnet21", "resnet"),
                                                 ("data.source=npz:/nonexistent.npz", "nonexistent.npz")])
 def test_bad_input_at_four_ranks_is_reported_once_and_every_rank_exits_2(override, expected, tmp_path):
-    done = launch(4, "ddc_hpc.run", "--out", str(tmp_path / "run"), *sets(override), timeout=60)
+    done = launch(4, "ddc_hpc.run", "--out", str(tmp_path / "run"), *sets(override), timeout=240)
     assert done.returncode == 2
     assert done.stderr.count("error: ") == 1 and expected in done.stderr and "Traceback" not in done.stderr

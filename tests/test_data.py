@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run_cli(*args, cwd=None):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "ddc_hpc.data", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=240)
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +263,7 @@ def test_onednn_width4_regression_on_permuted_uint8_batches():
     otherwise (checked: the same script on a raw permuted batch aborts under this cap)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     proc = subprocess.run([sys.executable, "-c", ONEDNN_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=240)
     assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
 
 
@@ -388,7 +388,7 @@ def test_interrupted_write_leaves_no_final_file(tmp_path, arrays):
         os._exit(9)
     """)
     proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=240)
     assert proc.returncode == 9, proc.stderr
     assert not out.exists()
     assert all(".h5.tmp" in p.name for p in tmp_path.iterdir())

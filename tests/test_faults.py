@@ -8,22 +8,23 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
 from conftest import REPO, mpiexec, run_pipeline
 
 PHASES = ["sub", "compose", "global", "random"]
+# Events, not wall time (2 loaded cores make any seconds meaningless): a failed job must end by
+# itself, told by the failing rank (MPI Abort), long before its collectives' own deadline could end
+# it; the launch's limit sits between the two, so a job that hangs until the deadline fails the test.
+NO_DEADLINE = "run.collective_timeout=900"
+LAUNCH_LIMIT = 600
 
 
-def _ended_cleanly(done, out, rank: int, started: float, expect: str) -> float:
-    seconds = time.monotonic() - started
+def _ended_cleanly(done, out, rank: int, expect: str) -> None:
     assert done.returncode not in (0, 2), done.stderr[-2000:]
     assert f"rank {rank}" in done.stderr and expect in done.stderr, done.stderr[-2000:]
     assert not (out / "results.json").exists()
-    assert seconds < 30, f"took {seconds:.1f} s to end"
-    return seconds
 
 
 @pytest.mark.parametrize("ranks", [2, 4])
@@ -32,20 +33,16 @@ def _ended_cleanly(done, out, rank: int, started: float, expect: str) -> float:
 def test_an_error_on_any_rank_in_any_phase_ends_the_job(phase, role, ranks, tmp_path):
     rank = 0 if role == "root" else ranks - 1
     out = tmp_path / "run"
-    started = time.monotonic()
-    done = run_pipeline(ranks, out, env={"DDC_FAULT": f"{phase}:{rank}"}, timeout=60)
-    _ended_cleanly(done, out, rank, started, "injected fault")
+    done = run_pipeline(ranks, out, NO_DEADLINE, env={"DDC_FAULT": f"{phase}:{rank}"}, timeout=LAUNCH_LIMIT)
+    _ended_cleanly(done, out, rank, "injected fault")
     assert f"phase {phase!r}" in done.stderr
 
 
 @pytest.mark.parametrize("job, rank", [("sub_1", 1), ("global", 3), ("random", 0)])
 def test_a_rank_killed_mid_phase_ends_the_job(job, rank, tmp_path):
     out = tmp_path / "run"
-    started = time.monotonic()
-    done = run_pipeline(4, out, env={"DDC_KILL_AT": f"{job}:1:1:{rank}"}, timeout=60)
-    seconds = time.monotonic() - started
+    done = run_pipeline(4, out, NO_DEADLINE, env={"DDC_KILL_AT": f"{job}:1:1:{rank}"}, timeout=LAUNCH_LIMIT)
     assert done.returncode != 0 and not (out / "results.json").exists()
-    assert seconds < 30, f"took {seconds:.1f} s to end"
     # A SIGKILLed rank cannot speak for itself: the launcher reports it (srun: "task N: Killed";
     # MPICH's mpiexec: "BAD TERMINATION ... PID", not always the culprit's), and every rank's log
     # records its PID. The SLURM tests check srun's naming of the task.
@@ -58,16 +55,16 @@ def test_a_rank_killed_mid_phase_ends_the_job(job, rank, tmp_path):
 
 def test_a_hung_rank_is_caught_by_the_collective_deadline(tmp_path):
     out = tmp_path / "run"
-    started = time.monotonic()
-    done = run_pipeline(2, out, "run.collective_timeout=4", env={"DDC_FAULT": "compose:1:hang"}, timeout=60)
-    _ended_cleanly(done, out, 0, started, "did not complete within 4 s")
+    # The deadline's own message is the event; the launch limit only catches a job that never ends.
+    done = run_pipeline(2, out, "run.collective_timeout=4", env={"DDC_FAULT": "compose:1:hang"}, timeout=LAUNCH_LIMIT)
+    _ended_cleanly(done, out, 0, "did not complete within 4 s")
     assert "phase 'compose'" in done.stderr
 
 
 def test_nan_loss_stops_the_phase_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = ("run.strategy=ddc", "global.epochs=2")
-    done = run_pipeline(2, out, *args, env={"DDC_NAN_AT": "global:2:1"}, timeout=120)
+    done = run_pipeline(2, out, *args, env={"DDC_NAN_AT": "global:2:1"}, timeout=LAUNCH_LIMIT)
     assert done.returncode == 1
     assert "phase global, epoch 2, step 1, rank" in done.stderr and "loss is nan" in done.stderr
     manifest = json.loads((out / "checkpoints" / "global" / "manifest.json").read_text())
@@ -122,7 +119,7 @@ def test_ranks_with_different_configs_are_stopped(tmp_path):
                str(tmp_path / "run"), ":", "-n", "1", sys.executable, "-m", "ddc_hpc.run", "--config", str(b),
                "--out", str(tmp_path / "run")]
     done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=LAUNCH_LIMIT)
     assert done.returncode == 2 and "ranks disagree" in done.stderr
 
 
@@ -133,5 +130,5 @@ def test_ranks_running_different_code_are_stopped(tmp_path):
     run = [sys.executable, "-m", "ddc_hpc.run", "--out", str(tmp_path / "run"), "--dry-run"]
     command = [mpiexec(), "-n", "1", "-env", "PYTHONPATH", str(REPO), *run, ":",
                "-n", "1", "-env", "PYTHONPATH", str(copy), *run]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=LAUNCH_LIMIT)
     assert done.returncode == 2 and "code version" in done.stderr, done.stderr[-2000:]

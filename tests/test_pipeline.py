@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import launch, results, run_pipeline, sets
+from conftest import REPO, launch, mpiexec, results, run_pipeline, sets
 
 PROMISED = {"strategy", "world_size", "partitions", "model", "dataset", "sub", "compose", "global", "random"}
 PER_PHASE = {"seconds", "epochs", "val_accuracy"}
@@ -91,14 +94,14 @@ def test_bad_config_value_exits_2_without_traceback(tmp_path):
 
 
 def test_bad_config_at_four_ranks_is_reported_once(tmp_path):
-    done = launch(4, "ddc_hpc.run", "--out", str(tmp_path / "run"), *sets("run.strategy=dcc"), timeout=60)
+    done = launch(4, "ddc_hpc.run", "--out", str(tmp_path / "run"), *sets("run.strategy=dcc"), timeout=240)
     assert done.returncode == 2
     assert done.stderr.count("did you mean 'ddc'") == 1 and "Traceback" not in done.stderr
 
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
     out = tmp_path / "run"
-    done = launch(2, "ddc_hpc.run", "--out", str(out), "--dry-run", timeout=120)
+    done = launch(2, "ddc_hpc.run", "--out", str(out), "--dry-run", timeout=240)
     assert done.returncode == 0, done.stderr
     assert "rank -> sub-networks: 0:[0, 2], 1:[1, 3]" in done.stdout
     assert not (out / "results.json").exists() and not list(out.glob("*.pt"))
@@ -161,3 +164,13 @@ def test_multi_rank_launches_find_the_venvs_mpiexec_without_an_activated_venv(mo
     done = launch(2, "ddc_hpc.info", "--model", "cnn11", "--partitions", "2", "--input-size", "32")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("ratio") == 2  # one table per rank
+
+
+def test_pytest_under_mpiexec_prints_one_mpi_information_block():
+    """./dev test's mpiexec stages: pytest-mpi's block once (rank 0), not once per rank."""
+    command = [mpiexec(), "-n", "2", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--with-mpi",
+               "-m", "mpi", "tests/test_comm_mpi.py::test_world_matches_mpi"]
+    done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("MPI Information") == 1, done.stdout

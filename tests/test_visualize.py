@@ -131,7 +131,7 @@ def test_gnet_r_before_training_is_rebuilt_as_run_py_builds_it():
 
 
 def test_cli_errors_exit_2_without_traceback(tmp_path, cnn11_run):
-    done = launch(1, "ddc_hpc.visualize", "--run", str(tmp_path / "nothing"), timeout=60)
+    done = launch(1, "ddc_hpc.visualize", "--run", str(tmp_path / "nothing"), timeout=240)
     assert done.returncode == 2 and "config.toml" in done.stderr and "Traceback" not in done.stderr
     with pytest.raises(BadInput, match="outside the validation split"):
         visualize.visualize(cnn11_run, [100000], tmp_path / "v")
