@@ -15,6 +15,7 @@ import datetime
 import difflib
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -97,7 +98,7 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     data = load_dataset(config.data.source, num_classes=config.model.num_classes,
                         val_fraction=config.data.val_fraction, seed=config.run.seed,
                         limit=config.data.limit or None, in_memory=config.data.in_memory,
-                        task=config.model.task)
+                        task=config.model.task, metadata_only=args.dry_run)
     if config.model.name not in model_names():
         close = difflib.get_close_matches(config.model.name, model_names(), n=3)
         raise BadInput(f"unknown model.name {config.model.name!r}" + (f" (did you mean {', '.join(close)}?)" if close
@@ -126,13 +127,19 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     except (ValueError, TypeError, KeyError) as err:
         raise BadInput(f"model {config.model.name!r} cannot be built as configured: {err}") from None
     out = Path(args.out or f"runs/{stamp}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{comm.MPI.COMM_WORLD.Get_rank()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise BadInput(f"output directory {out} is not writable ({err.strerror}); choose another --out") from None
+    if args.dry_run:  # writes nothing: only sees whether it could
+        existing = next(p for p in (out, *out.parents) if p.exists())
+        if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+            raise BadInput(f"output directory {out} could not be created or written ({existing} is not a writable "
+                           "folder); choose another --out")
+    else:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".write-test-{comm.MPI.COMM_WORLD.Get_rank()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise BadInput(f"output directory {out} is not writable ({err.strerror}); choose another --out") from None
     digests = existing_digests(out / "checkpoints")
     if digests - {config.digest()}:
         raise BadInput(f"{out} holds checkpoints of a different configuration; use a new --out, or the "
@@ -173,6 +180,26 @@ def finished_run(args: argparse.Namespace) -> dict | None:
                        "this configuration, or drop the changed --set/--config to see the finished run's table")
     when = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
     return {"results": results, "when": when}
+
+
+def dry_run_text(plan: Plan, world: comm.World) -> str:
+    """What a dry run checked (from the data's metadata) and what the run would do."""
+    cfg, K, n = plan.config, plan.partitions, len(plan.data.train)
+    labels = plan.data.train.labels
+    checked = (f"{len(plan.data.classes)} classes, labels {labels.min()}..{labels.max()}"
+               if cfg.model.task == "classification" and len(labels) else f"targets {plan.data.train.target_shape}")
+    per_group = max(world.size // K, 1)
+    steps = {"sub": math.ceil(n / per_group / cfg.sub.batch_size), "global": math.ceil(n / world.size / cfg.global_.batch_size),
+             "random": math.ceil(n / world.size / cfg.random.batch_size)}
+    todo = []
+    if cfg.run.strategy in ("ddc", "both"):
+        todo += [f"train {K} sub-networks {cfg.sub.epochs} epoch(s) of {steps['sub']} steps on their tiles, compose "
+                 f"them (one Gatherv), train GNet-T {cfg.global_.epochs} epoch(s) of {steps['global']} steps"]
+    if cfg.run.strategy in ("random", "both"):
+        todo += [f"train GNet-R {cfg.random_epochs} epoch(s) of {steps['random']} steps"]
+    return (f"  data checked from its metadata: {n} train / {len(plan.data.val)} val samples, {checked}\n"
+            f"dry run: nothing trained, nothing written. The run would {'; then '.join(todo)}; and write "
+            f"{plan.out}/ (results.json, metrics.csv, models, plots, logs).")
 
 
 def code_version() -> str:
@@ -367,14 +394,16 @@ def pipeline(args: argparse.Namespace) -> None:
     comm.agree(world, (cfg.digest(), code_version()), "the configuration and code version")
     world = comm.configure_world(world, cfg.run.device, cfg.run.collective_timeout)
     threads = comm.configure_threads(world, cfg.run.threads, cfg.run.deterministic)
+    if args.dry_run:
+        if world.is_root:
+            print(f"{report.plan_text(plan, world, threads)}\n{dry_run_text(plan, world)}", flush=True)
+        return
     log = Logger(plan.out / "logs" / f"rank{world.rank}.log", echo=world.is_root)
     log(f"rank {world.rank} of {world.size}: pid {os.getpid()} on {platform.node()}, local rank "
         f"{world.local_rank} of {world.local_size}, device {world.device}")
     if world.is_root:
         atomic_write(plan.out / "config.toml", cfg.to_toml().encode())
     log(report.plan_text(plan, world, threads))
-    if args.dry_run:
-        return
     comm.install_stop_handlers()
     results = {"strategy": cfg.run.strategy, "world_size": world.size, "partitions": plan.partitions,
                "model": cfg.model.name, "dataset": cfg.data.source, "threads": threads,

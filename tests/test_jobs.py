@@ -176,9 +176,9 @@ def test_other_smoke_jobs_pass_a_dry_run_at_two_ranks(tmp_path):
         assert f"@@ {name} exit 0" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
         full = load_config(JOBS / f"{name}.toml")
         tile = "x".join(map(str, tile_shape(tiles_of(full, int(parse_source(full.data.source)[2]["size"])))))
-        assert f"ddc_hpc run -> {tmp_path / name}\n" in done.stdout
-        assert not (tmp_path / name / "results.json").exists() and not list((tmp_path / name).glob("*.pt"))
-        assert f"tiles {tile} " in (tmp_path / name / "logs" / "rank0.log").read_text()
+        plan = done.stdout[done.stdout.index(f"ddc_hpc run -> {tmp_path / name}\n"):]
+        assert f"tiles {tile} " in plan[:plan.index("dry run: nothing trained")]
+        assert not (tmp_path / name).exists()
 
 
 def test_job_files_say_how_to_run_them():

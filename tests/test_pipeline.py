@@ -99,12 +99,40 @@ def test_bad_config_at_four_ranks_is_reported_once(tmp_path):
     assert done.stderr.count("did you mean 'ddc'") == 1 and "Traceback" not in done.stderr
 
 
-def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
     done = launch(2, "ddc_hpc.run", "--out", str(out), "--dry-run", timeout=240)
     assert done.returncode == 0, done.stderr
     assert "rank -> sub-networks: 0:[0, 2], 1:[1, 3]" in done.stdout
-    assert not (out / "results.json").exists() and not list(out.glob("*.pt"))
+    assert done.stdout.count("dry run: nothing trained, nothing written") == 1
+    assert "1600 train / 400 val samples, 10 classes, labels 0..9" in done.stdout
+    assert not out.exists() and not list(tmp_path.iterdir())  # no run folder, no logs
+
+
+@pytest.mark.parametrize("kind", ["npz", "npz-compressed", "h5"])
+def test_dry_run_checks_the_data_without_reading_a_sample(kind, tmp_path, monkeypatch, capsys):
+    from ddc_hpc.data import hdf5, import_dataset, sources
+    from ddc_hpc.run import main
+
+    x, y = np.zeros((60, 16, 16, 3), np.uint8), np.arange(60) % 10
+    (np.savez_compressed if kind == "npz-compressed" else np.savez)(tmp_path / "d.npz", x=x, y=y)
+    source = f"npz:{tmp_path / 'd.npz'}"
+    if kind == "h5":
+        import_dataset("npz", str(tmp_path / "d.npz"), tmp_path / "d.h5")
+        source = f"h5:{tmp_path / 'd.h5'}"
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a dry run read samples")
+
+    for cls, name in ((sources.ArrayStore, "read"), (sources.DeferredArray, "__getitem__"),
+                      (hdf5.H5Store, "read"), (hdf5.H5Store, "read_all")):
+        monkeypatch.setattr(cls, name, no_reading)
+    with pytest.raises(SystemExit) as exited:
+        main(["--dry-run", "--out", str(tmp_path / "run"), *sets(f"data.source={source}", "model.width=8")])
+    printed = capsys.readouterr()
+    assert exited.value.code == 0, printed.err
+    assert "48 train / 12 val samples, 10 classes, labels 0..9" in printed.out
+    assert not (tmp_path / "run").exists()
 
 
 def test_metrics_csv_has_a_row_per_epoch_and_phase(tiny_run):

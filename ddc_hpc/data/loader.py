@@ -71,7 +71,7 @@ class Splits:
     train: ImageSet
     val: ImageSet
     classes: list[str]  # class names; for regression the target names (one per output)
-    mean: torch.Tensor  # (C,) per-channel training mean in [0, 1] units
+    mean: torch.Tensor | None  # (C,) per-channel training mean in [0, 1] units; None: metadata only
     task: str = "classification"  # as asked of load_dataset
 
 
@@ -155,7 +155,7 @@ def channel_std(images: ImageSet, seed: int = 0, max_samples: int | None = MEAN_
 
 def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, seed: int,
                  limit: int | None = None, in_memory: bool = True, val_limit: int | None = None,
-                 task: str = "classification") -> Splits:
+                 task: str = "classification", metadata_only: bool = False) -> Splits:
     """Open ``source`` and split it into training and validation sets.
 
     The validation set is the source's own test split when it has one (HDF5 ``test`` group,
@@ -170,6 +170,9 @@ def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, s
     splits and limits are seeded random, not stratified) or "autoencoder" (labels are returned as
     stored and not checked against num_classes; the pipeline trains on the samples themselves).
     Every problem with the data raises BadInput here, before any training.
+
+    ``metadata_only`` (a dry run): check shapes, counts, classes and labels without reading the
+    samples (files are opened lazily, no training mean is computed: ``mean`` is None).
     """
     if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
         raise BadInput(f"val_fraction must be in [0, 1), got {val_fraction!r}")
@@ -181,7 +184,7 @@ def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, s
     check_task(task)
     if task == "autoencoder":
         num_classes = None  # the model reconstructs its input: the labels are not its outputs
-    raw = open_raw(source, in_memory=in_memory, num_classes=num_classes, task=task)
+    raw = open_raw(source, in_memory=in_memory and not metadata_only, num_classes=num_classes, task=task)
     classes = list(raw.classes)
     if len(raw.train) == 0:
         raise BadInput(f"{raw.description}: the dataset is empty (no training samples)")
@@ -227,4 +230,5 @@ def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, s
         train = train.subset(_pick(train.labels, int(limit), np.random.default_rng([seed, 1])))
     if val_limit is not None and val_limit < len(val):
         val = val.subset(_pick(val.labels, int(val_limit), np.random.default_rng([seed, 3])))
-    return Splits(train=train, val=val, classes=classes, mean=channel_mean(train, seed), task=task)
+    mean = None if metadata_only else channel_mean(train, seed)
+    return Splits(train=train, val=val, classes=classes, mean=mean, task=task)

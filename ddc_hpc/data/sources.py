@@ -231,7 +231,7 @@ def open_raw(source: str, *, in_memory: bool = True, num_classes: int | None = N
         return _open_synthetic(kind, options, source, num_classes)
     if kind == "npz":
         _no_more_options(options, source)
-        return open_npz(arg, num_classes, task)
+        return open_npz(arg, num_classes, task, in_memory)
     if kind == "h5":
         _no_more_options(options, source)
         return open_h5_source(arg, in_memory, task)
@@ -298,22 +298,65 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
-def open_npz(path, num_classes: int | None = None, task: str | None = None) -> RawData:
+class DeferredArray:
+    """A compressed npz member: shape and dtype from its header now, the data read (whole) only
+    when first indexed, so that a dry run or a metadata check never decompresses it."""
+
+    def __init__(self, path: Path, key: str, shape: tuple, dtype: np.dtype):
+        self.path, self.key, self.shape, self.dtype = path, key, tuple(shape), dtype
+        self._data = None
+
+    ndim = property(lambda self: len(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if self._data is None:
+            with np.load(self.path, allow_pickle=False) as z:
+                self._data = np.ascontiguousarray(z[self.key])
+        return self._data[index]
+
+
+def _npz_images(path: Path, z, key: str, in_memory: bool):
+    """One image array of an npz: read whole; or, with ``in_memory=False``, memory-mapped when
+    stored uncompressed (np.savez), deferred until first use when compressed (np.savez_compressed),
+    so that only a header is read up front."""
+    if in_memory:
+        return np.ascontiguousarray(z[key])
+    info = z.zip.getinfo(f"{key}.npy")
+    with z.zip.open(info) as member:
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(member))
+        if read_header is None:
+            return np.ascontiguousarray(z[key])
+        shape, fortran, dtype = read_header(member)
+        header = member.tell()
+    if info.compress_type != zipfile.ZIP_STORED:
+        return DeferredArray(path, key, shape, dtype)
+    with open(path, "rb") as f:  # the member's data follows its local file header in the archive
+        f.seek(info.header_offset + 26)
+        name_length, extra_length = np.frombuffer(f.read(4), "<u2")
+    offset = info.header_offset + 30 + int(name_length) + int(extra_length) + header
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def open_npz(path, num_classes: int | None = None, task: str | None = None, in_memory: bool = True) -> RawData:
     """npz with ``x`` (N, *spatial, C) uint8 and ``y``; or ``x_train``/``y_train`` (+ ``x_test``/
     ``y_test``, the test split); optional ``classes`` (array of names: classes, or targets).
 
     ``y`` holds class indices, or regression targets (N,) / (N, *target_shape) — see ``open_raw``
-    for how ``task`` decides which."""
+    for how ``task`` decides which. ``in_memory=False`` maps the images instead of reading them."""
     path = _require_file(Path(path), "npz file")
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
             if {"x", "y"} <= keys:
-                parts = {"train": (z["x"], z["y"])}
+                parts = {"train": (_npz_images(path, z, "x", in_memory), z["y"])}
             elif {"x_train", "y_train"} <= keys:
-                parts = {"train": (z["x_train"], z["y_train"])}
+                parts = {"train": (_npz_images(path, z, "x_train", in_memory), z["y_train"])}
                 if {"x_test", "y_test"} <= keys:
-                    parts["test"] = (z["x_test"], z["y_test"])
+                    parts["test"] = (_npz_images(path, z, "x_test", in_memory), z["y_test"])
             else:
                 raise BadInput(f"{path} holds arrays {sorted(keys)}; expected 'x' and 'y' "
                                "(or 'x_train', 'y_train' and optionally 'x_test', 'y_test')")
@@ -350,7 +393,7 @@ def open_npz(path, num_classes: int | None = None, task: str | None = None) -> R
             labels = check_labels(y, len(names) if names else num_classes, where)
         if len(labels) != len(x):
             raise BadInput(f"{where}: {len(x)} images but {len(labels)} labels")
-        stores[split] = ArrayStore(np.ascontiguousarray(x), labels, f"npz:{path}")
+        stores[split] = ArrayStore(x, labels, f"npz:{path}")
     if loose:
         if names is None and np.issubdtype(stores["train"].labels.dtype, np.floating):
             names = [f"target{i}" for i in range(int(np.prod(stores["train"].labels.shape[1:])))]
