@@ -88,6 +88,7 @@ class RunConfig:
     precision: str = "fp32"
     checkpoint_every: int = 1  # epochs; 0: only on signals and at phase ends
     collective_timeout: float = 300.0  # seconds a collective may wait before the job is ended
+    progress_seconds: float = 30.0  # at most one progress line per this many seconds within an epoch; 0: none
 
 
 @dataclass(frozen=True)
@@ -277,5 +278,7 @@ def validate(config: Config) -> None:
     _require(r.threads >= 0, f"run.threads must be >= 0 (0 = automatic), got {r.threads}")
     _require(r.checkpoint_every >= 0, f"run.checkpoint_every must be >= 0, got {r.checkpoint_every}")
     _require(r.collective_timeout > 0, f"run.collective_timeout must be > 0 seconds, got {r.collective_timeout}")
+    _require(r.progress_seconds >= 0, f"run.progress_seconds must be >= 0 (0 = no progress lines within an epoch), "
+             f"got {r.progress_seconds}")
     if r.strategy != "random":
         _require(config.sub.epochs >= 1, "sub.epochs must be >= 1 when the strategy trains sub-networks")

@@ -279,7 +279,7 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         job = Job(name=f"sub_{k}", model=wrapped, config=cfg.sub, task=plan.task,
                   data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
                   rank=world.rank, checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
-                  log=log)
+                  progress_seconds=cfg.run.progress_seconds, log=log)
         try:
             history = run_job(job, local, f"sub_{k}", plan)
         except comm.Preempted as stop:  # told to everyone at the first collective, in compose
@@ -357,7 +357,8 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
     slot = Slot(plan.out / "checkpoints", name, cfg.digest()) if world.is_root else None
     job = Job(name=name, model=ddp, config=phase_cfg, data=phase_data(plan, None), slot=slot, task=plan.task,
               seed=cfg.run.seed + (1 if name == "global" else 2), rank=world.rank, group=None,
-              checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision, log=log)
+              checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
+              progress_seconds=cfg.run.progress_seconds, log=log)
     initial = (evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
                if name == "global" else None)
     history = run_job(job, world, name, plan)

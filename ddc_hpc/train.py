@@ -8,6 +8,7 @@ step), so a run stopped at a step boundary and resumed follows exactly the unint
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class Job:
     group: object = None  # torch.distributed group of data-parallel peers, None for a lone rank
     checkpoint_every: int = 1
     precision: str = "fp32"  # run.precision: the autocast dtype of forward and loss
+    progress_seconds: float = 0.0  # a progress line within an epoch at most this often; 0: none
     log: Callable[[str], None] = print
     history: list[dict] = field(default_factory=list)
 
@@ -205,7 +207,9 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         loss_sum = torch.tensor(partial["loss"][peer] if resumed else 0.0, dtype=torch.float64)
         seen = partial["seen"][peer] if resumed else 0
         earlier_seconds = partial["seconds"] if resumed else 0.0
-        for step in range(start_step if epoch == start_epoch else 0, steps):
+        first_step = start_step if epoch == start_epoch else 0
+        progress = _Progress(job, epoch, steps, first_step, seen, tic)
+        for step in range(first_step, steps):
             seed = step_seed(job.seed, epoch, step)
             torch.manual_seed(seed)  # dropout and any other global-RNG use
             images, labels = data.train.read(np.asarray(order[step * cfg.batch_size : (step + 1) * cfg.batch_size]))
@@ -227,6 +231,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
             scaler.update()
             loss_sum += loss.detach().double().cpu() * len(labels)
             seen += len(labels)
+            progress(step, seen)
             comm.signal_point(job.name, epoch + 1, step + 1)
             if comm.stop_requested() if lone else comm.any_stop_requested(job.group):
                 partial = {"loss": comm.all_gather_float(loss_sum.item(), job.group),
@@ -236,6 +241,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                 raise comm.Preempted(
                     f"stop signal in phase {job.name} at epoch {epoch + 1}, step {step + 1}: "
                     "checkpoint written; run again with the same --out to resume")
+        progress.close()
         train_seconds = earlier_seconds + time.perf_counter() - tic
         metrics = evaluate(model, data, device, job.task, job.group, precision=job.precision)
         totals = comm.all_reduce_sum(torch.tensor([loss_sum.item(), seen], dtype=torch.float64), job.group)
@@ -253,6 +259,40 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         if last or (job.checkpoint_every and (epoch + 1) % job.checkpoint_every == 0):
             save(epoch + 1, 0, finished=last)
     return job.history
+
+
+class _Progress:
+    """Progress within a long epoch: on a terminal, rank 0's tqdm bar; otherwise (a SLURM log) a line
+    (step, images/s, ETA) at most every job.progress_seconds, so that minutes-long epochs are not
+    silent and a log is never flooded."""
+
+    def __init__(self, job: Job, epoch: int, steps: int, first_step: int, seen: int, tic: float):
+        self.job, self.epoch, self.steps, self.first_step, self.seen, self.tic = job, epoch, steps, first_step, seen, tic
+        self.last = tic
+        self.peers = comm.group_size(job.group)
+        self.bar = None
+        if job.progress_seconds and job.rank == 0 and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, initial=first_step, desc=f"[{job.name}] epoch {epoch + 1}", unit="step",
+                            leave=False, file=sys.stdout)
+
+    def __call__(self, step: int, seen: int) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if not self.job.progress_seconds or now - self.last < self.job.progress_seconds or step + 1 == self.steps:
+            return
+        self.last, elapsed = now, now - self.tic
+        rate = (seen - self.seen) * self.peers / max(elapsed, 1e-9)
+        eta = elapsed / (step + 1 - self.first_step) * (self.steps - step - 1)
+        self.job.log(f"[{self.job.name}] epoch {self.epoch + 1}/{self.job.config.epochs}  step {step + 1}/{self.steps}"
+                     f"  {rate:.0f} img/s  epoch ETA {eta:.0f} s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _progress_line(row: dict, epochs: int, elapsed: float, done_here: int) -> str:

@@ -89,3 +89,9 @@ def test_a_value_of_the_wrong_type_shows_the_toml_syntax():
     with pytest.raises(BadInput) as err:
         load_config(None, ["sub.epochs=five"])
     assert "epochs = 5 under [sub]" in str(err.value) and "--set sub.epochs=5" in str(err.value)
+
+
+def test_progress_seconds_must_not_be_negative():
+    assert load_config(None, ["run.progress_seconds=0"]).run.progress_seconds == 0
+    with pytest.raises(BadInput, match="run.progress_seconds must be >= 0"):
+        load_config(None, ["run.progress_seconds=-1"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -202,3 +203,12 @@ def test_pytest_under_mpiexec_prints_one_mpi_information_block():
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stdout.count("MPI Information") == 1, done.stdout
+
+
+def test_progress_lines_within_an_epoch_follow_run_progress_seconds(tiny_run, tmp_path):
+    done = run_pipeline(1, tmp_path / "run", "run.strategy=random", "run.progress_seconds=0.001")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^\[random\] epoch 1/2  step 1/6  \d+ img/s  epoch ETA \d+ s$", done.stdout, re.M), done.stdout
+    assert "step 6/6" not in done.stdout  # the epoch's own line reports the last step
+    _, default = tiny_run  # 30 s by default: a short run prints one line per epoch only
+    assert not re.search(r"step \d+/\d+", default.stdout), default.stdout
