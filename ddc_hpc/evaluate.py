@@ -1,6 +1,6 @@
 """`python -m ddc_hpc.evaluate`: top-1/top-5 accuracy of a saved network on a dataset.
 
-    python -m ddc_hpc.evaluate --checkpoint runs/x/model.pt --data h5:cifar10.h5 [--json]
+    python -m ddc_hpc.evaluate --checkpoint runs/x/model.pt --data h5:cifar10.h5 [--json]   # its test split
     python -m ddc_hpc.evaluate --checkpoint runs/x/composed_model.pt --run runs/x   # its val split
 
 Works for model.pt, composed_model.pt, random_model.pt and subnet_<k>.pt (fed its own tile).
@@ -16,7 +16,7 @@ import torch
 
 from . import comm
 from .config import ModelConfig, load_config
-from .data import load_dataset
+from .data import load_dataset, parse_source
 from .errors import BadInput
 from .models import build_model
 from .train import PhaseData, Task, evaluate
@@ -36,11 +36,45 @@ def load_network(path: Path) -> tuple[torch.nn.Module, dict]:
     return model.eval(), saved
 
 
+def _same_source(a: str, b: str) -> bool:
+    """Whether two source strings name the same data (paths compared resolved)."""
+    (kind_a, arg_a, opts_a), (kind_b, arg_b, opts_b) = parse_source(a), parse_source(b)
+    resolve = lambda arg: str(Path(arg).resolve()) if arg else ""  # noqa: E731
+    return (kind_a, resolve(arg_a), opts_a) == (kind_b, resolve(arg_b), opts_b)
+
+
+def scored_sets(source: str, saved: dict, classes: int, task: Task) -> tuple[list, str, str]:
+    """What `--data` scores, and how to say it: the source's test split; on the model's own training
+    data without one, the validation split it held out (the run's seed and val_fraction), never the
+    samples it was trained on; on other data, every sample. Data shaped unlike the model's training
+    samples is refused (BadInput)."""
+    trained = saved["config"]
+    splits = load_dataset(source, num_classes=classes, val_fraction=trained["data"]["val_fraction"],
+                          seed=trained["run"]["seed"], task=task.name)
+    shape, expected = splits.train.image_shape, saved.get("sample_shape")
+    channels = saved["spec"].get("in_channels")
+    if (expected is not None and tuple(expected) != shape) or (channels is not None and shape[-1] != channels):
+        raise BadInput(f"{source} holds samples of shape {shape} but the network was trained on "
+                       f"{tuple(expected) if expected else f'{channels}-channel'} samples of {trained['data']['source']}; "
+                       "its score there would mean nothing: evaluate it on data shaped like its training data "
+                       "(or --run RUN_DIR for the run's own validation split)")
+    if splits.held_out == "test":
+        return [splits.val], "test", f"the test split of {source}"
+    if _same_source(source, trained["data"]["source"]):
+        return [splits.val], "validation", (
+            f"the validation split the run held out (seed {trained['run']['seed']}, val_fraction "
+            f"{trained['data']['val_fraction']}); the other {len(splits.train)} samples are its training split, not scored")
+    return [splits.train, splits.val], "all", (
+        f"every sample of {source} (it has no test split); the network was trained on "
+        f"{trained['data']['source']}, a different source")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ddc_hpc.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="model.pt, composed_model.pt, subnet_<k>.pt ...")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="every sample of a dataset: npz:PATH, h5:PATH, cifar10:ROOT, ...")
+    source.add_argument("--data", help="a dataset (npz:PATH, h5:PATH, cifar10:ROOT, ...): its test split; on the "
+                        "model's own training data without one, the validation split it held out; else every sample")
     source.add_argument("--run", help="a run directory: its own validation split (same seed and fraction)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--json", action="store_true", help='print {"top1": .., "top5": .., "n": ..} (regression: mae, rmse)')
@@ -55,10 +89,9 @@ def main(argv=None) -> None:
             config = load_config(Path(args.run) / "config.toml")
             splits = load_dataset(config.data.source, num_classes=classes, val_fraction=config.data.val_fraction,
                                   seed=config.run.seed, limit=config.data.limit or None, task=task.name)
-            sets = [splits.val]
+            sets, split, what = [splits.val], "validation", f"the validation split of the run {args.run}"
         else:
-            splits = load_dataset(args.data, num_classes=classes, val_fraction=0.5, seed=0, task=task.name)
-            sets = [splits.train, splits.val]
+            sets, split, what = scored_sets(args.data, saved, classes, task)
         keys = ("val_accuracy", "val_top5") if task.name == "classification" else ("val_mae", "val_rmse")
         names = ("top1", "top5") if task.name == "classification" else ("mae", "rmse")
         sums, n = dict.fromkeys(names, 0.0), 0
@@ -68,12 +101,12 @@ def main(argv=None) -> None:
             for name, key in zip(names, keys):
                 sums[name] += m[key] ** (2 if name == "rmse" else 1) * m["val_samples"]
             n += m["val_samples"]
-        result = {name: (value / n) ** (0.5 if name == "rmse" else 1) for name, value in sums.items()} | {"n": n}
+        result = {name: (value / n) ** (0.5 if name == "rmse" else 1) for name, value in sums.items()}
         if args.json:
-            print(json.dumps(result))
+            print(json.dumps(result | {"n": n, "split": split}))
         else:
-            print(f"{args.checkpoint}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "n")
-                  + f"  on {n} samples")
+            print(f"{args.checkpoint}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items())
+                  + f"  on {n} samples: {what}")
 
     comm.run_guarded(evaluate_checkpoint)
 

@@ -294,9 +294,11 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
 
 
 def _model_file(module: torch.nn.Module, plan: Plan, tile=None) -> dict:
-    """A saved network with what it takes to rebuild and feed it (spec, training mean, tile)."""
+    """A saved network with what it takes to rebuild and feed it (spec, training mean, tile, and the
+    shape of the samples it was trained on)."""
     return {"spec": getattr(module, "ddc_spec", None), "state_dict": module.state_dict(),
-            "mean": plan.data.mean, "tile": tile, "config": plan.config.to_dict()}
+            "mean": plan.data.mean, "tile": tile, "config": plan.config.to_dict(),
+            "sample_shape": plan.data.train.image_shape}
 
 
 def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tuple[dict, torch.nn.Module | None]:

@@ -48,6 +48,43 @@ def test_composed_init_accuracy_equals_serial_recomputation(tiny_run):
     assert json.loads(evaluated.stdout)["top1"] == pytest.approx(r["compose"]["init_val_accuracy"], abs=1e-9)
 
 
+def _evaluate(checkpoint, *args):
+    return launch(1, "ddc_hpc.evaluate", "--checkpoint", str(checkpoint), *args)
+
+
+def test_evaluate_on_the_training_data_scores_only_the_held_out_split(tiny_run):
+    out, _ = tiny_run
+    done = _evaluate(out / "model.pt", "--data", "synthetic", "--json")
+    assert done.returncode == 0, done.stderr
+    scored = json.loads(done.stdout)
+    assert scored["n"] == 400 and scored["split"] == "validation"  # 1600 of the 2000 are training samples
+    assert scored["top1"] == pytest.approx(results(out)["global"]["val_accuracy"], abs=1e-9)
+    said = _evaluate(out / "model.pt", "--data", "synthetic")
+    assert "on 400 samples: the validation split the run held out" in said.stdout, said.stdout
+
+
+def test_evaluate_scores_a_test_split_and_says_when_it_scores_everything(tiny_run, tmp_path):
+    out, _ = tiny_run
+    x, y = np.random.default_rng(0).integers(0, 256, (30, 32, 32, 3), dtype=np.uint8), np.arange(30) % 10
+    np.savez(tmp_path / "split.npz", x_train=x[:20], y_train=y[:20], x_test=x[20:], y_test=y[20:])
+    np.savez(tmp_path / "flat.npz", x=x, y=y)
+    tested = json.loads(_evaluate(out / "model.pt", "--data", f"npz:{tmp_path / 'split.npz'}", "--json").stdout)
+    assert tested["n"] == 10 and tested["split"] == "test"
+    done = _evaluate(out / "subnet_1.pt", "--data", f"npz:{tmp_path / 'flat.npz'}")
+    assert done.returncode == 0, done.stderr
+    assert "on 30 samples: every sample of" in done.stdout and "trained on synthetic, a different source" in done.stdout
+
+
+@pytest.mark.parametrize("shape", [(20, 16, 16, 3), (20, 32, 32, 1)])
+def test_evaluate_refuses_data_shaped_unlike_the_training_data(tiny_run, tmp_path, shape):
+    out, _ = tiny_run
+    np.savez(tmp_path / "other.npz", x=np.zeros(shape, np.uint8), y=np.arange(20) % 10)
+    done = _evaluate(out / "model.pt", "--data", f"npz:{tmp_path / 'other.npz'}")
+    assert done.returncode == 2, done.stderr
+    assert f"holds samples of shape {shape[1:]} but the network was trained on" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_more_ranks_than_subnetworks_train_in_groups(tmp_path):
     out = tmp_path / "run"
     done = run_pipeline(4, out, "decompose.partitions=2", "run.strategy=ddc")

@@ -73,6 +73,7 @@ class Splits:
     classes: list[str]  # class names; for regression the target names (one per output)
     mean: torch.Tensor | None  # (C,) per-channel training mean in [0, 1] units; None: metadata only
     task: str = "classification"  # as asked of load_dataset
+    held_out: str = "validation"  # what `val` is: the source's own "test" split, or a "validation" share of train
 
 
 def _stratified_pick(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -231,4 +232,5 @@ def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, s
     if val_limit is not None and val_limit < len(val):
         val = val.subset(_pick(val.labels, int(val_limit), np.random.default_rng([seed, 3])))
     mean = None if metadata_only else channel_mean(train, seed)
-    return Splits(train=train, val=val, classes=classes, mean=mean, task=task)
+    held_out = "test" if raw.test is not None and len(raw.test) else "validation"
+    return Splits(train=train, val=val, classes=classes, mean=mean, task=task, held_out=held_out)
