@@ -23,7 +23,7 @@ import textwrap
 import tomllib
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 from .errors import BadInput
 from .partition import subnets_of_rank, tile_shape
 

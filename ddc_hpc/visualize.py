@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 from .config import load_config
 from .data import load_dataset, make_batch
 from .errors import BadInput

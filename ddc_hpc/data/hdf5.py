@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from ..errors import BadInput
+from ..files import publish, staging_path
 
 FORMAT = "ddc_hpc.images"
 FORMAT_VERSION = 1
@@ -151,7 +152,7 @@ class H5Writer:
             raise BadInput(f"images must be (*spatial, C) with at least one spatial axis, got {self.image_shape}")
         self.classes = [str(c) for c in classes]
         self.source, self.command, self.compression = source, command, compression
-        self.tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+        self.tmp = staging_path(self.path)
         self._hash = {s: (hashlib.sha256(), hashlib.sha256()) for s in SPLITS}
         self._count = {s: 0 for s in SPLITS}
         try:
@@ -215,17 +216,7 @@ class H5Writer:
         attrs["checksum"] = self._digest()
         self._file.flush()
         self._file.close()
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        publish(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:
