@@ -28,6 +28,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ddc_hpc.plotting import pyplot  # noqa: E402
+
 
 def ddc_curve(results: dict) -> tuple[list[float], list[float]]:
     sub, comp, glob = results["sub"], results["compose"], results["global"]
@@ -92,10 +96,7 @@ def analyse(results: dict) -> dict:
 
 
 def plot(results: dict, summary: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     (ddc_t, ddc_a), (r_t, r_a) = summary["curves"]["ddc"], summary["curves"]["random"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))

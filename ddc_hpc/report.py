@@ -23,9 +23,10 @@ import textwrap
 import tomllib
 from pathlib import Path
 
-from .files import atomic_write
 from .errors import BadInput
+from .files import atomic_write
 from .partition import subnets_of_rank, tile_shape
+from .plotting import pyplot
 
 METRIC_COLUMNS = ["phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top5", "val_mae", "val_rmse", "lr", "seconds",
                   "train_seconds", "train_samples", "images_per_second"]
@@ -157,15 +158,6 @@ def sub_curves(results: dict) -> list[tuple[list[float], list[float], list[float
             seconds.append(total)
         curves.append(([r["epoch"] for r in history], seconds, [r[metric_of(results)] for r in history]))
     return curves
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot(out: Path, results: dict) -> None:
@@ -383,7 +375,7 @@ def accuracy_figure(runs: list[dict], path: Path, axis: int = 0) -> None:
     a run; the SNets on their own tiles in thin lines. axis 0: epochs (equal-iteration axis, GNet-T
     starts after the SNets' epochs), axis 1: wall time in seconds (GNet-T starts after sub + compose).
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     columns = min(3, len(runs))
@@ -424,7 +416,7 @@ PHASE_LABELS = {"sub": "SNets (sub)", "compose": "compose", "global": "GNet-T tr
 
 def phase_seconds_figure(runs: list[dict], path: Path) -> None:
     """Fig. 3.1 / 3.5: wall time per phase; per run a stacked DDC bar and a GNet-R bar."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 2.4 * len(runs) + 1.5), 4.4))
     labelled = set()
     tallest = max([sum(r["results"].get(p, {}).get("seconds", 0.0) for p in ("sub", "compose", "global"))

@@ -34,6 +34,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .plotting import pyplot
+
 PHASES = ("sub", "compose", "global", "random")
 MODES = ("strong", "weak")
 MANIFEST = "scaling.json"
@@ -147,10 +149,7 @@ def write_csv(path: Path, table: list[dict]) -> None:
 
 def plot(out: Path, table: list[dict], title: str) -> list[Path]:
     """scaling_speedup.png and scaling_efficiency.png: measured curves and the ideal line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     unit, mode = table[0]["unit"], table[0]["scaling"]
     counts = [r["count"] for r in table]

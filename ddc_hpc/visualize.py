@@ -37,13 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .files import atomic_write
 from .config import load_config
 from .data import load_dataset, make_batch
 from .errors import BadInput
+from .files import atomic_write
 from .evaluate import load_network
 from .models import build_model
 from .partition import default_grid
+from .plotting import pyplot
 from .run import RANDOM_INIT_SEED_OFFSET
 
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
@@ -276,7 +277,7 @@ def _fmt(value) -> str:
 
 
 def features_figure(rows, layers, path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     K = max(r["subnet"] for r in rows) + 1
     columns = 3 * len(layers)
     fig, axes = plt.subplots(K, columns, figsize=(1.9 * columns, 2.2 * K + 0.9), squeeze=False)
@@ -318,7 +319,7 @@ def cams_figure(image: np.ndarray, label: str, global_cams: dict, sub_cams: list
                 title: str) -> None:
     """Top: the image with its tiles and the global networks' CAMs; below: the SNets' CAMs on their
     tiles, laid out as the tile grid."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     top = 1 + len(global_cams)
@@ -344,15 +345,6 @@ def cams_figure(image: np.ndarray, label: str, global_cams: dict, sub_cams: list
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ---------------------------------------------------------------------------------------------- main
