@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .config import TASKS
 from .partition import default_grid
 
-TASKS = ("classification", "regression", "autoencoder")
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_STATE = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
 

@@ -28,13 +28,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..config import TASKS
 from ..errors import BadInput
 from ..files import publish, staging_path
 
 FORMAT = "ddc_hpc.images"
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
-TASKS = ("classification", "regression", "autoencoder")
 STORED_TASKS = ("classification", "regression")  # what a file's labels can be
 _READ_BLOCK = 1024  # samples per block when streaming a whole split (checksums, means, info)
 
