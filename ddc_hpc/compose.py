@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .config import TASKS
-from .partition import default_grid
+from .partition import default_grid, spread
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_STATE = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
@@ -67,8 +67,7 @@ def field_origins(global_spatial: Sequence[int], sub_spatial: Sequence[int], gri
         raise ValueError(f"a {tuple(sub_spatial)} field on a {tuple(global_spatial)} feature map "
                          f"with a {tuple(grid or ())} grid does not fit")
     if grid is not None:
-        axes = [[0] if parts == 1 else [round(i * (size - field) / (parts - 1)) for i in range(parts)]
-                for size, field, parts in zip(global_spatial, sub_spatial, grid)]
+        axes = [spread(size, field, parts) for size, field, parts in zip(global_spatial, sub_spatial, grid)]
         return list(itertools.product(*axes))
     if input_size is None:
         raise ValueError("field_origins: tiles need input_size, the spatial shape they were cut from")

@@ -40,8 +40,15 @@ def _axis_tiles(length: int, parts: int, overlap: int, crop: int, axis: int) -> 
             f"axis {axis}: overlap {overlap} makes tiles of {size} px, larger than the {inner} px "
             f"being split; use an overlap below {inner - inner // parts + 1}"
         )
-    span = inner - size  # the first tile starts at 0, the last ends at `inner`, spread evenly
-    return [slice(crop + s, crop + s + size) for s in (round(i * span / (parts - 1)) for i in range(parts))]
+    return [slice(crop + s, crop + s + size) for s in spread(inner, size, parts)]
+
+
+def spread(length: int, size: int, parts: int) -> list[int]:
+    """Starts of `parts` blocks of `size` along `length`: the first at 0, the last ending at
+    `length`, the others evenly between (rounded). Tiles and their activation fields both use it."""
+    if parts == 1:
+        return [0]
+    return [round(i * (length - size) / (parts - 1)) for i in range(parts)]
 
 
 def tile_slices_nd(
@@ -127,6 +134,7 @@ __all__ = [
     "tile_slices",
     "tile_slices_nd",
     "tile_shape",
+    "spread",
     "default_grid",
     "subnets_of_rank",
     "subnet_group",

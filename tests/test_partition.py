@@ -145,3 +145,13 @@ def test_default_grids_for_signals_and_volumes():
     assert default_grid(4, 1) == (4,)
     assert default_grid(4, 3) == (1, 2, 2)
     assert default_grid(16, 3) == (2, 2, 4)
+
+
+def test_spread_puts_the_first_block_at_zero_and_the_last_at_the_end():
+    """One formula for tiles (tile_slices_nd) and their activation fields (compose.field_origins)."""
+    from ddc_hpc.compose import field_origins
+    from ddc_hpc.partition import spread
+
+    assert spread(32, 20, 2) == [0, 12] and spread(10, 4, 3) == [0, 3, 6] and spread(7, 7, 1) == [0]
+    assert [t[0].start for t in tile_slices_nd((32,), (3,), overlap=2, crop=1)] == [1 + s for s in spread(30, 12, 3)]
+    assert field_origins((8, 8), (5, 5), (2, 2)) == [(a, b) for a in spread(8, 5, 2) for b in spread(8, 5, 2)]
