@@ -16,7 +16,7 @@ import torch
 
 from . import comm
 from .config import ModelConfig, load_config
-from .data import load_dataset, parse_source
+from .data import load_dataset, load_from_config, parse_source
 from .errors import BadInput
 from .models import build_model
 from .train import PhaseData, Task, evaluate
@@ -87,9 +87,7 @@ def main(argv=None) -> None:
         task = Task(model_config.task, model_config.loss_name)
         if args.run:
             config = load_config(Path(args.run) / "config.toml")
-            splits = load_dataset(config.data.source, num_classes=classes, val_fraction=config.data.val_fraction,
-                                  seed=config.run.seed, limit=config.data.limit or None, task=task.name)
-            sets, split, what = [splits.val], "validation", f"the validation split of the run {args.run}"
+            sets, split, what = [load_from_config(config).val], "validation", f"the validation split of the run {args.run}"
         else:
             sets, split, what = scored_sets(args.data, saved, classes, task)
         keys = ("val_accuracy", "val_top5") if task.name == "classification" else ("val_mae", "val_rmse")

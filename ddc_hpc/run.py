@@ -30,7 +30,7 @@ from . import comm, report
 from .checkpoint import Slot, atomic_write, existing_digests, save_torch
 from .compose import compose, flatten_fc_layers, flatten_state, state_numel, theorem_error, unflatten_state
 from .config import Config, load_config
-from .data import Splits, check_tiles, load_dataset, make_batch
+from .data import Splits, check_tiles, load_from_config, make_batch
 from .errors import BadInput
 from .models import build_model, model_defaults, model_names, model_options
 from .partition import default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd
@@ -95,10 +95,7 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     """Parse and check everything; raises BadInput before any work is done."""
     config = load_config(args.config, args.set)
     d = config.decompose
-    data = load_dataset(config.data.source, num_classes=config.model.num_classes,
-                        val_fraction=config.data.val_fraction, seed=config.run.seed,
-                        limit=config.data.limit or None, in_memory=config.data.in_memory,
-                        task=config.model.task, metadata_only=args.dry_run)
+    data = load_from_config(config, metadata_only=args.dry_run)
     if config.model.name not in model_names():
         close = difflib.get_close_matches(config.model.name, model_names(), n=3)
         raise BadInput(f"unknown model.name {config.model.name!r}" + (f" (did you mean {', '.join(close)}?)" if close

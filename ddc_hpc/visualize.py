@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import load_config
-from .data import load_dataset, make_batch
+from .data import load_from_config, make_batch
 from .errors import BadInput
 from .files import atomic_write
 from .evaluate import load_network
@@ -165,6 +165,8 @@ def load_run(run_dir: Path) -> dict:
     if not (run_dir / "config.toml").is_file():
         raise BadInput(f"{run_dir} has no config.toml: pass the --out folder of a python -m ddc_hpc.run run")
     config = load_config(run_dir / "config.toml")
+    if config.model.task != "classification":
+        raise BadInput(f"{run_dir} is a {config.model.task} run: class activation maps need a classifier")
     K = config.decompose.partitions
 
     def network(name: str):
@@ -183,9 +185,7 @@ def load_run(run_dir: Path) -> dict:
     if reference is None:
         raise BadInput(f"{run_dir} holds no global network (composed_model.pt, model.pt, random_model.pt)")
     nets["GNet-R before training"] = (random_init(reference["spec"], config.run.seed), reference)
-    splits = load_dataset(config.data.source, num_classes=config.model.num_classes,
-                          val_fraction=config.data.val_fraction, seed=config.run.seed,
-                          limit=config.data.limit or None, in_memory=config.data.in_memory)
+    splits = load_from_config(config)
     grid = config.decompose.grid or default_grid(K, len(splits.val.image_shape) - 1)
     return {"config": config, "subnets": subnets, "nets": nets, "val": splits.val, "classes": splits.classes,
             "mean": reference["mean"], "grid": tuple(grid)}

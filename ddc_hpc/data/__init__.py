@@ -8,7 +8,7 @@ See docs/DATA.md.
 
 from .hdf5 import TASKS, H5Writer, check_labels, check_targets, content_checksum
 from .importers import describe, import_dataset
-from .loader import ImageSet, Splits, channel_mean, channel_std, load_dataset, stratified_split
+from .loader import ImageSet, Splits, channel_mean, channel_std, load_dataset, load_from_config, stratified_split
 from .sources import KINDS, parse_source
 from .synthetic import TARGET_NAMES, synthetic, synthetic1d, synthetic3d
 from .views import batches, check_tiles, make_batch, to_channels_first
@@ -17,6 +17,7 @@ __all__ = [
     "Splits",
     "ImageSet",
     "load_dataset",
+    "load_from_config",
     "make_batch",
     "batches",
     "synthetic",

@@ -234,3 +234,15 @@ def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, s
     mean = None if metadata_only else channel_mean(train, seed)
     held_out = "test" if raw.test is not None and len(raw.test) else "validation"
     return Splits(train=train, val=val, classes=classes, mean=mean, task=task, held_out=held_out)
+
+
+def load_from_config(config, **options) -> Splits:
+    """The splits a run's `config` (a ddc_hpc.config.Config) trains and validates on.
+
+    The training run, evaluate --run and visualize all load through here, so they see the same
+    samples in the same split with the same mean; `options` go to load_dataset (metadata_only).
+    """
+    return load_dataset(config.data.source, num_classes=config.model.num_classes,
+                        val_fraction=config.data.val_fraction, seed=config.run.seed,
+                        limit=config.data.limit or None, in_memory=config.data.in_memory, task=config.model.task,
+                        **options)
