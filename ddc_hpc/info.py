@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from .models import build_model, model_defaults, model_options
+from .models import build_model, input_options, model_defaults
 from .partition import default_grid, tile_shape, tile_slices_nd
 from .sizes import count_flops, count_params
 
@@ -67,10 +67,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _meta_model(name: str, num_classes: int, partitions: int, size: tuple[int, ...] | None, width: int | None):
     options = {} if width is None else {"width": width}
-    if size is not None and "input_size" in model_options(name):  # a flatten-FC head is built for its input
-        options["input_size"] = size[0] if len(set(size)) == 1 else size
-    if size is not None and "in_features" in model_options(name):  # an mlp's first layer reads its segment
-        options["in_features"] = size[0]
+    if size is not None:
+        options.update(input_options(name, size))
     with torch.device("meta"):
         return build_model(name, num_classes, partitions, **options)
 

@@ -32,7 +32,7 @@ from .compose import compose, flatten_fc_layers, flatten_state, state_numel, the
 from .config import Config, load_config
 from .data import Splits, check_tiles, load_from_config, make_batch
 from .errors import BadInput
-from .models import build_model, model_defaults, model_names, model_options
+from .models import build_model, input_options, model_defaults, model_names, model_options
 from .partition import default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd
 from .engine import MPIDataParallel
 from .train import Job, PhaseData, Task, evaluate, fit
@@ -82,13 +82,9 @@ def build(config: Config, partitions: int, sample_shape: tuple[int, ...], seed: 
 
     `sample_shape` is (*spatial, channels); the options a family takes are read from the registry.
     """
-    *spatial, channels = sample_shape
-    accepted = model_options(config.model.name)
-    derived = {"width": config.model.width, "in_channels": channels, "dims": len(spatial),
-               "input_size": tuple(spatial) if len(spatial) > 1 else spatial[0], "in_features": spatial[0]}
     torch.manual_seed(seed)
-    return build_model(config.model.name, config.model.num_classes, partitions=partitions,
-                       **{k: v for k, v in derived.items() if k in accepted})
+    return build_model(config.model.name, config.model.num_classes, partitions=partitions, width=config.model.width,
+                       **input_options(config.model.name, sample_shape[:-1], sample_shape[-1]))
 
 
 def prepare(args: argparse.Namespace, stamp: str) -> Plan:

@@ -9,7 +9,7 @@ from ddc_hpc.compose import (
     compose, field_origins, flatten_fc_layers, flatten_state, output_tiled_layers, state_numel, theorem_error,
     unflatten_state,
 )
-from ddc_hpc.models import build_model, model_defaults, model_names, model_options
+from ddc_hpc.models import build_model, input_options, model_defaults, model_names, model_options
 from ddc_hpc.partition import tile_shape, tile_slices_nd
 
 torch.set_num_threads(1)
@@ -54,12 +54,11 @@ def small_case(name: str, K: int, task: str | None = None, num_classes: int = 10
     defaults = model_defaults(name)
     dims = defaults["dims"]
     size = {1: 32, 3: 8}.get(dims, 16 if defaults["input_size"] <= 32 else 32)
-    options, tiles = {"width": 16}, None
-    sub_options = options
-    if "in_features" in model_options(name):
-        options.update(in_features=size, in_channels=2)
-        tiles = tile_slices_nd((size,), (K,), overlap=overlap)
-        sub_options = {**options, "in_features": tile_shape(tiles)[0]}
+    spatial, channels, tiles = (size,) * dims, None, None
+    if "in_features" in model_options(name):  # two channels of a 1D feature vector, cut in K tiles
+        channels, tiles = 2, tile_slices_nd(spatial, (K,), overlap=overlap)
+    options = {"width": 16, **input_options(name, spatial, channels)}
+    sub_options = {"width": 16, **input_options(name, tile_shape(tiles) if tiles else spatial, channels)}
     channels = model_defaults(name, **options)["input_shape"][0]
     subnets = [randomize_batchnorm(build_model(name, num_classes, K, **sub_options)) for _ in range(K)]
     global_net = build_model(name, num_classes, 1, **options)

@@ -159,3 +159,16 @@ def test_cnn11_comes_in_1d_2d_and_3d(dims, shape):
     model = meta_model("cnn11", 4, width=8, dims=dims)
     assert model(torch.zeros(shape, device="meta")).shape == (2, 4)
     assert sum(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()) == 10
+
+
+def test_input_options_are_what_each_family_accepts_of_the_sample_shape():
+    """One derivation of a model's input options from a sample shape (run.build, info, the tests)."""
+    from ddc_hpc.models import input_options
+
+    assert input_options("vgg11", (64, 32), 1) == {"in_channels": 1, "input_size": (64, 32)}
+    assert input_options("cnn11", (32, 32), 3) == {"in_channels": 3, "dims": 2}
+    assert input_options("mlp", (20,), 2) == {"in_channels": 2, "in_features": 20}
+    assert input_options("cifar_resnet20", (32, 32)) == {}
+    for name in model_names():
+        spatial = (model_defaults(name)["input_size"],) * model_defaults(name)["dims"]
+        assert set(input_options(name, spatial, 1)) <= set(model_options(name))

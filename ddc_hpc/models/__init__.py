@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -57,6 +58,22 @@ def _entry(name: str) -> _Entry:
 def model_options(name: str) -> dict:
     """Options `name` accepts and their defaults, e.g. {'width': 64, 'in_channels': 3}."""
     return {n: p.default for n, p in _entry(name).options().items()}
+
+
+def input_options(name: str, spatial: Sequence[int], channels: int | None = None) -> dict:
+    """The options of `name` that size its input, for samples of `spatial` shape with `channels`.
+
+    Only those the family accepts: `in_channels` (left to its default when `channels` is None),
+    `dims`, `input_size` (one int in 1D, a tuple otherwise: a flatten-FC head is built for it) and
+    `in_features` (an mlp's first layer reads the whole length).
+    """
+    spatial = tuple(int(n) for n in spatial)
+    derived = {"dims": len(spatial), "input_size": spatial if len(spatial) > 1 else spatial[0],
+               "in_features": spatial[0]}
+    if channels is not None:
+        derived["in_channels"] = int(channels)
+    accepted = model_options(name)
+    return {k: v for k, v in derived.items() if k in accepted}
 
 
 def model_defaults(name: str, **options) -> dict:
@@ -135,4 +152,4 @@ def build_model(name: str, num_classes: int, partitions: int = 1, **options) -> 
 # Importing the families registers them.
 from . import cifar_resnet, cnn, convnd, mlp, recurrent, resnet, resnet3d, vgg  # noqa: E402,F401
 
-__all__ = ["register", "build_model", "model_names", "model_options", "model_defaults"]
+__all__ = ["register", "build_model", "model_names", "model_options", "model_defaults", "input_options"]
