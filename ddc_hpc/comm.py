@@ -26,7 +26,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.distributed as dist
-from mpi4py import MPI
+
+
+class _MPIOnFirstUse:
+    """Stands for mpi4py.MPI until first used, then imports it (MPI_Init) and takes its place:
+    the serial tools import this module through train.py and never start MPI."""
+
+    def __getattr__(self, name):
+        global MPI
+        from mpi4py import MPI
+
+        return getattr(MPI, name)
+
+
+MPI = _MPIOnFirstUse()
 
 from .errors import BadInput
 

@@ -27,6 +27,7 @@ TASKS = ("classification", "regression", "autoencoder")
 LOSSES = ("auto", "cross_entropy", "mse", "l1")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
+RANDOM_INIT_SEED_OFFSET = 7919  # GNet-R is built right after seeding with run.seed + this
 
 
 @dataclass(frozen=True)

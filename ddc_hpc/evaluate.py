@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 
-from . import comm
 from .config import ModelConfig, load_config
 from .data import load_dataset, load_from_config, parse_source
-from .errors import BadInput
+from .errors import BadInput, run_serial
 from .models import build_model
 from .train import PhaseData, Task, evaluate
 
@@ -106,7 +105,7 @@ def main(argv=None) -> None:
             print(f"{args.checkpoint}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items())
                   + f"  on {n} samples: {what}")
 
-    comm.run_guarded(evaluate_checkpoint)
+    run_serial(evaluate_checkpoint)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import textwrap
 import tomllib
 from pathlib import Path
 
-from .errors import BadInput
+from .errors import BadInput, run_serial
 from .files import atomic_write
 from .partition import subnets_of_rank, tile_shape
 from .plotting import pyplot
@@ -497,12 +497,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="report",
                         help="folder for report.md and the PNG figures (default: ./report)")
     args = parser.parse_args(argv)
-    try:
-        text = report(args.runs, Path(args.out))
-    except BadInput as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(text, end="")
+    print(run_serial(lambda: report(args.runs, Path(args.out))), end="")
     print(f"\nwritten: {Path(args.out) / 'report.md'}, accuracy.png, time_to_accuracy.png, phase_seconds.png",
           file=sys.stderr)
 

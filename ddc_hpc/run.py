@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import comm, report
 from .checkpoint import Slot, atomic_write, existing_digests, save_torch
 from .compose import compose, flatten_fc_layers, flatten_state, state_numel, theorem_error, unflatten_state
-from .config import Config, load_config
+from .config import RANDOM_INIT_SEED_OFFSET, Config, load_config
 from .data import Splits, check_tiles, load_from_config, make_batch
 from .errors import BadInput
 from .models import build_model, input_options, model_defaults, model_names, model_options
@@ -38,7 +38,6 @@ from .engine import MPIDataParallel
 from .train import Job, PhaseData, Task, evaluate, fit
 
 THEOREM_RTOL = 1e-4  # composed logits vs sum of sub-network logits, relative to max |logit|
-RANDOM_INIT_SEED_OFFSET = 7919  # GNet-R is built right after seeding with run.seed + this
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ count in it) it writes to DIR (default RUN_DIR/visualize):
   after BN+ReLU, w the FC weights of the predicted class), bilinearly upsampled and overlaid on
   the input: every sub-network on its tile; GNet-T before (composed_model.pt) and after training
   (model.pt); GNet-R before training — rebuilt exactly as run.py builds the baseline, with the
-  global RNG seeded to run.seed + run.RANDOM_INIT_SEED_OFFSET before ``build_model`` — and after (random_model.pt).
+  global RNG seeded to run.seed + ddc_hpc.config.RANDOM_INIT_SEED_OFFSET before ``build_model`` — and after (random_model.pt).
 * ``visualize.json`` — every difference and prediction shown, as numbers.
 
 Works for networks that end in global average pooling (cnn11, the CIFAR and ImageNet ResNets).
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import load_config
+from .config import RANDOM_INIT_SEED_OFFSET, load_config
 from .data import load_from_config, make_batch
-from .errors import BadInput
+from .errors import BadInput, run_serial
 from .files import atomic_write
 from .evaluate import load_network
 from .models import build_model
 from .partition import default_grid
 from .plotting import pyplot
-from .run import RANDOM_INIT_SEED_OFFSET
 
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 
@@ -423,21 +421,18 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.run) / "visualize"
     indices = args.indices if args.indices is not None else list(range(max(args.images, 0)))
-    try:
-        summary = visualize(Path(args.run), indices, out, args.layers)
-    except BadInput as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    feats = [r for r in summary["features"]]
+    run_serial(lambda: _print_summary(visualize(Path(args.run), indices, out, args.layers), out))
+
+
+def _print_summary(summary: dict, out: Path) -> None:
     print(f"{len(summary['images'])} image(s) -> {out}: features_<i>.png, cam_<i>.png, visualize.json")
     for layer in summary["layers"]:
-        rows = [r for r in feats if r["layer"] == layer]
+        rows = [r for r in summary["features"] if r["layer"] == layer]
         if rows:
             inner = [r["max_abs_diff_interior"] for r in rows if r["max_abs_diff_interior"] is not None]
             print(f"  layer {layer}: max |SNet - GNet-T| {max(r['max_abs_diff'] for r in rows):.3g} over the tiles, "
                   f"{max(inner) if inner else float('nan'):.3g} in their interiors "
                   f"(largest value {max(r['max_abs_value'] for r in rows):.3g})")
-
 
 if __name__ == "__main__":
     main()
