@@ -7,7 +7,7 @@ Side by side, on one thread each (torch.set_num_threads(1)), batch 128, augmenta
 * consumer: one Adam training step per batch of cifar_resnet20 — the K=4 sub-network of the
   width-64 global net (``partitions=4, width=64``: stage-1 width 16) on 16x16 and 20x20 tiles,
   and for full 32x32 images ``partitions=1, width=16`` (the width-64 global net is too slow to
-  time on this CPU: ~50x the sub-network's cost, ENVIRONMENT.md);
+  time on this CPU: one single-thread step costs ~50x the sub-network's, docs/PLATFORM.md);
 * end to end: the same training with the loader inline vs prefetching in a background thread.
 
     python benchmarks/bench_loader.py [--data FILE.h5|FILE.npz] [--write]

@@ -257,7 +257,7 @@ ONEDNN_SCRIPT = textwrap.dedent("""
 
 
 def test_onednn_width4_regression_on_permuted_uint8_batches():
-    """ENVIRONMENT.md: a channels_last input to Conv2d(4, 8, 1, stride=2) corrupts the heap in
+    """torch 2.14.1 (docs/PLATFORM.md): a channels_last input to Conv2d(4, 8, 1, stride=2) corrupts the heap in
     backward on AVX2 CPUs; make_batch must hand out contiguous NCHW. Runs in a subprocess (a crash
     fails the test, not pytest) with oneDNN capped at AVX2: on AVX-512 machines the bug hides
     otherwise (checked: the same script on a raw permuted batch aborts under this cap)."""

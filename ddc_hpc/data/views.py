@@ -3,7 +3,7 @@
 Images are channels-last uint8 ``(n, *spatial, C)`` as stored; ``make_batch`` returns float32
 channels-first ``(n, C, *spatial)`` that is contiguous in memory.  (A permuted NHWC batch is
 channels_last in memory, and the backward pass of a 4->8 channel 1x1 stride-2 convolution in
-oneDNN corrupts the heap on such inputs with torch 2.14 on AVX2 CPUs — see ENVIRONMENT.md.)
+oneDNN corrupts the heap on such inputs with torch 2.14 on AVX2 CPUs: docs/PLATFORM.md.)
 """
 
 from __future__ import annotations
