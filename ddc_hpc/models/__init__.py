@@ -128,6 +128,9 @@ def _check_split(global_net: nn.Module, partitions: int) -> None:
 def build_model(name: str, num_classes: int, partitions: int = 1, **options) -> nn.Module:
     """The global network (`partitions=1`) or one of K width-1/K sub-networks of model `name`.
 
+    `num_classes` is the number of outputs: classes, or target values per sample for regression
+    (the name stays: it is the config key model.num_classes and a key of every saved spec).
+
     The result carries `ddc_spec`, every argument with defaults filled in, so that
     `build_model(**net.ddc_spec)` rebuilds it (from a checkpoint, on another rank).
     """
