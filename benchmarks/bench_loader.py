@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from ddc_hpc.data import H5Writer, batches, import_dataset, load_dataset, synthetic  # noqa: E402
 from ddc_hpc.partition import tile_slices  # noqa: E402
+from common import cpu_model  # noqa: E402
 
 SHARED_NPZ = REPO.parent / "shared" / "data" / "cifar10-train.npz"
 HEADING = "## Loader (issue 4)"
@@ -111,18 +110,6 @@ def train_rate(images, mean, tile, steps: int, prefetch: bool | None) -> float:
             sizes.append(len(y))
         t = now
     return _best_rate(times, sizes)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = re.search(r"Model name:\s*(.+)", out).group(1).strip()
-        cores = re.search(r"^CPU\(s\):\s*(\d+)", out, re.M).group(1)
-        flags = re.search(r"Flags:\s*(.+)", out)
-        isa = "AVX-512" if flags and "avx512f" in flags.group(1) else "AVX2"
-        return f"{name}, {cores} CPUs ({isa})"
-    except Exception:  # noqa: BLE001
-        return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -112,15 +112,20 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.flatnonzero(mask), val
 
 
+def _statistics_sample(images: ImageSet, seed: int, max_samples: int | None, what: str) -> np.ndarray:
+    """Indices the training statistics read: all of an in-memory or small set, else a seeded sample."""
+    n = len(images)
+    if n == 0:
+        raise BadInput(f"cannot compute the training {what} of an empty training set")
+    if not images.in_memory and max_samples is not None and n > max_samples:
+        return np.sort(np.random.default_rng([seed, 2]).choice(n, max_samples, replace=False))
+    return np.arange(n)
+
+
 def channel_mean(images: ImageSet, seed: int = 0, max_samples: int | None = MEAN_SAMPLES) -> torch.Tensor:
     """Per-channel mean in [0, 1] units: exact when the set is in memory or small, else estimated
     from ``max_samples`` seeded samples (every rank gets the same value: integer sums)."""
-    n = len(images)
-    if n == 0:
-        raise BadInput("cannot compute the training mean of an empty training set")
-    index = np.arange(n)
-    if not images.in_memory and max_samples is not None and n > max_samples:
-        index = np.sort(np.random.default_rng([seed, 2]).choice(n, max_samples, replace=False))
+    index = _statistics_sample(images, seed, max_samples, "mean")
     total = np.zeros(images.image_shape[-1], np.int64)
     for start in range(0, len(index), 4096):
         pixels = images.read(index[start:start + 4096])[0].numpy()
@@ -134,12 +139,7 @@ def channel_std(images: ImageSet, seed: int = 0, max_samples: int | None = MEAN_
     same samples ``channel_mean`` uses), for ``make_batch(std=...)``: signals and volumes whose
     values span a small part of 0..255 (an Elman RNN learns far faster from unit-scale inputs).
     A constant channel gets 1 (no scaling)."""
-    n = len(images)
-    if n == 0:
-        raise BadInput("cannot compute the training std of an empty training set")
-    index = np.arange(n)
-    if not images.in_memory and max_samples is not None and n > max_samples:
-        index = np.sort(np.random.default_rng([seed, 2]).choice(n, max_samples, replace=False))
+    index = _statistics_sample(images, seed, max_samples, "std")
     channels = images.image_shape[-1]
     counts = np.zeros((channels, 256), np.int64)
     for start in range(0, len(index), 4096):
