@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import BadInput
+
 
 class _MPIOnFirstUse:
     """Stands for mpi4py.MPI until first used, then imports it (MPI_Init) and takes its place:
@@ -40,8 +42,6 @@ class _MPIOnFirstUse:
 
 
 MPI = _MPIOnFirstUse()
-
-from .errors import BadInput
 
 PHASES = ("sub", "compose", "global", "random")
 EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: checkpoint written, run again (or requeued) to resume
