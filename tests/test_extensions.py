@@ -9,28 +9,17 @@ from torch import nn
 from ddc_hpc.compose import compose, input_tiled_layers, output_tiled_layers, theorem_error
 from ddc_hpc.models import build_model, model_defaults
 from ddc_hpc.partition import tile_shape, tile_slices_nd
+from test_compose import randomize_batchnorm
 
 torch.set_num_threads(1)
 TOLERANCE = 1e-5  # relative, float32
-
-
-def randomized(net: nn.Module) -> nn.Module:
-    """Trained-looking BatchNorm, so that composing must carry the statistics over."""
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return net
 
 
 def tiled_mlp(name: str, length: int, grid: int, overlap: int = 0, crop: int = 0, channels: int = 2, **options):
     """An mlp composed from sub-networks built for the tiles of a 1D decomposition of `length` features."""
     tiles = tile_slices_nd((length,), (grid,), overlap, crop)
     options = dict(width=16, in_channels=channels, **options)
-    subnets = [randomized(build_model(name, 5, grid, in_features=tile_shape(tiles)[0], **options)).eval()
+    subnets = [randomize_batchnorm(build_model(name, 5, grid, in_features=tile_shape(tiles)[0], **options)).eval()
                for _ in tiles]
     task = "autoencoder" if name == "mlp_autoencoder" else "classification"
     global_net = compose(subnets, build_model(name, 5, 1, in_features=length, **options), task=task, tiles=tiles)
@@ -170,7 +159,7 @@ def test_every_hidden_layer_of_a_1d_or_3d_net_holds_the_sub_networks_maps(name, 
     from ddc_hpc.models.resnet import BasicBlock
 
     K = 4
-    subnets = [randomized(build_model(name, 5, K, width=16)) for _ in range(K)]
+    subnets = [randomize_batchnorm(build_model(name, 5, K, width=16)) for _ in range(K)]
     global_net = compose(subnets, build_model(name, 5, 1, width=16))
     layer = ConvUnit if kind is nn.Sequential else BasicBlock
     assert feature_groups_match(global_net, subnets, torch.randn(shape), layer) >= 6
