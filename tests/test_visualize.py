@@ -135,3 +135,9 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, cnn11_run):
     assert done.returncode == 2 and "config.toml" in done.stderr and "Traceback" not in done.stderr
     with pytest.raises(BadInput, match="outside the validation split"):
         visualize.visualize(cnn11_run, [100000], tmp_path / "v")
+
+
+def test_a_regression_run_is_refused_before_anything_is_loaded(tmp_path):
+    (tmp_path / "config.toml").write_text('[model]\ntask = "regression"\nnum_classes = 2\n')
+    with pytest.raises(BadInput, match="regression run: class activation maps need a classifier"):
+        visualize.load_run(tmp_path)
