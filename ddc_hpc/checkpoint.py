@@ -37,7 +37,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class Slot:
+class CheckpointSeries:
     """The checkpoints of one trainable thing (a sub-network, the global net, the baseline)."""
 
     def __init__(self, root: Path, name: str, config_digest: str, keep: int = 2):
@@ -88,4 +88,4 @@ def existing_digests(root: Path) -> set[str]:
     root = Path(root)
     if not root.is_dir():
         return set()
-    return set().union(*(Slot(root, d.name, "").config_digests() for d in root.iterdir() if d.is_dir()))
+    return set().union(*(CheckpointSeries(root, d.name, "").config_digests() for d in root.iterdir() if d.is_dir()))

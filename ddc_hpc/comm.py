@@ -223,7 +223,7 @@ def collective_error(message: str) -> BadInput:
     return err
 
 
-def gather_outcome(world: World, error: BadInput | None) -> None:
+def raise_first_bad_input(world: World, error: BadInput | None) -> None:
     """Collective verdict on per-rank validation: all ranks raise the first rank's error, together."""
     errors = allgather(world, None if error is None else str(error), "validating the input")
     failed = [(r, e) for r, e in enumerate(errors) if e is not None]

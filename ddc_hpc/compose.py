@@ -139,7 +139,7 @@ def _compose_norm(name: str, module: nn.Module, parts: list[nn.Module]) -> None:
 
 
 @dataclass(frozen=True)
-class _Side:
+class _BlockPlacement:
     """How sub-network k's tensor maps into the global one along one side (outputs or inputs) of a weight.
 
     The global axes of that side are viewed as `view`, a sub-network's as `sub_view`, and sub k's
@@ -219,8 +219,8 @@ def _placed_shapes(name: str, attr: str, module: nn.Module, parts: list[nn.Modul
     return shape, tuple(sub_shape)
 
 
-def _input_side(name: str, module: nn.Module, parts: list[nn.Module], weight: torch.Tensor,
-                sub_weight: torch.Tensor, grid, tiles, input_size) -> _Side:
+def _input_placement(name: str, module: nn.Module, parts: list[nn.Module], weight: torch.Tensor,
+                     sub_weight: torch.Tensor, grid, tiles, input_size) -> _BlockPlacement:
     """Where sub k's weight goes along the input axes (after the output axes)."""
     K = len(parts)
     feature_shape = getattr(module, "feature_shape", None)
@@ -231,33 +231,33 @@ def _input_side(name: str, module: nn.Module, parts: list[nn.Module], weight: to
         if weight.shape[1] != math.prod(feature_shape) or sub_weight.shape[1] != math.prod(parts[0].feature_shape):
             raise ValueError(f"{_label(name)}: the weights {tuple(weight.shape)} and {tuple(sub_weight.shape)} do not "
                              f"read feature maps of {tuple(feature_shape)} and {tuple(parts[0].feature_shape)}")
-        return _Side(index, tuple(feature_shape), tuple(parts[0].feature_shape))
+        return _BlockPlacement(index, tuple(feature_shape), tuple(parts[0].feature_shape))
     if hasattr(module, "input_shape"):
         shape, sub_shape = _placed_shapes(name, "input_shape", module, parts, weight.shape[1], sub_weight.shape[1])
         placed = _tile_placements(name, "input", shape[1:], sub_shape[1:], K, tiles, grid)
-        return _Side([(slice(None), *tile) for tile in placed], shape, sub_shape)
+        return _BlockPlacement([(slice(None), *tile) for tile in placed], shape, sub_shape)
     groups, sub_groups = getattr(module, "groups", 1), getattr(parts[0], "groups", 1)
     if groups > 1 or sub_groups > 1:
         if groups != K * sub_groups or weight.shape[0] != K * sub_weight.shape[0]:
             raise ValueError(f"{_label(name)}: a grouped conv with {groups} groups and {weight.shape[0]} outputs "
                              f"cannot be composed block-diagonally from {K} sub-networks with {sub_groups} groups "
                              f"and {sub_weight.shape[0]} outputs (needs K times both)")
-        return _Side([(slice(None),)] * K, (weight.shape[1],), (sub_weight.shape[1],))  # per group: cat = block-diag
-    return _split_side(name, "inputs", weight.shape[1], sub_weight.shape[1], K, weight, sub_weight)
+        return _BlockPlacement([(slice(None),)] * K, (weight.shape[1],), (sub_weight.shape[1],))  # per group: cat = block-diag
+    return _split_placement(name, "inputs", weight.shape[1], sub_weight.shape[1], K, weight, sub_weight)
 
 
-def _split_side(name: str, what: str, size: int, sub_size: int, K: int, weight, sub_weight) -> _Side:
+def _split_placement(name: str, what: str, size: int, sub_size: int, K: int, weight, sub_weight) -> _BlockPlacement:
     """A plain axis: split into K consecutive groups, or shared whole by every sub-network."""
     if size == K * sub_size:
-        return _Side([(slice(k * sub_size, (k + 1) * sub_size),) for k in range(K)], (size,), (sub_size,))
+        return _BlockPlacement([(slice(k * sub_size, (k + 1) * sub_size),) for k in range(K)], (size,), (sub_size,))
     if size == sub_size:
-        return _Side([(slice(None),)] * K, (size,), (sub_size,), shared=True)
+        return _BlockPlacement([(slice(None),)] * K, (size,), (sub_size,), shared=True)
     raise ValueError(f"{_label(name)}: {size} {what} cannot be composed from {K} sub-networks with {sub_size} {what} "
                      f"(global weight {tuple(weight.shape)}, sub-network weight {tuple(sub_weight.shape)})")
 
 
-def _output_side(name: str, module: nn.Module, parts: list[nn.Module], weight: torch.Tensor,
-                 sub_weight: torch.Tensor, grid, tiles) -> _Side:
+def _output_placement(name: str, module: nn.Module, parts: list[nn.Module], weight: torch.Tensor,
+                      sub_weight: torch.Tensor, grid, tiles) -> _BlockPlacement:
     K = len(parts)
     if hasattr(module, "output_shape"):
         shape, sub_shape = _placed_shapes(name, "output_shape", module, parts, weight.shape[0], sub_weight.shape[0])
@@ -265,12 +265,12 @@ def _output_side(name: str, module: nn.Module, parts: list[nn.Module], weight: t
         count = torch.zeros(shape, dtype=torch.float64)
         for tile in placed:
             count[(slice(None), *tile)] += 1
-        return _Side([(slice(None), *tile) for tile in placed], shape, sub_shape, divisor=count)
-    return _split_side(name, "outputs", weight.shape[0], sub_weight.shape[0], K, weight, sub_weight)
+        return _BlockPlacement([(slice(None), *tile) for tile in placed], shape, sub_shape, divisor=count)
+    return _split_placement(name, "outputs", weight.shape[0], sub_weight.shape[0], K, weight, sub_weight)
 
 
-def _assemble(name: str, tensor_name: str, target: torch.Tensor, subs: Sequence[torch.Tensor], out: _Side,
-              inp: _Side | None, kernel: tuple = (), scale: float = 1.0) -> None:
+def _assemble(name: str, tensor_name: str, target: torch.Tensor, subs: Sequence[torch.Tensor], out: _BlockPlacement,
+              inp: _BlockPlacement | None, kernel: tuple = (), scale: float = 1.0) -> None:
     """target = sum_k (sub k's tensor placed at out.index[k] x inp.index[k]) [/ out.divisor], zeros elsewhere."""
     in_view, in_sub_view = (inp.view, inp.sub_view) if inp is not None else ((), ())
     assembled = torch.zeros((*out.view, *in_view, *kernel), dtype=target.dtype, device=target.device)
@@ -310,8 +310,8 @@ def _compose_affine(name: str, module: nn.Module, parts: list[nn.Module], task: 
     kernel = tuple(weight.shape[2:])
     if kernel != tuple(sub_weights[0].shape[2:]):
         raise ValueError(f"{_label(name)}: kernel {kernel} vs sub-network {tuple(sub_weights[0].shape[2:])}")
-    out = _output_side(name, module, parts, weight, sub_weights[0], grid, tiles)
-    inp = _input_side(name, module, parts, weight, sub_weights[0], grid, tiles, input_size)
+    out = _output_placement(name, module, parts, weight, sub_weights[0], grid, tiles)
+    inp = _input_placement(name, module, parts, weight, sub_weights[0], grid, tiles, input_size)
     if out.shared:
         if inp.shared:
             raise ValueError(f"{_label(name)}: neither inputs nor outputs are split: {tuple(weight.shape)} from "
@@ -358,11 +358,11 @@ def _compose_recurrent(name: str, module: nn.RNNBase, parts: list[nn.Module]) ->
             raise TypeError(f"{_label(name)}: {type(module).__name__} holds {tensor_name}; compose knows "
                             f"weight_ih/hh_l* and bias_ih/hh_l*")
         subs = [_own_state(p)[tensor_name] for p in parts]
-        out = _Side([(slice(None), slice(k * sub_hidden, (k + 1) * sub_hidden)) for k in range(K)],
+        out = _BlockPlacement([(slice(None), slice(k * sub_hidden, (k + 1) * sub_hidden)) for k in range(K)],
                     (gates, hidden), (gates, sub_hidden))
         inp = None
         if match.group(1) == "weight":
-            inp = _split_side(name, f"inputs of {tensor_name}", target.shape[1], subs[0].shape[1], K, target, subs[0])
+            inp = _split_placement(name, f"inputs of {tensor_name}", target.shape[1], subs[0].shape[1], K, target, subs[0])
         _assemble(name, tensor_name, target, subs, out, inp)
 
 

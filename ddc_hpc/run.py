@@ -27,7 +27,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import comm, report
-from .checkpoint import Slot, atomic_write, existing_digests, save_torch
+from .checkpoint import CheckpointSeries, atomic_write, existing_digests, save_torch
 from .compose import compose, flatten_fc_layers, flatten_state, state_numel, theorem_error, unflatten_state
 from .config import RANDOM_INIT_SEED_OFFSET, Config, load_config
 from .data import Splits, check_tiles, load_from_config, make_batch
@@ -239,7 +239,7 @@ def data_parallel(model: torch.nn.Module, world: comm.World, backend: str) -> to
 
 def run_job(job: Job, world: comm.World, slot_name: str, plan: Plan) -> list[dict]:
     """Fit a job, or take its finished state from the out dir; checkpoints are read by all peers."""
-    saved = Slot(plan.out / "checkpoints", slot_name, plan.config.digest()).load_latest()
+    saved = CheckpointSeries(plan.out / "checkpoints", slot_name, plan.config.digest()).load_latest()
     if saved is not None and saved["finished"]:
         job.module.load_state_dict(saved["model"])
         job.log(f"[{job.name}] finished earlier; loaded from checkpoint")
@@ -266,7 +266,7 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
     for k in mine:
         model = build(cfg, K, plan.tile_sample_shape, cfg.run.seed * 1000 + k + 1)
         writer = subnet_owner(k, world.size, K) == world.rank
-        slot = Slot(plan.out / "checkpoints", f"sub_{k}", cfg.digest()) if writer else None
+        slot = CheckpointSeries(plan.out / "checkpoints", f"sub_{k}", cfg.digest()) if writer else None
         wrapped = data_parallel(model, local, plan.backend)
         job = Job(name=f"sub_{k}", model=wrapped, config=cfg.sub, task=plan.task,
                   data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
@@ -348,7 +348,7 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
     comm.init_distributed(world, plan.backend)
     ddp = data_parallel(model, world, plan.backend)
     phase_cfg = cfg.global_ if name == "global" else dataclasses.replace(cfg.random, epochs=cfg.random_epochs)
-    slot = Slot(plan.out / "checkpoints", name, cfg.digest()) if world.is_root else None
+    slot = CheckpointSeries(plan.out / "checkpoints", name, cfg.digest()) if world.is_root else None
     job = Job(name=name, model=ddp, config=phase_cfg, data=phase_data(plan, None), slot=slot, task=plan.task,
               seed=cfg.run.seed + (1 if name == "global" else 2), rank=world.rank, group=None,
               checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
@@ -384,7 +384,7 @@ def pipeline(args: argparse.Namespace) -> None:
         plan = prepare(args, stamp)
     except BadInput as err:
         error = err
-    comm.gather_outcome(world, error)
+    comm.raise_first_bad_input(world, error)
     cfg = plan.config
     comm.agree(world, (cfg.digest(), code_version()), "the configuration and code version")
     world = comm.configure_world(world, cfg.run.device, cfg.run.collective_timeout)

@@ -20,9 +20,9 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from . import comm
-from .checkpoint import Slot
+from .checkpoint import CheckpointSeries
 from .config import PhaseConfig
-from .data import ImageSet, make_batch
+from .data import SampleSet, make_batch
 from .partition import shard_range
 
 
@@ -60,8 +60,8 @@ class Task:
 
 @dataclass
 class PhaseData:
-    train: ImageSet
-    val: ImageSet
+    train: SampleSet
+    val: SampleSet
     mean: torch.Tensor
     tile: tuple[slice, ...] | None = None  # None: full images
     augment: bool = True
@@ -76,7 +76,7 @@ class Job:
     model: nn.Module  # possibly DDP-wrapped; `module` below is the bare network
     config: PhaseConfig
     data: PhaseData
-    slot: Slot | None  # only the writer of the group gets one
+    slot: CheckpointSeries | None  # only the writer of the group gets one
     seed: int
     task: Task = Task()
     rank: int = 0  # world rank, for messages

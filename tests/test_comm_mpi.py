@@ -43,11 +43,11 @@ def test_agree_passes_on_equal_values_and_stops_every_rank_on_a_difference(world
         comm.agree(world, "odd" if world.rank == 1 else "same", "a value")
 
 
-def test_gather_outcome_raises_on_all_ranks_when_one_rank_failed(world):
-    comm.gather_outcome(world, None)
+def test_raise_first_bad_input_raises_on_all_ranks_when_one_rank_failed(world):
+    comm.raise_first_bad_input(world, None)
     failing = BadInput("data file missing") if world.rank == world.size - 1 else None
     with pytest.raises(BadInput, match="data file missing"):
-        comm.gather_outcome(world, failing)
+        comm.raise_first_bad_input(world, failing)
 
 
 def test_torch_distributed_bootstrapped_from_mpi(world):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddc_hpc.data import (H5Writer, ImageSet, batches, check_tiles, content_checksum, import_dataset,
+from ddc_hpc.data import (H5Writer, SampleSet, batches, check_tiles, content_checksum, import_dataset,
                           load_dataset, make_batch, stratified_split, synthetic)
 from ddc_hpc.data.synthetic import symbol_count, tile_bayes_accuracy
 from ddc_hpc.errors import BadInput
@@ -157,7 +157,7 @@ def test_tile_views_match_tile_slices(arrays):
 
 def test_augmentation_reproducible_keeps_shapes_and_labels(arrays):
     x, y = arrays
-    images = ImageSet(_ArrayStore(x, y))
+    images = SampleSet(_ArrayStore(x, y))
     mean = torch.zeros(3)
     tile = tile_slices(32, 32, (2, 2), 4)[3]
 

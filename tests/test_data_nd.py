@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddc_hpc.data import (ImageSet, batches, channel_std, check_tiles, content_checksum, describe,
+from ddc_hpc.data import (SampleSet, batches, channel_std, check_tiles, content_checksum, describe,
                           import_dataset, load_dataset, make_batch, synthetic, synthetic1d, synthetic3d)
 from ddc_hpc.data.synthetic import (frequencies_1d, symbol_count_1d, symbol_count_3d, tile_bayes_accuracy)
 from ddc_hpc.errors import BadInput
@@ -370,7 +370,7 @@ def test_channel_std_and_batches_with_std():
     x = torch.cat([b for b, _ in batches(s.train, np.arange(len(s.train)), 64, mean=s.mean, std=std)])
     assert torch.allclose(x.mean(dim=(0, 2)), torch.zeros(2), atol=1e-4)
     assert torch.allclose(x.std(dim=(0, 2)), torch.ones(2), atol=1e-3)
-    flat = ImageSet(_Store(np.full((3, 4, 1), 7, np.uint8)))
+    flat = SampleSet(_Store(np.full((3, 4, 1), 7, np.uint8)))
     assert channel_std(flat).tolist() == [1.0]  # a constant channel is left unscaled
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import run_pipeline
-from ddc_hpc.checkpoint import Slot
+from ddc_hpc.checkpoint import CheckpointSeries
 
 DETERMINISTIC = ("run.deterministic=true", "sub.epochs=2", "global.epochs=2", "run.checkpoint_every=1")
 METRICS = ("phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top5", "lr", "train_samples")
@@ -60,7 +60,7 @@ def test_resume_with_nothing_to_resume_is_refused(tmp_path):
 
 
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_complete_one(tmp_path):
-    slot = Slot(tmp_path, "global", "digest")
+    slot = CheckpointSeries(tmp_path, "global", "digest")
     slot.save({"epoch": 1}, epoch=1, step=0, finished=False)
     newest = slot.save({"epoch": 2}, epoch=2, step=0, finished=False)
     newest.write_bytes(newest.read_bytes()[:20])  # truncated after the manifest was written
@@ -71,7 +71,7 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_complete_one(tmp_path):
 
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path):
-    slot = Slot(tmp_path, "sub_0", "digest", keep=2)
+    slot = CheckpointSeries(tmp_path, "sub_0", "digest", keep=2)
     for epoch in range(4):
         slot.save({"epoch": epoch}, epoch=epoch, step=0, finished=False)
     assert sorted(p.name for p in slot.dir.glob("ckpt-*.pt")) == ["ckpt-000002.pt", "ckpt-000003.pt"]

@@ -1,21 +1,21 @@
 """Data layer: HDF5 format, importers, synthetic sets (2D, 1D, 3D), tiled views and batch augmentation.
 
 The pipeline calls ``load_dataset`` (a source string -> ``Splits``; ``task`` classification,
-regression or autoencoder), ``check_tiles``, and ``batches``/``make_batch`` to turn ``ImageSet``
+regression or autoencoder), ``check_tiles``, and ``batches``/``make_batch`` to turn ``SampleSet``
 samples (images, signals, volumes: uint8 channels last) into float32 channels-first batches.
 See docs/DATA.md.
 """
 
 from .hdf5 import TASKS, H5Writer, check_labels, check_targets, content_checksum
 from .importers import describe, import_dataset
-from .loader import ImageSet, Splits, channel_mean, channel_std, load_dataset, load_from_config, stratified_split
+from .loader import SampleSet, Splits, channel_mean, channel_std, load_dataset, load_from_config, stratified_split
 from .sources import KINDS, parse_source
 from .synthetic import TARGET_NAMES, synthetic, synthetic1d, synthetic3d
 from .views import batches, check_tiles, make_batch, to_channels_first
 
 __all__ = [
     "Splits",
-    "ImageSet",
+    "SampleSet",
     "load_dataset",
     "load_from_config",
     "make_batch",

@@ -1,4 +1,4 @@
-"""``load_dataset``: a source string -> train/validation ImageSets, class names, training mean."""
+"""``load_dataset``: a source string -> train/validation SampleSets, class names, training mean."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .sources import ArrayStore, FileStore, open_raw
 MEAN_SAMPLES = 10_000  # a lazily read training set's mean is estimated from this many samples
 
 
-class ImageSet:
+class SampleSet:
     """A read-only view of a subset of one split's samples.
 
     ``labels`` (this subset's, in memory: int64 (N,) class indices, or float32 (N, *target_shape)
@@ -35,7 +35,7 @@ class ImageSet:
         return len(self.labels)
 
     def __repr__(self) -> str:
-        return f"ImageSet({self.name!r}, n={len(self)}, image_shape={self.image_shape})"
+        return f"SampleSet({self.name!r}, n={len(self)}, image_shape={self.image_shape})"
 
     @property
     def target_shape(self) -> tuple:
@@ -61,15 +61,15 @@ class ImageSet:
         labels = labels.astype(np.float32 if np.issubdtype(labels.dtype, np.floating) else np.int64)
         return torch.from_numpy(images), torch.from_numpy(labels)
 
-    def subset(self, indices) -> ImageSet:
+    def subset(self, indices) -> SampleSet:
         """A view of some of this view's samples (indices relative to this view)."""
-        return ImageSet(self._store, self._global(indices), self.name)
+        return SampleSet(self._store, self._global(indices), self.name)
 
 
 @dataclass(frozen=True)
 class Splits:
-    train: ImageSet
-    val: ImageSet
+    train: SampleSet
+    val: SampleSet
     classes: list[str]  # class names; for regression the target names (one per output)
     mean: torch.Tensor | None  # (C,) per-channel training mean in [0, 1] units; None: metadata only
     task: str = "classification"  # as asked of load_dataset
@@ -112,7 +112,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.flatnonzero(mask), val
 
 
-def _statistics_sample(images: ImageSet, seed: int, max_samples: int | None, what: str) -> np.ndarray:
+def _statistics_sample(images: SampleSet, seed: int, max_samples: int | None, what: str) -> np.ndarray:
     """Indices the training statistics read: all of an in-memory or small set, else a seeded sample."""
     n = len(images)
     if n == 0:
@@ -122,7 +122,7 @@ def _statistics_sample(images: ImageSet, seed: int, max_samples: int | None, wha
     return np.arange(n)
 
 
-def channel_mean(images: ImageSet, seed: int = 0, max_samples: int | None = MEAN_SAMPLES) -> torch.Tensor:
+def channel_mean(images: SampleSet, seed: int = 0, max_samples: int | None = MEAN_SAMPLES) -> torch.Tensor:
     """Per-channel mean in [0, 1] units: exact when the set is in memory or small, else estimated
     from ``max_samples`` seeded samples (every rank gets the same value: integer sums)."""
     index = _statistics_sample(images, seed, max_samples, "mean")
@@ -134,7 +134,7 @@ def channel_mean(images: ImageSet, seed: int = 0, max_samples: int | None = MEAN
     return torch.tensor(total / (pixels_per_channel * 255.0), dtype=torch.float32)
 
 
-def channel_std(images: ImageSet, seed: int = 0, max_samples: int | None = MEAN_SAMPLES) -> torch.Tensor:
+def channel_std(images: SampleSet, seed: int = 0, max_samples: int | None = MEAN_SAMPLES) -> torch.Tensor:
     """Per-channel standard deviation in [0, 1] units (exact from per-channel histograms of the
     same samples ``channel_mean`` uses), for ``make_batch(std=...)``: signals and volumes whose
     values span a small part of 0..255 (an Elman RNN learns far faster from unit-scale inputs).
@@ -220,13 +220,13 @@ def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, s
             store.check_sizes()
 
     if raw.test is not None and len(raw.test):
-        train, val = ImageSet(raw.train, None, raw.description), ImageSet(raw.test, None, raw.description + " (test)")
+        train, val = SampleSet(raw.train, None, raw.description), SampleSet(raw.test, None, raw.description + " (test)")
     else:
         train_idx, val_idx = stratified_split(raw.train.labels, float(val_fraction), seed)
         if len(train_idx) == 0:
             raise BadInput(f"{raw.description}: val_fraction={val_fraction} leaves no training samples")
-        train = ImageSet(raw.train, train_idx, raw.description)
-        val = ImageSet(raw.train, val_idx, raw.description + " (validation)")
+        train = SampleSet(raw.train, train_idx, raw.description)
+        val = SampleSet(raw.train, val_idx, raw.description + " (validation)")
     if limit is not None and limit < len(train):
         train = train.subset(_pick(train.labels, int(limit), np.random.default_rng([seed, 1])))
     if val_limit is not None and val_limit < len(val):

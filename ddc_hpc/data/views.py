@@ -25,7 +25,7 @@ def _describe(tile: tuple[slice, ...]) -> str:
 def check_tiles(image_shape, tiles) -> None:
     """BadInput unless every tile fits the images and all tiles have one shape.
 
-    ``image_shape`` is ``(*spatial, C)`` as ``ImageSet.image_shape`` gives it; ``tiles`` is a list of
+    ``image_shape`` is ``(*spatial, C)`` as ``SampleSet.image_shape`` gives it; ``tiles`` is a list of
     tuples of slices (``tile_slices``), one slice per spatial axis.
     """
     tiles = list(tiles)
@@ -120,7 +120,7 @@ def make_batch(images_uint8: torch.Tensor, *, mean: torch.Tensor, tile: tuple[sl
 def batches(images, indices: Sequence[int], batch_size: int, *, mean, tile=None, augment=False,
             generator=None, drop_last=False, max_shift: int = 4, prefetch: bool = False,
             std=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) batches of ``images`` (an ImageSet) in the order of ``indices``; one ``read`` each.
+    """(x, y) batches of ``images`` (a SampleSet) in the order of ``indices``; one ``read`` each.
 
     The caller chooses the order (its own seeded permutation or a DistributedSampler shard).
     ``prefetch=True`` prepares the next batch in a background thread while the caller trains on
