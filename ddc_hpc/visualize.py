@@ -157,7 +157,7 @@ def class_activation_map(model: nn.Module, x: torch.Tensor) -> dict:
 # ------------------------------------------------------------------------------------------ loading
 
 
-def load_run(run_dir: Path) -> dict:
+def load_networks_and_data(run_dir: Path) -> dict:
     """Config, validation data and every saved network of a finished run (missing ones are None)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
@@ -353,7 +353,7 @@ def visualize(run_dir: Path, indices, out: Path, layers=(1, 3, 5)) -> dict:
     layers = list(layers)
     if not layers or min(layers) < 1:
         raise BadInput(f"--layers must be conv layer numbers >= 1, got {layers}")
-    run = load_run(run_dir)
+    run = load_networks_and_data(run_dir)
     val, mean, classes = run["val"], run["mean"], run["classes"]
     bad = [i for i in indices if not 0 <= i < len(val)]
     if bad:

@@ -140,4 +140,4 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, cnn11_run):
 def test_a_regression_run_is_refused_before_anything_is_loaded(tmp_path):
     (tmp_path / "config.toml").write_text('[model]\ntask = "regression"\nnum_classes = 2\n')
     with pytest.raises(BadInput, match="regression run: class activation maps need a classifier"):
-        visualize.load_run(tmp_path)
+        visualize.load_networks_and_data(tmp_path)
