@@ -102,7 +102,7 @@ def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host batch on `device`. On CUDA it goes through pinned memory without blocking (the copy
     overlaps kernels already queued) and image batches become channels_last, the layout of
     cuDNN's tensor-core convolutions. Never channels_last on the CPU: oneDNN corrupts the heap on
-    narrow channels_last convolutions (ENVIRONMENT.md)."""
+    narrow channels_last convolutions with torch 2.14.1 on AVX2 CPUs (docs/PLATFORM.md)."""
     if device.type != "cuda":
         return batch.to(device)
     batch = batch.pin_memory().to(device, non_blocking=True)
