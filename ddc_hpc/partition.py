@@ -104,6 +104,16 @@ def subnets_of_rank(rank: int, size: int, partitions: int) -> list[int]:
     return [rank * partitions // size]
 
 
+def validate_layout(size: int, partitions: int) -> None:
+    """Refuse R ranks that cannot split evenly over K sub-networks (R > K, R % K != 0): unequal
+    groups would train with different effective batch sizes and step counts at the same lr."""
+    if size > partitions and size % partitions:
+        fits = [r for r in range(1, 4 * partitions + 1) if r <= partitions or r % partitions == 0]
+        raise ValueError(f"{size} ranks do not split evenly over {partitions} sub-networks: sub-network groups "
+                         f"would differ in size and train with different batch sizes and step counts; use at most "
+                         f"{partitions} ranks or a multiple of {partitions} ({', '.join(map(str, fits))}, ...)")
+
+
 def subnet_group(subnet: int, size: int, partitions: int) -> list[int]:
     """Ranks that train sub-network `subnet` together (a single rank unless size > K)."""
     return [r for r in range(size) if subnet in subnets_of_rank(r, size, partitions)]
@@ -137,6 +147,7 @@ __all__ = [
     "spread",
     "default_grid",
     "subnets_of_rank",
+    "validate_layout",
     "subnet_group",
     "subnet_owner",
     "gatherv_layout",

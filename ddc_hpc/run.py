@@ -33,7 +33,8 @@ from .config import RANDOM_INIT_SEED_OFFSET, Config, load_config
 from .data import Splits, check_tiles, load_from_config, make_batch
 from .errors import BadInput
 from .models import build_model, input_options, model_defaults, model_names, model_options
-from .partition import default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd
+from .partition import (default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd,
+                        validate_layout)
 from .engine import MPIDataParallel
 from .train import Job, PhaseData, Task, evaluate, fit
 
@@ -112,6 +113,11 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     except ValueError as err:
         raise BadInput(f"the tile layout does not fit the {spatial} images: {err}") from None
     check_tiles(data.train.image_shape, tiles)
+    if config.run.strategy != "random":
+        try:
+            validate_layout(comm.MPI.COMM_WORLD.Get_size(), d.partitions)
+        except ValueError as err:
+            raise BadInput(str(err)) from None
     try:  # widths must split into K sub-networks; the meta device builds without allocating
         with torch.device("meta"):
             build(config, 1, data.train.image_shape, 0)

@@ -125,3 +125,10 @@ def test_bad_input_at_four_ranks_is_reported_once_and_every_rank_exits_2(overrid
     done = launch(4, "ddc_hpc.run", "--out", str(tmp_path / "run"), *sets(override), timeout=240)
     assert done.returncode == 2
     assert done.stderr.count("error: ") == 1 and expected in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ranks_that_do_not_split_evenly_over_the_subnetworks_are_refused(tmp_path):
+    done = launch(3, "ddc_hpc.run", "--out", str(tmp_path / "run"), *sets("decompose.partitions=2"), timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.count("error: ") == 1 and "3 ranks do not split evenly over 2 sub-networks" in done.stderr
+    assert "at most 2 ranks or a multiple of 2" in done.stderr

@@ -4,7 +4,7 @@ import pytest
 
 from ddc_hpc.partition import (
     default_grid, gatherv_layout, shard_range, subnet_group, subnet_owner, subnets_of_rank, tile_shape,
-    tile_slices, tile_slices_nd,
+    tile_slices, tile_slices_nd, validate_layout,
 )
 
 
@@ -87,6 +87,18 @@ def test_extra_ranks_form_one_contiguous_group_per_sub_network():
     assert [subnets_of_rank(r, 8, 4) for r in range(8)] == [[0], [0], [1], [1], [2], [2], [3], [3]]
     assert subnet_group(1, 8, 4) == [2, 3] and subnet_owner(1, 8, 4) == 2
     assert subnet_owner(3, 2, 4) == 1
+
+
+@pytest.mark.parametrize("size, partitions", [(1, 4), (3, 4), (4, 4), (8, 4), (12, 4), (6, 2), (5, 1)])
+def test_ranks_up_to_k_or_a_multiple_of_k_are_accepted(size, partitions):
+    validate_layout(size, partitions)
+
+
+@pytest.mark.parametrize("size, partitions", [(5, 4), (6, 4), (3, 2), (7, 3)])
+def test_more_ranks_than_subnetworks_must_be_a_multiple_of_them(size, partitions):
+    with pytest.raises(ValueError, match=f"{size} ranks do not split evenly over {partitions} sub-networks.*"
+                                         f"multiple of {partitions}"):
+        validate_layout(size, partitions)
 
 
 def test_a_rank_outside_the_world_is_refused():
