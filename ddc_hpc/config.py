@@ -28,6 +28,8 @@ LOSSES = ("auto", "cross_entropy", "mse", "l1")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 RANDOM_INIT_SEED_OFFSET = 7919  # GNet-R is built right after seeding with run.seed + this
+# [run] keys that say how a run executes, not what it learns: a resume may change them
+OPERATIONAL = ("backend", "device", "threads", "checkpoint_every", "collective_timeout", "progress_seconds")
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,20 @@ class Config:
         return tomli_w.dumps(self.to_dict())
 
     def digest(self) -> str:
-        """Hash of the resolved configuration: ranks and resumed runs must agree on it."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of what decides the training (all but run's OPERATIONAL keys): checkpoints of another
+        digest are refused on resume, so raising run.collective_timeout or changing the device keeps them."""
+        training = self.to_dict()
+        for key in OPERATIONAL:
+            del training["run"][key]
+        return _hash(training)
+
+    def full_digest(self) -> str:
+        """Hash of the whole resolved configuration: the ranks of one run must agree on it."""
+        return _hash(self.to_dict())
+
+
+def _hash(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _toml_name(attr: str) -> str:

@@ -392,7 +392,7 @@ def pipeline(args: argparse.Namespace) -> None:
         error = err
     comm.raise_first_bad_input(world, error)
     cfg = plan.config
-    comm.agree(world, (cfg.digest(), code_version()), "the configuration and code version")
+    comm.agree(world, (cfg.full_digest(), code_version()), "the configuration and code version")
     world = comm.configure_world(world, cfg.run.device, cfg.run.collective_timeout)
     threads = comm.configure_threads(world, cfg.run.threads, cfg.run.deterministic)
     if args.dry_run:

@@ -95,3 +95,14 @@ def test_progress_seconds_must_not_be_negative():
     assert load_config(None, ["run.progress_seconds=0"]).run.progress_seconds == 0
     with pytest.raises(BadInput, match="run.progress_seconds must be >= 0"):
         load_config(None, ["run.progress_seconds=-1"])
+
+
+def test_the_resume_digest_covers_what_trains_not_how_the_run_executes():
+    base = load_config()
+    for operational in ("run.collective_timeout=900", "run.threads=3", "run.checkpoint_every=0",
+                        "run.backend=gloo", "run.device=cpu", "run.progress_seconds=5"):
+        changed = load_config(overrides=[operational])
+        assert changed.digest() == base.digest() and changed.full_digest() != base.full_digest(), operational
+    for semantic in ("run.seed=1", "run.strategy=ddc", "run.deterministic=true", "sub.lr=0.1", "model.width=16",
+                     "decompose.overlap=4", "data.limit=10"):
+        assert load_config(overrides=[semantic]).digest() != base.digest(), semantic

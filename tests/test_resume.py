@@ -54,6 +54,18 @@ def test_changed_config_is_refused(uninterrupted, tmp_path):
     assert refused.returncode == 2 and "different configuration" in refused.stderr
 
 
+def test_operational_settings_may_change_on_resume_but_training_ones_may_not(tmp_path):
+    out = tmp_path / "run"
+    stopped = run_pipeline(1, out, "run.strategy=random", env={"DDC_STOP_AT": "random:1:2"})
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    refused = run_pipeline(1, out, "run.strategy=random", "run.seed=1")
+    assert refused.returncode == 2 and "different configuration" in refused.stderr
+    resumed = run_pipeline(1, out, "run.strategy=random", "run.collective_timeout=900", "run.checkpoint_every=0",
+                           "run.backend=gloo", "run.device=cpu", "run.threads=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[random] resuming at epoch 1, step 3" in (out / "logs" / "rank0.log").read_text()
+
+
 def test_resume_with_nothing_to_resume_is_refused(tmp_path):
     done = run_pipeline(1, tmp_path / "empty", extra=("--resume",))
     assert done.returncode == 2 and "no checkpoint" in done.stderr
