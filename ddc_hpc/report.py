@@ -65,13 +65,13 @@ def metric_of(results: dict) -> str:
 
 
 def phase_result(trained: dict) -> dict:
-    """Summary of a data-parallel phase from its per-epoch history."""
+    """Summary of a data-parallel phase from its per-epoch history (none: the network as it started)."""
     history = trained["history"]
     train_seconds = sum(r["train_seconds"] for r in history)
     return {
         "seconds": trained["seconds"],
         "epochs": len(history),
-        **_val_metrics(history[-1] if history else {}),
+        **_val_metrics(history[-1] if history else trained.get("initial") or {}),
         "images_per_second": sum(r["train_samples"] for r in history) / train_seconds if train_seconds else None,
         "history": history,
     }
@@ -190,9 +190,9 @@ def table(results: dict, out: Path | str | None = None) -> str:
                      sub["seconds"]))
         rows.append(("GNet-T, composed, not trained", results["compose"][f"init_{metric}"],
                      results["compose"]["seconds"]))
-        rows.append(("GNet-T, trained", results["global"][metric], results["global"]["seconds"]))
+        rows.append(("GNet-T, trained", results["global"].get(metric), results["global"]["seconds"]))
     if "random" in results:
-        rows.append(("GNet-R, trained", results["random"][metric], results["random"]["seconds"]))
+        rows.append(("GNet-R, trained", results["random"].get(metric), results["random"]["seconds"]))
     label = "val acc" if metric == "val_accuracy" else metric[4:]
     lines = [f"{'network':38} {label:>8} {'seconds':>9}", "-" * 57]
     lines += [f"{name:38} {'' if v is None else _score(v, metric):>8} {'' if s is None else f'{s:9.1f}'}"

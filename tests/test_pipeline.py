@@ -249,3 +249,12 @@ def test_progress_lines_within_an_epoch_follow_run_progress_seconds(tiny_run, tm
     assert "step 6/6" not in done.stdout  # the epoch's own line reports the last step
     _, default = tiny_run  # 30 s by default: a short run prints one line per epoch only
     assert not re.search(r"step \d+/\d+", default.stdout), default.stdout
+
+
+def test_no_global_epochs_reports_the_composed_network_as_gnet_t(tmp_path):
+    out = tmp_path / "run"
+    done = run_pipeline(1, out, "run.strategy=ddc", "global.epochs=0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = results(out)
+    assert r["global"]["epochs"] == 0 and r["global"]["val_accuracy"] == r["compose"]["init_val_accuracy"]
+    assert "GNet-T, trained" in done.stdout
