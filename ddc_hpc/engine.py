@@ -16,7 +16,9 @@ the fit loop the same interface: `model(x)`, `.module`, `.parameters()`, `.train
 * At the end of `loss.backward()` an autograd callback (queued by the first hook, as DDP does)
   starts any bucket left (parameters that got no gradient contribute zeros), waits for all of them
   with `run.collective_timeout` as the deadline (comm.CollectiveTimeout, raised out of backward),
-  and writes the averages into `p.grad`. So **the loop needs no extra call**: after `backward()`
+  and writes the averages into `p.grad`. Each bucket ends with one "used" flag per parameter,
+  summed with the gradients: a parameter that no rank used keeps its `p.grad` untouched (None
+  after `zero_grad(set_to_none=True)`), as DDP leaves it, so the optimizer skips it. So **the loop needs no extra call**: after `backward()`
   returns, the gradients are averaged and `optimizer.step()` may run. `finish_step()` does the same
   explicitly and is a no-op when the callback has already run.
 * Buffers (BatchNorm running statistics) follow DDP's `broadcast_buffers=True`: rank 0's buffers
@@ -74,6 +76,7 @@ def _wire_dtype(dtype: torch.dtype) -> torch.dtype:
 class _Bucket:
     params: list[int]  # indices into MPIDataParallel._params
     offsets: list[int]
+    flags: int  # offset of the per-parameter "used" flags after the gradients
     flat: torch.Tensor  # on the parameters' device
     host: np.ndarray  # what MPI sees: flat's memory on the CPU, a staging copy on a GPU
     pending: int = 0
@@ -112,7 +115,7 @@ class MPIDataParallel(nn.Module):
         order = list(reversed(range(len(self._params))))
         sizes = [self._params[i].numel() * self._params[i].element_size() for i in order]
         self._buckets: list[_Bucket] = []
-        self._where: dict[int, tuple[int, int]] = {}  # param index -> (bucket, offset)
+        self._where: dict[int, tuple[int, int, int]] = {}  # param index -> (bucket, offset, place in bucket)
         for group in self._split_by_kind([order[j] for j in b] for b in plan_buckets(
                 sizes, bucket_cap_mb * 2**20, first_bucket_mb * 2**20)):
             self._add_bucket(group)
@@ -149,12 +152,14 @@ class MPIDataParallel(nn.Module):
         for i in indices:
             offsets.append(total)
             total += self._params[i].numel()
+        flags, total = total, total + len(indices)
         flat = torch.zeros(total, dtype=_wire_dtype(first.dtype), device=first.device)
         host = flat.numpy() if flat.device.type == "cpu" else np.zeros(total, dtype=np.float64 if flat.dtype == torch.float64 else np.float32)
         index = len(self._buckets)
-        for i, off in zip(indices, offsets):
-            self._where[i] = (index, off)
-        self._buckets.append(_Bucket(params=indices, offsets=offsets, flat=flat, host=host, pending=len(indices)))
+        for j, (i, off) in enumerate(zip(indices, offsets)):
+            self._where[i] = (index, off, j)
+        self._buckets.append(_Bucket(params=indices, offsets=offsets, flags=flags, flat=flat, host=host,
+                                     pending=len(indices)))
 
     # ---- state broadcasts
 
@@ -224,11 +229,12 @@ class MPIDataParallel(nn.Module):
             raise RuntimeError(
                 "a parameter received its gradient twice in one backward pass (reentrant backward or "
                 "a parameter used in two graphs); MPIDataParallel reduces each gradient once a backward")
-        b, off = self._where[i]
+        b, off, j = self._where[i]
         bucket = self._buckets[b]
         n = param.numel()
         with torch.no_grad():  # divided before the sum, as DDP does
             bucket.flat[off : off + n].copy_(param.grad.reshape(-1)).div_(self._size)
+            bucket.flat[bucket.flags + j] = 1
         self._ready[i] = True
         bucket.pending -= 1
         if bucket.pending == 0 and b == self._next:
@@ -251,14 +257,16 @@ class MPIDataParallel(nn.Module):
             self.stats.buckets_started_in_backward += 1
 
     def _end_of_backward(self) -> None:
-        """Start what is left (zeros for parameters without a gradient), wait, write p.grad."""
+        """Start what is left (zeros for parameters without a gradient), wait, write p.grad of
+        every parameter that some rank used."""
         try:
             for b in range(self._next, len(self._buckets)):
                 bucket = self._buckets[b]
                 if bucket.pending:
-                    for i, off in zip(bucket.params, bucket.offsets):
+                    for j, (i, off) in enumerate(zip(bucket.params, bucket.offsets)):
                         if not self._ready[i]:
                             bucket.flat[off : off + self._params[i].numel()].zero_()
+                            bucket.flat[bucket.flags + j] = 0
                 self._start(bucket)
                 self.stats.buckets_started_at_end += 1
             tic = time.perf_counter()
@@ -268,7 +276,10 @@ class MPIDataParallel(nn.Module):
                 for bucket in self._buckets:
                     if bucket.flat.device.type != "cpu":
                         bucket.flat.copy_(torch.from_numpy(bucket.host))
-                    for i, off in zip(bucket.params, bucket.offsets):
+                    used = bucket.flat[bucket.flags :].tolist()
+                    for i, off, users in zip(bucket.params, bucket.offsets, used):
+                        if not users:
+                            continue
                         p = self._params[i]
                         average = bucket.flat[off : off + p.numel()].view_as(p)
                         if p.grad is None:

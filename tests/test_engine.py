@@ -178,6 +178,29 @@ def test_a_parameter_unused_on_some_ranks_gets_the_average(world):
 
 
 @pytest.mark.mpi(min_size=2)
+def test_a_parameter_no_rank_used_keeps_no_gradient_as_with_ddp(world):
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 1, bias=False)
+            self.b = nn.Linear(3, 1, bias=False)  # a head this step does not need, on any rank
+
+        def forward(self, x):
+            return self.a(x)
+
+    engine = MPIDataParallel(Unused(), world)
+    optimizer = torch.optim.Adam(engine.parameters(), lr=0.1)
+    before = engine.module.b.weight.detach().clone()
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        engine(torch.ones(1, 3)).sum().backward()
+        assert engine.module.b.weight.grad is None and engine.module.a.weight.grad is not None
+        optimizer.step()
+    assert torch.equal(engine.module.b.weight, before)  # the optimizer skipped it
+    engine.close()
+
+
+@pytest.mark.mpi(min_size=2)
 def test_no_sync_accumulates_locally_then_reduces_the_sum(world):
     engine = MPIDataParallel(nn.Linear(2, 1, bias=False), world)
     with engine.no_sync():
@@ -263,7 +286,7 @@ def test_buckets_cover_every_parameter_once_in_reverse_order(world):
     order = [i for bucket in engine._buckets for i in bucket.params]
     assert order == list(reversed(range(len(list(net.parameters())))))
     sizes = engine.stats.buckets
-    assert sum(sizes) == 4 * sum(p.numel() for p in net.parameters())
+    assert sum(sizes) == 4 * sum(p.numel() + 1 for p in net.parameters())  # gradients and a "used" flag each
     assert sizes[0] <= max(0.001 * 2**20, 4 * list(net.parameters())[-1].numel())
     engine.close()
 
