@@ -29,6 +29,16 @@ def save_torch(obj, path: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# What the saved files hold beyond tensors and plain containers: tiles are tuples of slices.
+SAFE_GLOBALS = [slice]
+
+
+def load_torch(path: Path):
+    """torch.load with weights_only=True: a tampered file cannot run code (pickle.UnpicklingError)."""
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -77,7 +87,7 @@ class CheckpointSeries:
         for entry in reversed(self._entries()):
             path = self.dir / entry["file"]
             if path.exists() and _sha256(path) == entry["sha256"]:
-                return torch.load(path, map_location="cpu", weights_only=False)
+                return load_torch(path)
             warnings.warn(f"checkpoint {path} is missing or corrupt (checksum mismatch); "
                           "falling back to the previous complete one")
         return None

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 from pathlib import Path
 
 import torch
 
+from .checkpoint import load_torch
 from .config import ModelConfig, load_config
 from .data import load_dataset, load_from_config, parse_source
 from .errors import BadInput, run_serial
@@ -24,13 +26,13 @@ from .train import PhaseData, Task, evaluate
 def load_network(path: Path) -> tuple[torch.nn.Module, dict]:
     """Rebuild a network saved by ddc_hpc.run from its spec and weights."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = load_torch(path)
         spec = dict(saved["spec"])
         model = build_model(spec.pop("name"), spec.pop("num_classes"), **spec)
         model.load_state_dict(saved["state_dict"])
     except FileNotFoundError:
         raise BadInput(f"checkpoint {path} does not exist") from None
-    except (KeyError, TypeError, RuntimeError, EOFError, ValueError) as err:
+    except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
         raise BadInput(f"{path} is not a network saved by ddc_hpc.run ({type(err).__name__}: {err})") from None
     return model.eval(), saved
 

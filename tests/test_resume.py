@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import pickle
 import warnings
 
 import pytest
@@ -10,6 +12,8 @@ import torch
 
 from conftest import run_pipeline
 from ddc_hpc.checkpoint import CheckpointSeries
+from ddc_hpc.errors import BadInput
+from ddc_hpc.evaluate import load_network
 
 DETERMINISTIC = ("run.deterministic=true", "sub.epochs=2", "global.epochs=2", "run.checkpoint_every=1")
 METRICS = ("phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top5", "lr", "train_samples")
@@ -88,3 +92,26 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
         slot.save({"epoch": epoch}, epoch=epoch, step=0, finished=False)
     assert sorted(p.name for p in slot.dir.glob("ckpt-*.pt")) == ["ckpt-000002.pt", "ckpt-000003.pt"]
     assert slot.load_latest() == {"epoch": 3}
+
+
+class _Payload:
+    """A pickle that runs a command when loaded: what a tampered .pt file would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_tampered_checkpoint_or_network_file_cannot_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    slot = CheckpointSeries(tmp_path, "global", "digest")
+    slot.save({"epoch": 1, "model": _Payload(marker)}, epoch=1, step=0, finished=False)  # manifest agrees
+    with pytest.raises(pickle.UnpicklingError):
+        slot.load_latest()
+    network = tmp_path / "model.pt"
+    torch.save({"spec": _Payload(marker), "state_dict": {}}, network)
+    with pytest.raises(BadInput, match="not a network saved by ddc_hpc.run"):
+        load_network(network)
+    assert not marker.exists()
