@@ -115,8 +115,10 @@ def make_optimizer(params, config: PhaseConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def step_seed(seed: int, epoch: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, step]).generate_state(1)[0])
+def step_seed(seed: int, epoch: int, step: int, peer: int = 0) -> int:
+    """The seed of one step's randomness. Each peer of a data-parallel group draws its own
+    augmentation and dropout; peer 0 (and a lone rank) keeps the seed of (seed, epoch, step)."""
+    return int(np.random.SeedSequence([seed, epoch, step, *([peer] if peer else [])]).generate_state(1)[0])
 
 
 def epoch_order(n: int, seed: int, epoch: int, group) -> list[int]:
@@ -210,7 +212,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         first_step = start_step if epoch == start_epoch else 0
         progress = _Progress(job, epoch, steps, first_step, seen, tic)
         for step in range(first_step, steps):
-            seed = step_seed(job.seed, epoch, step)
+            seed = step_seed(job.seed, epoch, step, peer)
             torch.manual_seed(seed)  # dropout and any other global-RNG use
             images, labels = data.train.read(np.asarray(order[step * cfg.batch_size : (step + 1) * cfg.batch_size]))
             x = make_batch(images, mean=data.mean, tile=data.tile, augment=data.augment,

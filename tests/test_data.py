@@ -424,3 +424,41 @@ def test_missing_data_says_how_to_get_it(tmp_path, source, fix):
     with pytest.raises(BadInput) as err:
         load_dataset(source.format(d=tmp_path), num_classes=10, val_fraction=0.2, seed=0)
     assert fix.format(d=tmp_path) in str(err.value)
+
+
+def test_data_parallel_peers_draw_their_own_augmentation(monkeypatch):
+    """Every sample is the same image, so what a peer's model sees differs only by augmentation."""
+    from torch import nn
+
+    from ddc_hpc import comm
+    from ddc_hpc.config import PhaseConfig
+    from ddc_hpc.train import Job, PhaseData, fit
+
+    image = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    images = ImageSet(_ArrayStore(np.repeat(image, 32, axis=0), np.zeros(32, np.int64)))
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3 * 16 * 16, 2)
+            self.seen = []
+
+        def forward(self, x):
+            if self.training:
+                self.seen.append(x.clone())
+            return self.fc(x.flatten(1))
+
+    seen = []
+    for peer in (0, 1):  # the two peers of a group, one after the other; no collective is needed
+        monkeypatch.setattr(comm, "group_size", lambda group=None: 2)
+        monkeypatch.setattr(comm, "group_rank", lambda group=None, peer=peer: peer)
+        monkeypatch.setattr(comm, "all_reduce_sum", lambda tensor, group=None: tensor)
+        monkeypatch.setattr(comm, "any_stop_requested", lambda group=None: False)
+        model = Recorder()
+        job = Job(name="sub_0", model=model, config=PhaseConfig(epochs=1, batch_size=8), slot=None, seed=5,
+                  data=PhaseData(train=images, val=images, mean=torch.zeros(3), augment=True, max_shift=2),
+                  log=lambda message: None)
+        fit(job, torch.device("cpu"))
+        seen.append(model.seen)
+    assert len(seen[0]) == len(seen[1]) == 2
+    assert all(not torch.equal(a, b) for a, b in zip(seen[0], seen[1]))
