@@ -165,10 +165,34 @@ def configure_threads(world: World, threads: int, deterministic: bool) -> int:
     torch.set_num_threads(threads)
     if world.device.type == "cuda":  # autotuned convolution kernels: the fastest, not reproducible
         torch.backends.cudnn.benchmark = not deterministic
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
     return threads
+
+
+CUBLAS_DETERMINISTIC = ":4096:8"  # the workspace setting cuBLAS needs for reproducible results
+
+
+def configure_determinism(deterministic: bool, device_type: str) -> str | None:
+    """run.deterministic: torch's deterministic algorithms; returns what the log must say.
+
+    Call before CUDA is initialised (cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts). On the
+    CPU every kernel the models use is deterministic (strict: an exception otherwise). On CUDA torch
+    has no deterministic backward for some kernels these models use (adaptive average pooling in the
+    ResNets' head, 3D max pooling): strict mode would raise there, so they warn and stay non-deterministic.
+    """
+    if not deterministic:
+        return None
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    if device_type != "cuda":
+        torch.use_deterministic_algorithms(True)
+        return "run.deterministic on cpu: deterministic algorithms (strict); a resumed run is bitwise identical"
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return ("run.deterministic on cuda: CUBLAS_WORKSPACE_CONFIG="
+            f"{os.environ['CUBLAS_WORKSPACE_CONFIG']}, cuDNN deterministic, deterministic algorithms where torch "
+            "has them; NOT deterministic: the backward of kernels torch has no deterministic CUDA version of (adaptive "
+            "average pooling in the ResNets' head, 3D max pooling; torch warns once for each), so repeated GPU runs "
+            "may differ in the last bits")
 
 
 def _wait(world: World, request: MPI.Request, what: str) -> None:

@@ -393,6 +393,7 @@ def pipeline(args: argparse.Namespace) -> None:
     comm.raise_first_bad_input(world, error)
     cfg = plan.config
     comm.agree(world, (cfg.full_digest(), code_version()), "the configuration and code version")
+    determinism = comm.configure_determinism(cfg.run.deterministic, comm.device_type(cfg.run.device))
     world = comm.configure_world(world, cfg.run.device, cfg.run.collective_timeout)
     threads = comm.configure_threads(world, cfg.run.threads, cfg.run.deterministic)
     if args.dry_run:
@@ -402,6 +403,8 @@ def pipeline(args: argparse.Namespace) -> None:
     log = Logger(plan.out / "logs" / f"rank{world.rank}.log", echo=world.is_root)
     log(f"rank {world.rank} of {world.size}: pid {os.getpid()} on {platform.node()}, local rank "
         f"{world.local_rank} of {world.local_size}, device {world.device}")
+    if determinism:
+        log(determinism)
     if world.is_root:
         atomic_write(plan.out / "config.toml", cfg.to_toml().encode())
     log(report.plan_text(plan, world, threads))

@@ -1,6 +1,9 @@
 """Config: TOML + --set overrides -> frozen dataclasses; every bad value is a BadInput."""
 
+import os
+
 import pytest
+import torch
 
 from conftest import REPO
 from ddc_hpc.config import load_config, parse_override
@@ -106,3 +109,19 @@ def test_the_resume_digest_covers_what_trains_not_how_the_run_executes():
     for semantic in ("run.seed=1", "run.strategy=ddc", "run.deterministic=true", "sub.lr=0.1", "model.width=16",
                      "decompose.overlap=4", "data.limit=10"):
         assert load_config(overrides=[semantic]).digest() != base.digest(), semantic
+
+
+def test_deterministic_on_cuda_sets_cublas_and_says_what_stays_nondeterministic(monkeypatch):
+    from ddc_hpc import comm
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        note = comm.configure_determinism(True, "cuda")  # nothing here touches a GPU
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert "NOT deterministic" in note and "adaptive average pooling" in note
+        note = comm.configure_determinism(True, "cpu")
+        assert not torch.is_deterministic_algorithms_warn_only_enabled() and "strict" in note
+        assert comm.configure_determinism(False, "cuda") is None
+    finally:
+        torch.use_deterministic_algorithms(False)

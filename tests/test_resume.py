@@ -33,6 +33,7 @@ def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("resume") / "straight"
     done = run_pipeline(2, out, *DETERMINISTIC)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "run.deterministic on cpu: deterministic algorithms (strict)" in (out / "logs" / "rank1.log").read_text()
     return out
 
 
