@@ -365,6 +365,16 @@ def gloo_interface(host: str) -> str | None:
     return next((name for name, address in ipv4_interfaces().items() if address == source), None)
 
 
+def _device_backends(backend: str) -> str:
+    """torch.distributed's backend for each device type. NCCL carries CUDA tensors only, but the
+    bookkeeping (metrics, stop flags, partial losses) reduces CPU tensors: those go over gloo.
+    DDC_NCCL_STANDIN=gloo (tests on hosts without GPUs) registers gloo for CUDA tensors only, a
+    backend that refuses CPU tensors exactly as NCCL does."""
+    if backend == "nccl":
+        return f"cpu:gloo,cuda:{os.environ.get('DDC_NCCL_STANDIN', 'nccl')}"
+    return backend
+
+
 def init_distributed(world: World, backend: str) -> str:
     """torch.distributed over `world` (the MPI world, or a sub-network's group from enter_sub_group);
     its rank 0 chooses the rendezvous and broadcasts it.
@@ -391,7 +401,8 @@ def init_distributed(world: World, backend: str) -> str:
         if interface:
             os.environ["GLOO_SOCKET_IFNAME"] = interface
     dist.init_process_group(
-        backend, init_method=f"tcp://{host}:{port}", rank=world.rank, world_size=world.size, timeout=timeout
+        _device_backends(backend), init_method=f"tcp://{host}:{port}", rank=world.rank, world_size=world.size,
+        timeout=timeout,
     )
     return backend
 
