@@ -82,15 +82,27 @@ class CheckpointSeries:
             (self.dir / entry["file"]).unlink(missing_ok=True)
         return path
 
-    def load_latest(self) -> dict | None:
-        """The newest checkpoint whose bytes match the manifest's checksum, or None."""
+    def latest_entry(self) -> dict | None:
+        """The manifest entry of the newest checkpoint whose bytes match its checksum, or None."""
         for entry in reversed(self._entries()):
-            path = self.dir / entry["file"]
-            if path.exists() and _sha256(path) == entry["sha256"]:
-                return load_torch(path)
-            warnings.warn(f"checkpoint {path} is missing or corrupt (checksum mismatch); "
+            if self.readable(entry):
+                return entry
+            warnings.warn(f"checkpoint {self.dir / entry['file']} is missing or corrupt (checksum mismatch); "
                           "falling back to the previous complete one")
         return None
+
+    def readable(self, entry: dict) -> bool:
+        """Whether this file system holds exactly the checkpoint that `entry` lists."""
+        path = self.dir / entry["file"]
+        return path.exists() and _sha256(path) == entry["sha256"]
+
+    def load(self, entry: dict) -> dict:
+        return load_torch(self.dir / entry["file"])
+
+    def load_latest(self) -> dict | None:
+        """The newest checkpoint whose bytes match the manifest's checksum, or None."""
+        entry = self.latest_entry()
+        return None if entry is None else self.load(entry)
 
 
 def existing_digests(root: Path) -> set[str]:

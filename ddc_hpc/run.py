@@ -51,6 +51,8 @@ class Plan:
     tiles: list[tuple[slice, ...]]
     resume: bool
     backend: str  # resolved run.backend: gloo, nccl, mpi or mpi4py
+    # slot name -> manifest entry of the checkpoint it resumes from, as rank 0 chose (choose_resume)
+    resume_from: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     @property
     def partitions(self) -> int:
@@ -243,9 +245,37 @@ def data_parallel(model: torch.nn.Module, world: comm.World, backend: str) -> to
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
+def choose_resume(plan: Plan, world: comm.World) -> None:
+    """Rank 0 picks each slot's checkpoint (file, epoch, step, sha256) and every rank resumes from
+    exactly that one: ranks reading their own newest could resume different epochs and hang. A rank
+    whose view of --out lacks one it will read stops the job with exit 2 before anything trains."""
+    root = plan.out / "checkpoints"
+    chosen = None
+    if world.is_root:
+        names = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+        chosen = {n: e for n in names if (e := CheckpointSeries(root, n, plan.config.digest()).latest_entry()) is not None}
+    plan.resume_from = comm.bcast(world, chosen, "choosing the checkpoints to resume from")
+    strategy = plan.config.run.strategy
+    mine = [f"sub_{k}" for k in subnets_of_rank(world.rank, world.size, plan.partitions)] + ["global"]
+    mine = (mine if strategy != "random" else []) + (["random"] if strategy != "ddc" else [])
+    error = None
+    for name in mine:
+        entry = plan.resume_from.get(name)
+        if entry is not None and not CheckpointSeries(root, name, plan.config.digest()).readable(entry):
+            error = BadInput(
+                f"cannot read checkpoint {root / name / entry['file']} (epoch {entry['epoch']}, step {entry['step']}, "
+                f"sha256 {entry['sha256'][:12]}...) that rank 0 resumes {name} from: it is missing or holds other "
+                "bytes on this node. Every rank must see the same --out, on a file system shared by all nodes "
+                "(docs/CLUSTER.md, 'Shared file system')")
+            break
+    comm.raise_first_bad_input(world, error)
+
+
 def run_job(job: Job, world: comm.World, slot_name: str, plan: Plan) -> list[dict]:
     """Fit a job, or take its finished state from the out dir; checkpoints are read by all peers."""
-    saved = CheckpointSeries(plan.out / "checkpoints", slot_name, plan.config.digest()).load_latest()
+    entry = plan.resume_from.get(slot_name)
+    saved = None if entry is None else CheckpointSeries(plan.out / "checkpoints", slot_name,
+                                                         plan.config.digest()).load(entry)
     if saved is not None and saved["finished"]:
         job.module.load_state_dict(saved["model"])
         job.log(f"[{job.name}] finished earlier; loaded from checkpoint")
@@ -393,6 +423,8 @@ def pipeline(args: argparse.Namespace) -> None:
     comm.raise_first_bad_input(world, error)
     cfg = plan.config
     comm.agree(world, (cfg.full_digest(), code_version()), "the configuration and code version")
+    if not args.dry_run:  # still under the startup deadline, not run.collective_timeout
+        choose_resume(plan, world)
     determinism = comm.configure_determinism(cfg.run.deterministic, comm.device_type(cfg.run.device))
     world = comm.configure_world(world, cfg.run.device, cfg.run.collective_timeout)
     threads = comm.configure_threads(world, cfg.run.threads, cfg.run.deterministic)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import pickle
+import shutil
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 
-from conftest import run_pipeline
+from conftest import REPO, TINY, run_pipeline, sets
 from ddc_hpc.checkpoint import CheckpointSeries
 from ddc_hpc.errors import BadInput
 from ddc_hpc.evaluate import load_network
@@ -69,6 +73,26 @@ def test_operational_settings_may_change_on_resume_but_training_ones_may_not(tmp
                            "run.backend=gloo", "run.device=cpu", "run.threads=2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "[random] resuming at epoch 1, step 3" in (out / "logs" / "rank0.log").read_text()
+
+
+def test_a_rank_that_cannot_read_rank_0s_checkpoint_stops_the_job(tmp_path):
+    """Rank 1 runs on a stale copy of --out (a node-local out dir, a lagging file-system view)."""
+    out, stale = tmp_path / "run", tmp_path / "stale"
+    extra = ("run.strategy=random", "random.epochs=2", "run.collective_timeout=60")
+    stopped = run_pipeline(2, out, *extra, env={"DDC_STOP_AT": "random:2:1"})
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    shutil.copytree(out, stale)
+    slot = stale / "checkpoints" / "random"
+    newest = json.loads((slot / "manifest.json").read_text())["checkpoints"][-1]
+    (slot / newest["file"]).write_bytes(b"not what rank 0 sees")  # an older complete one is still there
+    run = [sys.executable, "-m", "ddc_hpc.run", *sets(*TINY, *extra)]
+    command = [shutil.which("mpiexec"), "-n", "1", *run, "--out", str(out), ":", "-n", "1", *run, "--out", str(stale)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DDC_", "SLURM_"))}
+    done = subprocess.run(command, cwd=REPO, env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"error: rank 1: cannot read checkpoint {slot / newest['file']} (epoch 1, step 1" in done.stderr
+    assert "file system shared by all nodes" in done.stderr and not (out / "results.json").exists()
 
 
 def test_resume_with_nothing_to_resume_is_refused(tmp_path):
