@@ -491,13 +491,17 @@ def install_stop_handlers() -> None:
 def signal_point(job: str, epoch: int, step: int) -> None:
     """Test hooks after a training step (1-based epoch and step), as a cluster would do it:
     DDC_STOP_AT=<job>:<epoch>:<step> sends SIGUSR1 (SLURM's pre-timeout warning) to this rank;
-    DDC_KILL_AT=<job>:<epoch>:<step>:<rank> SIGKILLs that rank."""
+    DDC_KILL_AT=<job>:<epoch>:<step>:<rank> SIGKILLs that rank; DDC_HANG_AT (same form) makes it
+    hang there, alive and making no progress."""
     here = f"{job}:{epoch}:{step}"
     if os.environ.get("DDC_STOP_AT") == here:
         signal.raise_signal(signal.SIGUSR1)
     kill_at, _, rank = os.environ.get("DDC_KILL_AT", "").rpartition(":")
     if kill_at == here and _is_my_rank(rank):
         os.kill(os.getpid(), signal.SIGKILL)
+    hang_at, _, rank = os.environ.get("DDC_HANG_AT", "").rpartition(":")
+    while hang_at == here and _is_my_rank(rank):
+        time.sleep(3600)
 
 
 def nan_point(job: str, epoch: int, step: int) -> bool:
@@ -640,8 +644,9 @@ SPIN_SECONDS = 0.005  # poll back to back (yielding the core) this long, then sl
 MAX_PAUSE = 1e-3  # the longest sleep between polls
 
 
-def wait_all(world: World, requests: list, what: str) -> None:
-    """Complete nonblocking collectives, or raise CollectiveTimeout after run.collective_timeout.
+def wait_all(world: World, requests: list, what: str, timeout: float | None = None) -> None:
+    """Complete nonblocking collectives, or raise CollectiveTimeout after `timeout` seconds
+    (default run.collective_timeout).
 
     MPI moves a message along only while some rank polls it (MPICH has no progress thread), so
     the pause between polls bounds a collective's speed: every exchange of an algorithm's rounds
@@ -655,14 +660,15 @@ def wait_all(world: World, requests: list, what: str) -> None:
                               "that is not a sub-network's group (the sub phase has no communication between "
                               "sub-networks)")
     world.collectives[_phase] += len(requests)
+    timeout = world.timeout if timeout is None else timeout
     start = time.monotonic()
-    deadline = start + world.timeout
+    deadline = start + timeout
     pause = 1e-5
     while not MPI.Request.Testall(requests):
         now = time.monotonic()
         if now > deadline:
             err = CollectiveTimeout(
-                f"{what} in phase {_phase!r} did not complete within {world.timeout:g} s: another rank "
+                f"{what} in phase {_phase!r} did not complete within {timeout:g} s: another rank "
                 "is stuck or dead (raise run.collective_timeout if a phase is legitimately slower)"
             )
             err.requests = requests  # still pending: freeing them would be erroneous MPI
@@ -674,6 +680,31 @@ def wait_all(world: World, requests: list, what: str) -> None:
         else:
             time.sleep(pause)
             pause = min(pause * 2, MAX_PAUSE)
+
+
+ARRIVAL_TAG = 7401
+
+
+def arrive(world: World, what: str, allowed: float, since: float, why: str) -> None:
+    """Wait until every rank is here, at most until `since + allowed` (time.monotonic()); then
+    CollectiveTimeout naming the ranks that did not `what` and `why` that long was allowed.
+
+    For the end of independent work, whose length differs between ranks: one empty message to and
+    from every other rank (not a collective), so the missing ranks are known.
+    """
+    others = [r for r in range(world.size) if r != world.rank]
+    token, inbox = np.zeros(1, np.uint8), np.zeros(max(len(others), 1), np.uint8)
+    sends = [world.comm.Isend(token, dest=r, tag=ARRIVAL_TAG) for r in others]
+    receives = [world.comm.Irecv(inbox[i : i + 1], source=r, tag=ARRIVAL_TAG) for i, r in enumerate(others)]
+    try:
+        wait_all(world, receives, f"waiting for every rank to {what}", max(since + allowed - time.monotonic(), 0.0))
+    except CollectiveTimeout as err:
+        missing = [r for r, request in zip(others, receives) if not request.Test()]
+        late = CollectiveTimeout(f"rank(s) {missing} did not {what} within {allowed:.0f} s ({why}): they are stuck "
+                                 "or dead")
+        late.requests = err.requests + sends
+        raise late from None
+    wait_all(world, sends, f"telling every rank this one is ready to {what}")
 
 
 def free_world(world: World) -> None:

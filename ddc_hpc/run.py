@@ -329,9 +329,34 @@ def _model_file(module: torch.nn.Module, plan: Plan, tile=None) -> dict:
             "sample_shape": plan.data.train.image_shape}
 
 
+ARRIVAL_SLACK = 2  # the slowest rank may take this many times the longest sub epoch measured here, per epoch
+
+
+def arrival_allowance(plan: Plan, world: comm.World, sub: dict) -> tuple[float, str]:
+    """How long after its sub phase began a rank waits for every rank to finish theirs, and why.
+
+    Independent work differs in length (R < K with K % R != 0, a resume in which some sub-networks
+    had finished, jitter over hours), so the wait is proportionate to the most work any rank has,
+    timed by the slowest sub epoch this rank saw: only a rank that makes no progress is caught.
+    Never less than run.collective_timeout (all that is left without a measured epoch).
+    """
+    def epochs(rank: int) -> int:
+        return len(subnets_of_rank(rank, world.size, plan.partitions)) * plan.config.sub.epochs
+
+    measured = [row["seconds"] for _, history in sub["trained"].values() for row in history]
+    epoch = max(measured + [sub["seconds"] / epochs(world.rank)])
+    most = max(epochs(r) for r in range(world.size))
+    timeout = plan.config.run.collective_timeout
+    return timeout + ARRIVAL_SLACK * most * epoch, (
+        f"run.collective_timeout {timeout:g} s + {ARRIVAL_SLACK} x {most} sub epochs, the most a rank trains, "
+        f"x {epoch:.1f} s, the slowest sub epoch rank {world.rank} saw")
+
+
 def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tuple[dict, torch.nn.Module | None]:
     """One Gatherv of every trained sub-network to rank 0, which composes and checks Theorem 2.1."""
     comm.set_phase("compose")
+    allowed, why = arrival_allowance(plan, world, sub)
+    comm.arrive(world, "finish the sub phase", allowed, time.monotonic() - sub["seconds"], why)
     cfg, K = plan.config, plan.partitions
     tic = time.perf_counter()
     mine = sorted(sub["trained"])

@@ -53,12 +53,14 @@ def test_a_rank_killed_mid_phase_ends_the_job(job, rank, tmp_path):
     assert f"rank {rank} of 4: pid " in (out / "logs" / f"rank{rank}.log").read_text()
 
 
-def test_a_hung_rank_is_caught_by_the_collective_deadline(tmp_path):
+def test_a_hung_rank_is_caught_by_the_arrival_deadline(tmp_path):
+    """Rank 1 hangs before it arrives in compose: rank 0 waits run.collective_timeout plus twice the
+    sub-phase work it measured (no wall-clock bound here: that work is slow under load)."""
     out = tmp_path / "run"
     # The deadline's own message is the event; the launch limit only catches a job that never ends.
     done = run_pipeline(2, out, "run.collective_timeout=4", env={"DDC_FAULT": "compose:1:hang"}, timeout=LAUNCH_LIMIT)
-    _ended_cleanly(done, out, 0, "did not complete within 4 s")
-    assert "phase 'compose'" in done.stderr
+    _ended_cleanly(done, out, 0, "CollectiveTimeout in phase 'compose': rank(s) [1] did not finish the sub phase")
+    assert "run.collective_timeout 4 s + 2 x 2 sub epochs" in done.stderr
 
 
 def test_nan_loss_stops_the_phase_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -132,3 +134,21 @@ def test_ranks_running_different_code_are_stopped(tmp_path):
                "-n", "1", "-env", "PYTHONPATH", str(copy), *run]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=LAUNCH_LIMIT)
     assert done.returncode == 2 and "code version" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_rank_hung_mid_sub_phase_is_named_by_the_others(tmp_path):
+    """Rank 1 stops making progress after one step: the wait for it is bounded by the work it has."""
+    out = tmp_path / "run"
+    done = run_pipeline(2, out, "run.collective_timeout=4", "run.strategy=ddc",
+                        env={"DDC_HANG_AT": "sub_1:1:1:1"}, timeout=LAUNCH_LIMIT)
+    _ended_cleanly(done, out, 0, "CollectiveTimeout in phase 'compose': rank(s) [1] did not finish the sub phase")
+
+
+def test_unequal_sub_phase_work_is_waited_for_beyond_the_collective_deadline(tmp_path):
+    """3 ranks, K = 4: rank 0 trains two sub-networks, the others one; the others wait for it
+    longer than run.collective_timeout, as long as its work takes."""
+    out = tmp_path / "run"
+    done = run_pipeline(3, out, "run.collective_timeout=5", "run.strategy=ddc", "sub.epochs=24",
+                        timeout=LAUNCH_LIMIT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "results.json").exists()
