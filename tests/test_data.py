@@ -435,7 +435,7 @@ def test_data_parallel_peers_draw_their_own_augmentation(monkeypatch):
     from ddc_hpc.train import Job, PhaseData, fit
 
     image = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
-    images = ImageSet(_ArrayStore(np.repeat(image, 32, axis=0), np.zeros(32, np.int64)))
+    images = SampleSet(_ArrayStore(np.repeat(image, 32, axis=0), np.zeros(32, np.int64)))
 
     class Recorder(nn.Module):
         def __init__(self):
