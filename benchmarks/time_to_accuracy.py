@@ -6,11 +6,14 @@ RUN_DIR is a finished `python -m ddc_hpc.run` directory with `run.strategy = "bo
 results.json:
 
 * DDC's curve: nothing to show during the sub phase (the sub-networks see tiles), then GNet-T
-  before training at sub.seconds + compose.seconds with compose.init_val_accuracy, then after
-  every global epoch (cumulative `seconds` of global.history rows, which include each epoch's
-  evaluation);
-* GNet-R's curve: cumulative `seconds` of random.history rows; its final validation accuracy is the
-  target and its last point its wall time.
+  before training when the global phase starts (`global.elapsed_start`, with
+  compose.init_val_accuracy), then at the end of every global epoch (the rows' `elapsed`, which
+  include each epoch's evaluation), all counted from the sub phase's start (`sub.elapsed_start`);
+* GNet-R's curve: the `elapsed` of random.history rows counted from `random.elapsed_start`; its
+  final validation accuracy is the target and its last point its wall time.
+
+`elapsed` is read on one clock shared by all phases (seconds since the job started), so nothing is
+summed or guessed; results written before rows had it fall back to cumulated epoch seconds.
 
 The ratio is DDC's time to the target / GNet-R's wall time (< 1: DDC is faster). The time to the
 target is interpolated linearly between the two evaluations that bracket it (the epoch-end value,
@@ -31,23 +34,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddc_hpc.plotting import pyplot  # noqa: E402
+from ddc_hpc import report  # noqa: E402
 
 
 def ddc_curve(results: dict) -> tuple[list[float], list[float]]:
-    sub, comp, glob = results["sub"], results["compose"], results["global"]
-    seconds, accuracy = [sub["seconds"] + comp["seconds"]], [comp["init_val_accuracy"]]
-    for row in glob["history"]:
-        seconds.append(seconds[-1] + row["seconds"])
-        accuracy.append(row["val_accuracy"])
+    _, seconds, accuracy = report.ddc_curve(results)
     return seconds, accuracy
 
 
 def random_curve(results: dict) -> tuple[list[float], list[float]]:
-    seconds, accuracy, total = [], [], 0.0
-    for row in results["random"]["history"]:
-        total += row["seconds"]
-        seconds.append(total)
-        accuracy.append(row["val_accuracy"])
+    _, seconds, accuracy = report.random_curve(results)
     return seconds, accuracy
 
 

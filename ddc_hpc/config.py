@@ -30,6 +30,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 RANDOM_INIT_SEED_OFFSET = 7919  # GNet-R is built right after seeding with run.seed + this
 # [run] keys that say how a run executes, not what it learns: a resume may change them
 OPERATIONAL = ("backend", "device", "threads", "checkpoint_every", "collective_timeout", "progress_seconds")
+SCHEDULES = ("step", "cosine", "linear")
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,17 @@ class PhaseConfig:
     weight_decay: float = 0.0
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+    gammas: tuple[float, ...] = ()  # one factor per milestone (the paper's /10 and /2); empty: gamma at each
     plateau_patience: int = 0  # 0: off; the paper divides the lr by sqrt(10) after 5 flat epochs
     plateau_factor: float = 1 / math.sqrt(10)
+    schedule: str = "step"  # step: milestones; cosine / linear: decay to zero over the phase, per step
+    warmup_epochs: float = 0.0  # linear warm-up from lr / warm-up steps to lr; fractions of an epoch allowed
+    steps_per_epoch: int = 0  # 0: an epoch is one pass; N: N steps, the data continuing across epochs
+    bn_recalibrate_batches: int = 0  # 0: off; N: BatchNorm statistics from N batches before each evaluation
+
+    @property
+    def milestone_factors(self) -> tuple[float, ...]:
+        return self.gammas or (self.gamma,) * len(self.milestones)
 
 
 @dataclass(frozen=True)
@@ -286,6 +296,20 @@ def validate(config: Config) -> None:
         _require(p.plateau_patience >= 0, f"{name}.plateau_patience must be >= 0")
         _require(list(p.milestones) == sorted(set(p.milestones)) and all(x > 0 for x in p.milestones),
                  f"{name}.milestones must be increasing positive epochs, got {list(p.milestones)}")
+        _one_of(f"{name}.schedule", p.schedule, SCHEDULES)
+        _require(not p.gammas or len(p.gammas) == len(p.milestones),
+                 f"{name}.gammas has {len(p.gammas)} factors for {len(p.milestones)} milestones: give one factor "
+                 "per milestone (e.g. milestones = [20, 40, 60], gammas = [0.1, 0.1, 0.5]), or none to use gamma")
+        _require(all(0 < g <= 1 for g in p.gammas), f"{name}.gammas must be in (0, 1], got {list(p.gammas)}")
+        _require(p.schedule == "step" or not p.milestones,
+                 f"{name}.milestones are for schedule = \"step\"; a {p.schedule} schedule decays to zero over "
+                 f"the whole phase: remove {name}.milestones or set {name}.schedule = \"step\"")
+        _require(math.isfinite(p.warmup_epochs) and 0 <= p.warmup_epochs <= max(p.epochs, 0),
+                 f"{name}.warmup_epochs must be between 0 and {name}.epochs ({p.epochs}), got {p.warmup_epochs}")
+        _require(p.steps_per_epoch >= 0, f"{name}.steps_per_epoch must be >= 0 (0 = one pass over the data), "
+                 f"got {p.steps_per_epoch}")
+        _require(p.bn_recalibrate_batches >= 0, f"{name}.bn_recalibrate_batches must be >= 0 (0 = off), got "
+                 f"{p.bn_recalibrate_batches}")
     _one_of("run.strategy", r.strategy, STRATEGIES)
     _one_of("run.backend", r.backend, BACKENDS)
     _one_of("run.device", r.device, DEVICES)

@@ -29,7 +29,7 @@ from .partition import subnets_of_rank, tile_shape
 from .plotting import pyplot
 
 METRIC_COLUMNS = ["phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top5", "val_mae", "val_rmse", "lr", "seconds",
-                  "train_seconds", "train_samples", "images_per_second"]
+                  "train_seconds", "train_samples", "images_per_second", "elapsed"]
 
 
 def plan_text(plan, world, threads: int) -> str:
@@ -73,6 +73,9 @@ def phase_result(trained: dict) -> dict:
         "epochs": len(history),
         **_val_metrics(history[-1] if history else trained.get("initial") or {}),
         "images_per_second": sum(r["train_samples"] for r in history) / train_seconds if train_seconds else None,
+        # seconds since the job started (one clock for all phases; history rows carry `elapsed`)
+        "elapsed_start": trained["elapsed_start"],
+        "elapsed_end": trained["elapsed_end"],
         "history": history,
     }
 
@@ -86,6 +89,7 @@ def ddc_results(plan, compose_info: dict, trained: dict) -> dict:
     samples = sum(r["train_samples"] for k in range(K) for r in histories[k])
     seconds = compose_info["seconds_sub"]
     initial = _val_metrics(trained["initial"])
+    recalibrated = _val_metrics(trained["recalibrated"] or {})
     return {
         "metric": metric,
         "sub": {"seconds": seconds, "epochs": plan.config.sub.epochs,
@@ -93,9 +97,18 @@ def ddc_results(plan, compose_info: dict, trained: dict) -> dict:
                 "images_per_second": samples / seconds if seconds else None,
                 "collectives": sum(compose_info["collectives_per_rank"]),
                 "collectives_per_rank": compose_info["collectives_per_rank"],
-                "reach_per_rank": compose_info["reach_per_rank"], "histories": [histories[k] for k in range(K)]},
+                "reach_per_rank": compose_info["reach_per_rank"],
+                # slowest rank's sub seconds - fastest's: what the others waited at compose
+                "imbalance_seconds": compose_info["imbalance_seconds"],
+                "elapsed_start": compose_info["sub_elapsed"][0], "elapsed_end": compose_info["sub_elapsed"][1],
+                "histories": [histories[k] for k in range(K)]},
+        # seconds: from the slowest sub-network's arrival to the composed, checked net; GNet-T's
+        # evaluation before training (and after BN recalibration) is timed in its own keys
         "compose": {"seconds": compose_info["seconds"], "epochs": 0, **initial,
                     **{f"init_{k}": v for k, v in initial.items()},
+                    **{f"recalibrated_{k}": v for k, v in recalibrated.items()},
+                    "init_eval_seconds": trained["init_eval_seconds"],
+                    "recalibrate_seconds": trained["recalibrate_seconds"],
                     "max_abs_error": compose_info["max_abs_error"],
                     "max_rel_error": compose_info["max_rel_error"],
                     "bytes_gathered": compose_info["bytes_gathered"]},
@@ -124,40 +137,47 @@ def write(out: Path, results: dict) -> None:
 # ------------------------------------------------------------------------------------ one run's view
 
 
+def epoch_times(history: list[dict], origin: float | None, offset: float = 0.0) -> list[float]:
+    """Wall seconds of each epoch's end after `origin` on the job's clock (rows' `elapsed`); for runs
+    written before rows had it, `offset` plus the cumulated epoch seconds."""
+    if history and origin is not None and "elapsed" in history[0]:
+        return [row["elapsed"] - origin for row in history]
+    seconds, total = [], offset
+    for row in history:
+        total += row["seconds"]
+        seconds.append(total)
+    return seconds
+
+
 def ddc_curve(results: dict) -> tuple[list[float], list[float], list[float]]:
-    """(epochs, wall seconds, val accuracy) of GNet-T, starting at the composed net before training.
+    """(epochs, wall seconds since the sub phase began, val accuracy) of GNet-T, starting at the
+    composed net before training.
 
     Epochs count on the paper's equal-iteration axis: GNet-T's epoch e is at sub.epochs + e.
     """
     sub, comp, glob = results["sub"], results["compose"], results["global"]
     metric = metric_of(results)
-    epochs, seconds, acc = [sub["epochs"]], [sub["seconds"] + comp["seconds"]], [comp[f"init_{metric}"]]
-    for row in glob["history"]:
-        epochs.append(sub["epochs"] + row["epoch"])
-        seconds.append(seconds[-1] + row["seconds"])
-        acc.append(row[metric])
-    return epochs, seconds, acc
+    origin = sub.get("elapsed_start")
+    start = (glob["elapsed_start"] - origin if origin is not None and "elapsed_start" in glob
+             else sub["seconds"] + comp["seconds"])
+    epochs = [sub["epochs"]] + [sub["epochs"] + row["epoch"] for row in glob["history"]]
+    seconds = [start] + epoch_times(glob["history"], origin, start)
+    return epochs, seconds, [comp[f"init_{metric}"]] + [row[metric] for row in glob["history"]]
 
 
 def random_curve(results: dict) -> tuple[list[float], list[float], list[float]]:
-    history = results["random"]["history"]
-    seconds, total = [], 0.0
-    for row in history:
-        total += row["seconds"]
-        seconds.append(total)
+    """(epochs, wall seconds since GNet-R's phase began, val accuracy) of GNet-R."""
+    random = results["random"]
+    history = random["history"]
+    seconds = epoch_times(history, random.get("elapsed_start"))
     return [r["epoch"] for r in history], seconds, [r[metric_of(results)] for r in history]
 
 
 def sub_curves(results: dict) -> list[tuple[list[float], list[float], list[float]]]:
     """(epochs, wall seconds, val accuracy) of every sub-network on its own tile."""
-    curves = []
-    for history in results.get("sub", {}).get("histories", []):
-        seconds, total = [], 0.0
-        for row in history:
-            total += row["seconds"]
-            seconds.append(total)
-        curves.append(([r["epoch"] for r in history], seconds, [r[metric_of(results)] for r in history]))
-    return curves
+    sub = results.get("sub", {})
+    return [([r["epoch"] for r in history], epoch_times(history, sub.get("elapsed_start")),
+             [r[metric_of(results)] for r in history]) for history in sub.get("histories", [])]
 
 
 def plot(out: Path, results: dict) -> None:
@@ -190,6 +210,9 @@ def table(results: dict, out: Path | str | None = None) -> str:
                      sub["seconds"]))
         rows.append(("GNet-T, composed, not trained", results["compose"][f"init_{metric}"],
                      results["compose"]["seconds"]))
+        if results["compose"].get(f"recalibrated_{metric}") is not None:
+            rows.append(("GNet-T, BN recalibrated", results["compose"][f"recalibrated_{metric}"],
+                         results["compose"]["recalibrate_seconds"]))
         rows.append(("GNet-T, trained", results["global"].get(metric), results["global"]["seconds"]))
     if "random" in results:
         rows.append(("GNet-R, trained", results["random"].get(metric), results["random"]["seconds"]))
@@ -198,8 +221,8 @@ def table(results: dict, out: Path | str | None = None) -> str:
     lines += [f"{name:38} {'' if v is None else _score(v, metric):>8} {'' if s is None else f'{s:9.1f}'}"
               for name, v, s in rows]
     if "global" in results and "random" in results:
-        ddc = sum(results[p]["seconds"] for p in ("sub", "compose", "global"))
-        lines.append(f"wall time DDC (sub+compose+global) {ddc:.1f} s vs GNet-R {results['random']['seconds']:.1f} s")
+        lines.append(f"wall time DDC (sub+compose+global) {_ddc_seconds(results):.1f} s vs GNet-R "
+                     f"{results['random']['seconds']:.1f} s")
     if "compose" in results and results["compose"]["max_abs_error"] is not None:
         lines.append(f"Theorem 2.1 check: max |F(x) - sum_k F_k(x)| = {results['compose']['max_abs_error']:.3g}")
     if out is not None:
@@ -258,14 +281,18 @@ def accuracy_rows(results: dict, metric: str) -> dict[str, str]:
     snets = [h[-1].get(key) if h else None for h in sub.get("histories", [])]
     return {"SNet-k, each (range over k)": _range(snets, digits, scale),
             "GNet-T, not trained": _num(comp.get(f"init_{key}"), digits, scale),
+            "GNet-T, not trained, BN recalibrated": _num(comp.get(f"recalibrated_{key}"), digits, scale),
             "GNet-T-trained": _num(glob.get(key), digits, scale),
             "GNet-R-trained": _num(rand.get(key), digits, scale)}
 
 
 def _ddc_seconds(results: dict):
+    """sub + compose + global, with GNet-T's evaluation before training (and BN recalibration)."""
     if not all(p in results for p in ("sub", "compose", "global")):
         return None
-    return sum(results[p]["seconds"] for p in ("sub", "compose", "global"))
+    comp = results["compose"]
+    return (sum(results[p]["seconds"] for p in ("sub", "compose", "global"))
+            + comp.get("init_eval_seconds", 0.0) + comp.get("recalibrate_seconds", 0.0))
 
 
 def _per_epoch(history) -> float | None:
@@ -285,9 +312,13 @@ def time_rows(results: dict) -> dict[str, str]:
 
     return {
         "SNets, in parallel (sub)": seconds("sub"),
-        "compose (Gatherv, Theorem 2.1 check, eval)": seconds("compose"),
+        "sub imbalance (slowest - fastest rank)": _num((sub or {}).get("imbalance_seconds"), 1, 1.0),
+        "compose (Gatherv, Theorem 2.1 check)": seconds("compose"),
+        "GNet-T evaluated before training (+ BN recalibration)": _num(
+            None if "init_eval_seconds" not in results.get("compose", {}) else
+            results["compose"]["init_eval_seconds"] + results["compose"]["recalibrate_seconds"], 1, 1.0),
         "GNet-T training (global)": seconds("global"),
-        "DDC total (sub + compose + global)": _num(ddc, 1, 1.0),
+        "DDC total (sub + compose + evaluation + global)": _num(ddc, 1, 1.0),
         "GNet-R training (random)": seconds("random"),
         "DDC / GNet-R": "-" if ddc is None or not rand or not rand["seconds"] else f"{ddc / rand['seconds']:.2f}",
         "one SNet epoch (slowest)": _num(snet_epoch, 2, 1.0),

@@ -36,7 +36,7 @@ from .models import build_model, input_options, model_defaults, model_names, mod
 from .partition import (default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd,
                         validate_layout)
 from .engine import MPIDataParallel
-from .train import Job, PhaseData, Task, evaluate, fit
+from .train import Clock, Job, PhaseData, Task, evaluate, fit, recalibrate_bn
 
 THEOREM_RTOL = 1e-4  # composed logits vs sum of sub-network logits, relative to max |logit|
 
@@ -53,6 +53,7 @@ class Plan:
     backend: str  # resolved run.backend: gloo, nccl, mpi or mpi4py
     # slot name -> manifest entry of the checkpoint it resumes from, as rank 0 chose (choose_resume)
     resume_from: dict[str, dict] = dataclasses.field(default_factory=dict)
+    clock: Clock = dataclasses.field(default_factory=Clock)  # restarted when every rank has the plan
 
     @property
     def partitions(self) -> int:
@@ -278,6 +279,7 @@ def run_job(job: Job, world: comm.World, slot_name: str, plan: Plan) -> list[dic
                                                          plan.config.digest()).load(entry)
     if saved is not None and saved["finished"]:
         job.module.load_state_dict(saved["model"])
+        job.clock.resume_at(saved["elapsed"])
         job.log(f"[{job.name}] finished earlier; loaded from checkpoint")
         return list(saved["history"])
     if saved is not None:
@@ -297,7 +299,7 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
     local = comm.enter_sub_group(world, plan.backend, subnet_group(mine[0], world.size, K))
     comm.set_phase("sub")
     comm.stray_point(world)
-    tic = time.perf_counter()
+    tic, started = time.perf_counter(), plan.clock()
     trained, preempted = {}, None
     for k in mine:
         model = build(cfg, K, plan.tile_sample_shape, cfg.run.seed * 1000 + k + 1)
@@ -307,7 +309,7 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         job = Job(name=f"sub_{k}", model=wrapped, config=cfg.sub, task=plan.task,
                   data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
                   rank=world.rank, checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
-                  progress_seconds=cfg.run.progress_seconds, log=log)
+                  progress_seconds=cfg.run.progress_seconds, log=log, clock=plan.clock)
         try:
             history = run_job(job, local, f"sub_{k}", plan)
         except comm.Preempted as stop:  # told to everyone at the first collective, in compose
@@ -318,7 +320,8 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
             trained[k] = (job.module, history)
     comm.leave_sub_group(local)
     return {"trained": trained, "seconds": time.perf_counter() - tic, "preempted": preempted,
-            "collectives": world.collectives["sub"], "reach": local.size}
+            "collectives": world.collectives["sub"], "reach": local.size,
+            "elapsed_start": started, "elapsed_end": plan.clock()}
 
 
 def _model_file(module: torch.nn.Module, plan: Plan, tile=None) -> dict:
@@ -358,20 +361,23 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
     allowed, why = arrival_allowance(plan, world, sub)
     comm.arrive(world, "finish the sub phase", allowed, time.monotonic() - sub["seconds"], why)
     cfg, K = plan.config, plan.partitions
-    tic = time.perf_counter()
     mine = sorted(sub["trained"])
     flat = np.concatenate([np.zeros(0, np.float32)] + [flatten_state(sub["trained"][k][0]).cpu().numpy() for k in mine])
     summaries = comm.allgather(world, {"histories": {k: sub["trained"][k][1] for k in mine},
                                        "seconds": sub["seconds"], "preempted": sub["preempted"],
-                                       "collectives": sub["collectives"], "reach": sub["reach"]},
+                                       "collectives": sub["collectives"], "reach": sub["reach"],
+                                       "elapsed_start": sub["elapsed_start"], "elapsed_end": sub["elapsed_end"]},
                                "gathering sub-network metrics")
+    tic = time.perf_counter()  # the slowest sub-network has arrived: its wait is the sub phase's imbalance
     stopped = [(r, s["preempted"]) for r, s in enumerate(summaries) if s["preempted"]]
     if stopped:
         raise comm.Preempted(f"rank {stopped[0][0]} was stopped in the sub phase ({stopped[0][1]}); "
                              "every sub-network is checkpointed")
     gathered = comm.gatherv(world, flat)
     info = {"seconds_sub": max(s["seconds"] for s in summaries), "histories": {},
-            "collectives_per_rank": [s["collectives"] for s in summaries], "reach_per_rank": [s["reach"] for s in summaries]}
+            "collectives_per_rank": [s["collectives"] for s in summaries], "reach_per_rank": [s["reach"] for s in summaries],
+            "imbalance_seconds": max(s["seconds"] for s in summaries) - min(s["seconds"] for s in summaries),
+            "sub_elapsed": (min(s["elapsed_start"] for s in summaries), max(s["elapsed_end"] for s in summaries))}
     for s in summaries:
         info["histories"].update(s["histories"])
     if not world.is_root:
@@ -413,13 +419,25 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
     job = Job(name=name, model=ddp, config=phase_cfg, data=phase_data(plan, None), slot=slot, task=plan.task,
               seed=cfg.run.seed + (1 if name == "global" else 2), rank=world.rank, group=None,
               checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
-              progress_seconds=cfg.run.progress_seconds, log=log)
-    initial = (evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
-               if name == "global" else None)
-    history = run_job(job, world, name, plan)
+              progress_seconds=cfg.run.progress_seconds, log=log, clock=plan.clock)
+    timed = {"history": [], "initial": None, "recalibrated": None, "init_eval_seconds": 0.0,
+             "recalibrate_seconds": 0.0}
+    if name == "global":  # GNet-T before training: timed apart, not part of compose or global seconds
+        setup, tic = time.perf_counter() - tic, time.perf_counter()
+        timed["initial"] = evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
+        timed["init_eval_seconds"] = time.perf_counter() - tic
+        if phase_cfg.bn_recalibrate_batches:  # statistics of full images, not the tiles' (measured both)
+            tic = time.perf_counter()
+            recalibrate_bn(job.module, job.data, world.device, phase_cfg.bn_recalibrate_batches,
+                           phase_cfg.batch_size, job.seed, precision=cfg.run.precision)
+            timed["recalibrated"] = evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
+            timed["recalibrate_seconds"] = time.perf_counter() - tic
+        tic = time.perf_counter() - setup
+    started = plan.clock()
+    timed["history"] = run_job(job, world, name, plan)
     if world.is_root:
         save_torch(_model_file(job.module, plan), plan.out / ("model.pt" if name == "global" else "random_model.pt"))
-    return {"history": history, "initial": initial, "seconds": time.perf_counter() - tic}
+    return timed | {"seconds": time.perf_counter() - tic, "elapsed_start": started, "elapsed_end": plan.clock()}
 
 
 def pipeline(args: argparse.Namespace) -> None:
@@ -451,6 +469,7 @@ def pipeline(args: argparse.Namespace) -> None:
     if not args.dry_run:  # still under the startup deadline, not run.collective_timeout
         choose_resume(plan, world)
     determinism = comm.configure_determinism(cfg.run.deterministic, comm.device_type(cfg.run.device))
+    plan.clock.resume_at(0.0)  # every rank leaves the startup collectives together: the job's clock starts
     world = comm.configure_world(world, cfg.run.device, cfg.run.collective_timeout)
     threads = comm.configure_threads(world, cfg.run.threads, cfg.run.deterministic)
     if args.dry_run:

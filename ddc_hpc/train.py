@@ -68,6 +68,21 @@ class PhaseData:
     max_shift: int = 4
 
 
+class Clock:
+    """Seconds since the job started, one clock for every phase, so each epoch's end has a place on
+    a time axis shared by DDC and GNet-R. A resumed phase sets it to its checkpoint's reading: the
+    time between a stop and the restart is not counted."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start
+
+    def resume_at(self, elapsed: float) -> None:
+        self.start = time.perf_counter() - elapsed
+
+
 @dataclass
 class Job:
     """One trainable thing: what it is, how it is trained, where its checkpoints live."""
@@ -86,6 +101,7 @@ class Job:
     progress_seconds: float = 0.0  # a progress line within an epoch at most this often; 0: none
     log: Callable[[str], None] = print
     history: list[dict] = field(default_factory=list)
+    clock: Clock = field(default_factory=Clock)
 
     @property
     def module(self) -> nn.Module:
@@ -113,6 +129,42 @@ def make_optimizer(params, config: PhaseConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def steps_per_epoch(config: PhaseConfig, samples: int) -> int:
+    """Steps of an epoch on a rank holding `samples` samples of the phase's data."""
+    return config.steps_per_epoch or math.ceil(samples / config.batch_size)
+
+
+def lr_at(config: PhaseConfig, epoch: int, step: int, steps: int) -> float:
+    """The lr of a step (pure): linear warm-up over `warmup_epochs`, then the milestone factors
+    (schedule "step"), or a cosine or linear decay towards zero over the rest of the phase."""
+    t, warm = epoch * steps + step, round(config.warmup_epochs * steps)
+    lr = config.lr
+    if t < warm:
+        return lr * (t + 1) / warm
+    if config.schedule == "step":
+        for milestone, factor in zip(config.milestones, config.milestone_factors):
+            if epoch >= milestone:
+                lr *= factor
+        return lr
+    progress = (t - warm) / max(config.epochs * steps - warm, 1)
+    return lr * (0.5 * (1 + math.cos(math.pi * progress)) if config.schedule == "cosine" else 1 - progress)
+
+
+def batch_indices(order_of: Callable[[int], list[int]], length: int, epoch: int, step: int, batch_size: int,
+                  steps_fixed: int) -> list[int]:
+    """This rank's samples of a step. An epoch is one pass (`order_of(epoch)`, `length` samples), or
+    with a fixed number of steps per epoch a window on the passes laid end to end, continuing
+    across epochs."""
+    if not steps_fixed:
+        return order_of(epoch)[step * batch_size : (step + 1) * batch_size]
+    start = (epoch * steps_fixed + step) * batch_size
+    picked = []
+    while len(picked) < batch_size:
+        npass, offset = divmod(start + len(picked), length)
+        picked += order_of(npass)[offset : offset + batch_size - len(picked)]
+    return picked
 
 
 def step_seed(seed: int, epoch: int, step: int, peer: int = 0) -> int:
@@ -166,43 +218,87 @@ def evaluate(model: nn.Module, data: PhaseData, device: torch.device, task: Task
             "val_rmse": math.sqrt(second / max(elements, 1)), "val_samples": int(samples)}
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data: PhaseData, device: torch.device, batches: int, batch_size: int,
+                   seed: int = 0, group=None, precision: str = "fp32") -> bool:
+    """Replace every BatchNorm's running statistics by their plain average over `batches` training
+    batches (train-mode BN, no augmentation, no gradient), averaged over the group's peers: the
+    statistics of the current weights on this phase's inputs, not an EMA of earlier weights (a few
+    steps an epoch) or of the tiles the sub-networks saw. Weights are untouched. Pass the bare
+    network, not a data-parallel wrapper. Returns False when the network has no BatchNorm."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches <= 0:
+        return False
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    order = epoch_order(len(data.train), seed, 0, group)
+    torch.manual_seed(seed)  # dropout, should the network have any
+    for b in range(min(batches, math.ceil(len(order) / batch_size))):
+        images, _ = data.train.read(np.asarray(order[b * batch_size : (b + 1) * batch_size]))
+        with autocast(device, precision):  # the statistics of the forward that evaluates
+            model(to_device(make_batch(images, mean=data.mean, tile=data.tile, augment=False, generator=None), device))
+    model.train(was_training)
+    peers = comm.group_size(group)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+        if peers > 1:
+            for buffer in (m.running_mean, m.running_var):
+                buffer.copy_(comm.all_reduce_sum(buffer.double(), group).div_(peers))
+    return True
+
+
 def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict]:
     """Train `job.config.epochs` epochs (continuing from `resume`); returns the per-epoch history."""
     cfg, data, model = job.config, job.data, job.model
     optimizer = make_optimizer(model.parameters(), cfg)
     # fp16 only: scale the loss so small gradients do not flush to zero (bf16 has fp32's range).
     scaler = torch.amp.GradScaler(device.type, enabled=job.precision == "fp16")
-    milestones = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma)
+    # The lr of every step is lr_at(...) times plateau_factor once per cut of the plateau rule, whose
+    # counters ReduceLROnPlateau keeps; a cut shows as a lower lr after its step() call.
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max" if job.task.higher_is_better else "min", factor=cfg.plateau_factor,
         patience=max(cfg.plateau_patience, 1))
     peer = comm.group_rank(job.group)
-    start_epoch, start_step = 0, 0
+    start_epoch, start_step, cuts = 0, 0, 0
     # The epoch in progress, per peer, so a resumed epoch reports the very same loss.
     partial = {"loss": [0.0] * comm.group_size(job.group), "seen": [0] * comm.group_size(job.group), "seconds": 0.0}
     if resume is not None:
         job.module.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
-        milestones.load_state_dict(resume["milestones"])
         plateau.load_state_dict(resume["plateau"])
         if scaler.is_enabled():
             scaler.load_state_dict(resume["scaler"])
         job.history = list(resume["history"])
         start_epoch, start_step, partial = resume["epoch"], resume["step"], resume["partial"]
+        cuts = resume["plateau_cuts"]
+        job.clock.resume_at(resume["elapsed"])
 
     def save(epoch: int, step: int, finished: bool = False) -> None:
         if job.slot is not None:
             state = {"model": job.module.state_dict(), "optimizer": optimizer.state_dict(),
-                     "milestones": milestones.state_dict(), "plateau": plateau.state_dict(),
+                     "plateau": plateau.state_dict(), "plateau_cuts": cuts, "elapsed": job.clock(),
                      "scaler": scaler.state_dict(), "history": job.history, "epoch": epoch, "step": step, "partial": partial,
                      "finished": finished}
             job.slot.save(state, epoch=epoch, step=step, finished=finished)
 
     lone = comm.group_size(job.group) == 1
     phase_start = time.perf_counter()
+    orders: dict[int, list[int]] = {}
+
+    def order_of(npass: int) -> list[int]:
+        if npass not in orders:
+            for old in [p for p in orders if p < npass - 1]:  # a step spans at most two passes
+                del orders[old]
+            orders[npass] = epoch_order(len(data.train), job.seed, npass, job.group)
+        return orders[npass]
+
+    length = len(order_of(0))
+    steps = steps_per_epoch(cfg, length)
     for epoch in range(start_epoch, cfg.epochs):
-        order = epoch_order(len(data.train), job.seed, epoch, job.group)
-        steps = math.ceil(len(order) / cfg.batch_size)
         model.train()
         tic = time.perf_counter()
         resumed = epoch == start_epoch and start_step > 0
@@ -214,7 +310,8 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         for step in range(first_step, steps):
             seed = step_seed(job.seed, epoch, step, peer)
             torch.manual_seed(seed)  # dropout and any other global-RNG use
-            images, labels = data.train.read(np.asarray(order[step * cfg.batch_size : (step + 1) * cfg.batch_size]))
+            images, labels = data.train.read(np.asarray(batch_indices(order_of, length, epoch, step, cfg.batch_size,
+                                                                      cfg.steps_per_epoch)))
             x = make_batch(images, mean=data.mean, tile=data.tile, augment=data.augment,
                            generator=torch.Generator().manual_seed(seed), max_shift=data.max_shift)
             x, labels = to_device(x, device), to_device(labels, device)
@@ -229,6 +326,8 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                     "(the last good checkpoint is kept)")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, epoch, step, steps) * cfg.plateau_factor ** cuts
             scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
             scaler.update()
             loss_sum += loss.detach().double().cpu() * len(labels)
@@ -245,17 +344,21 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                     "checkpoint written; run again with the same --out to resume")
         progress.close()
         train_seconds = earlier_seconds + time.perf_counter() - tic
+        if cfg.bn_recalibrate_batches:
+            recalibrate_bn(job.module, data, device, cfg.bn_recalibrate_batches, cfg.batch_size, job.seed, job.group,
+                           precision=job.precision)
         metrics = evaluate(model, data, device, job.task, job.group, precision=job.precision)
         totals = comm.all_reduce_sum(torch.tensor([loss_sum.item(), seen], dtype=torch.float64), job.group)
         samples = int(totals[1].item())
         row = {"phase": job.name, "epoch": epoch + 1, "loss": totals[0].item() / max(samples, 1), **metrics,
                "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds, "train_samples": samples,
-               "seconds": earlier_seconds + time.perf_counter() - tic,
+               "seconds": earlier_seconds + time.perf_counter() - tic, "elapsed": job.clock(),
                "images_per_second": samples / max(train_seconds, 1e-9)}
         job.history.append(row)
-        milestones.step()
         if cfg.plateau_patience:
+            before = optimizer.param_groups[0]["lr"]
             plateau.step(metrics[job.task.metric])
+            cuts += optimizer.param_groups[0]["lr"] < before
         job.log(_progress_line(row, cfg.epochs, time.perf_counter() - phase_start, epoch + 1 - start_epoch))
         last = epoch + 1 == cfg.epochs
         if last or (job.checkpoint_every and (epoch + 1) % job.checkpoint_every == 0):
