@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED_NPZ, load, load_json, machine, median, mpi, record, run, tool  # noqa: E402
+from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, load_json, machine, median, mpi, record, run, tool  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -46,7 +46,7 @@ def worker(args) -> None:
     world = comm.init_world()
     comm.configure_threads(world, 0, False)
     comm.init_distributed(world, "gloo")
-    source = f"npz:{SHARED_NPZ}" if SHARED_NPZ.exists() else "synthetic"
+    source = SHARED_SOURCE if SHARED_NPZ.exists() else "synthetic"
     data = load_dataset(source, num_classes=10, val_fraction=0.1, seed=0,
                         limit=BATCH * args.steps * world.size, val_limit=world.size * 2)
     from torch.nn.parallel import DistributedDataParallel

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED_NPZ, load, load_json, machine, median, mpi, record, run, tool  # noqa: E402
+from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, load_json, machine, median, mpi, record, run, tool  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -72,7 +72,7 @@ def worker(args) -> None:
     world = comm.init_world()
     policy_threads = comm.configure_threads(world, 0, False)
     comm.init_distributed(world, "gloo")
-    source = f"npz:{SHARED_NPZ}" if SHARED_NPZ.exists() else "synthetic"
+    source = SHARED_SOURCE if SHARED_NPZ.exists() else "synthetic"
     data = load_dataset(source, num_classes=10, val_fraction=0.1, seed=0, limit=args.limit)
     tiles = {16: tile_slices(32, 32, (2, 2), 0), 20: tile_slices(32, 32, (2, 2), 4)}
     rng = np.random.default_rng(world.rank)
@@ -183,7 +183,7 @@ def pipeline(args) -> list[str]:
     for overlap, edge in ((0, 16), (4, 20)):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
-            sets = [f"model.name={args.model}", f"model.width={args.width}", f"data.source=npz:{SHARED_NPZ}",
+            sets = [f"model.name={args.model}", f"model.width={args.width}", f"data.source={SHARED_SOURCE}",
                     f"data.limit={args.pipeline_images}", "data.val_fraction=0.01", f"decompose.overlap={overlap}",
                     "sub.epochs=1", "global.epochs=1", "run.strategy=ddc", f"sub.batch_size={BATCH}",
                     f"global.batch_size={BATCH}", "run.checkpoint_every=0"]

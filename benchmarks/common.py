@@ -15,6 +15,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_NPZ = REPO.parent / "shared" / "data" / "cifar10-train.npz"
+# as the launched workers (cwd = REPO) and the recorded results name it: no machine's absolute path
+SHARED_SOURCE = f"npz:{os.path.relpath(SHARED_NPZ, REPO)}"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 BIN = Path(sys.executable).parent  # the venv's bin: mpiexec and torchrun live beside python
 
