@@ -181,6 +181,36 @@ def test_metrics_csv_has_a_row_per_epoch_and_phase(tiny_run):
     assert phases.count("random") == 2  # sub.epochs + global.epochs, the paper's protocol
 
 
+def test_epoch_ends_are_on_one_job_clock(tiny_run):
+    out, _ = tiny_run
+    r = results(out)
+    for phase in ("global", "random"):
+        ends = [row["elapsed"] for row in r[phase]["history"]]
+        assert r[phase]["elapsed_start"] < ends[0] and ends == sorted(ends) and ends[-1] <= r[phase]["elapsed_end"]
+        assert all(b - a >= row["seconds"] for a, b, row in zip(ends, ends[1:], r[phase]["history"][1:]))
+    sub_0 = [row["elapsed"] for row in r["sub"]["histories"][0]]  # rank 0's, as the phases after it
+    assert r["sub"]["elapsed_start"] < sub_0[0] and sub_0[-1] <= r["sub"]["elapsed_end"] <= r["global"]["elapsed_start"]
+    assert r["global"]["elapsed_end"] <= r["random"]["elapsed_start"]
+    assert r["sub"]["imbalance_seconds"] >= 0 and r["compose"]["init_eval_seconds"] > 0
+    assert r["compose"]["recalibrate_seconds"] == 0 and "recalibrated_val_accuracy" not in r["compose"]
+    assert "elapsed" in (out / "metrics.csv").read_text().splitlines()[0].split(",")
+
+
+def test_schedules_and_bn_recalibration_through_the_pipeline(tmp_path):
+    out = tmp_path / "run"
+    done = run_pipeline(2, out, "global.epochs=2", "global.bn_recalibrate_batches=2", "global.schedule=cosine",
+                        "global.warmup_epochs=0.5", "random.bn_recalibrate_batches=2", "random.steps_per_epoch=2",
+                        "random.milestones=[1, 2]", "random.gammas=[0.5, 0.1]")
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = results(out)
+    assert 0 <= r["compose"]["recalibrated_val_accuracy"] <= 1 and r["compose"]["recalibrate_seconds"] > 0
+    assert "GNet-T, BN recalibrated" in done.stdout
+    glob, rand = r["global"]["history"], r["random"]["history"]
+    assert glob[-1]["lr"] < 0.2 * glob[0]["lr"]  # cosine: near zero at the end of the phase
+    assert [row["lr"] for row in rand] == pytest.approx([2e-3, 1e-3, 1e-4])
+    assert [row["train_samples"] for row in rand] == [2 * 32 * 2] * 3  # 2 steps of 32 on each of 2 ranks
+
+
 def test_saved_global_model_reloads(tiny_run):
     out, _ = tiny_run
     saved = torch.load(out / "model.pt", weights_only=False)
