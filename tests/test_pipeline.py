@@ -192,7 +192,7 @@ def test_epoch_ends_are_on_one_job_clock(tiny_run):
     assert r["sub"]["elapsed_start"] < sub_0[0] and sub_0[-1] <= r["sub"]["elapsed_end"] <= r["global"]["elapsed_start"]
     assert r["global"]["elapsed_end"] <= r["random"]["elapsed_start"]
     assert r["sub"]["imbalance_seconds"] >= 0 and r["compose"]["init_eval_seconds"] > 0
-    assert r["compose"]["recalibrate_seconds"] == 0 and "recalibrated_val_accuracy" not in r["compose"]
+    assert r["compose"]["recalibrate_seconds"] > 0 and 0 <= r["compose"]["recalibrated_val_accuracy"] <= 1
     assert "elapsed" in (out / "metrics.csv").read_text().splitlines()[0].split(",")
 
 
