@@ -307,8 +307,9 @@ def validate(config: Config) -> None:
         _require(p.schedule == "step" or not p.milestones,
                  f"{name}.milestones are for schedule = \"step\"; a {p.schedule} schedule decays to zero over "
                  f"the whole phase: remove {name}.milestones or set {name}.schedule = \"step\"")
-        _require(math.isfinite(p.warmup_epochs) and 0 <= p.warmup_epochs <= max(p.epochs, 0),
-                 f"{name}.warmup_epochs must be between 0 and {name}.epochs ({p.epochs}), got {p.warmup_epochs}")
+        epochs = config.random_epochs if name == "random" else p.epochs
+        _require(math.isfinite(p.warmup_epochs) and 0 <= p.warmup_epochs <= max(epochs, 0),
+                 f"{name}.warmup_epochs must be between 0 and the phase's {epochs} epochs, got {p.warmup_epochs}")
         _require(p.steps_per_epoch >= 0, f"{name}.steps_per_epoch must be >= 0 (0 = one pass over the data), "
                  f"got {p.steps_per_epoch}")
         _require(p.bn_recalibrate_batches >= 0, f"{name}.bn_recalibrate_batches must be >= 0 (0 = off), got "

@@ -131,7 +131,8 @@ def test_recalibration_averages_equal_batches_and_reads_the_tile():
     ("global.gammas=[0.1]", "global.gammas has 1 factors for 2 milestones"),
     ("sub.gammas=[0.1, 2.0]", "sub.gammas must be in (0, 1]"),
     ("global.schedule=cosine", "global.milestones are for schedule = \"step\""),
-    ("random.warmup_epochs=-1", "random.warmup_epochs must be between 0 and random.epochs"),
+    ("random.warmup_epochs=-1", "random.warmup_epochs must be between 0 and the phase's 8 epochs"),
+    ("global.warmup_epochs=2.5", "global.warmup_epochs must be between 0 and the phase's 2 epochs"),
     ("sub.steps_per_epoch=-3", "sub.steps_per_epoch must be >= 0"),
     ("global.bn_recalibrate_batches=-1", "global.bn_recalibrate_batches must be >= 0"),
 ])
@@ -140,3 +141,7 @@ def test_bad_schedules_are_refused(setting, message):
     with pytest.raises(BadInput) as err:
         load_config(None, [*base, setting])
     assert message in str(err.value)
+
+
+def test_gnet_r_warm_up_counts_its_equal_iteration_epochs():
+    assert load_config(None, ["random.warmup_epochs=8"]).random.warmup_epochs == 8  # random.epochs 0: sub + global
