@@ -110,12 +110,12 @@ class Config:
     decompose: DecomposeConfig = field(default_factory=DecomposeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sub: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=6, lr=2e-3))
-    # GNet-T and GNet-R evaluate with BatchNorm statistics of their current weights (4 batches), the
+    # GNet-T and GNet-R evaluate with BatchNorm statistics of their current weights (2 batches), the
     # same care for both: with few steps an epoch the running averages lag far behind the weights
     # (GNet-R's first quickstart epochs scored exactly 10 %; benchmarks/RESULTS.md).
-    global_: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=2, lr=1e-3, bn_recalibrate_batches=4))
+    global_: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=2, lr=1e-3, bn_recalibrate_batches=2))
     # The GNet-R baseline; epochs 0 means sub.epochs + global.epochs (the paper's protocol).
-    random: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=2e-3, bn_recalibrate_batches=4))
+    random: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=2e-3, bn_recalibrate_batches=2))
     run: RunConfig = field(default_factory=RunConfig)
 
     @property
