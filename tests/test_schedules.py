@@ -145,3 +145,18 @@ def test_bad_schedules_are_refused(setting, message):
 
 def test_gnet_r_warm_up_counts_its_equal_iteration_epochs():
     assert load_config(None, ["random.warmup_epochs=8"]).random.warmup_epochs == 8  # random.epochs 0: sub + global
+
+
+def test_plateau_cuts_compose_with_the_milestones(monkeypatch):
+    import ddc_hpc.train as train
+
+    def flat(*args, **kwargs):  # validation accuracy that never improves
+        return {"val_loss": 1.0, "val_accuracy": 0.5, "val_top5": 0.9, "val_samples": 24}
+
+    monkeypatch.setattr(train, "evaluate", flat)
+    config = PhaseConfig(epochs=6, batch_size=24, lr=1e-3, optimizer="sgd", milestones=(1,), gamma=0.1,
+                         plateau_patience=1, plateau_factor=0.5)
+    job = Job(name="t", model=tiny_net(), config=config, data=tiny_data(), slot=None, seed=0, log=lambda _: None)
+    history = fit(job, torch.device("cpu"))
+    # cuts after epochs 3 and 5 (two flat epochs each), on top of the /10 from epoch 2 on
+    assert [r["lr"] for r in history] == pytest.approx([1e-3, 1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5])
