@@ -39,9 +39,12 @@ from ddc_hpc import comm
 world = comm.configure_world(comm.init_world(), "auto", 120)
 comm.init_distributed(world, "gloo")
 total = comm.all_reduce_sum(torch.tensor([float(world.rank)]))
-print("CHECK " + json.dumps({"rank": world.rank, "host": socket.gethostname(), "local_rank": world.local_rank,
-      "local_size": world.local_size, "device": str(world.device), "sum": total.item(),
-      "gloo_interface": os.environ.get("GLOO_SOCKET_IFNAME")}), flush=True)
+row = {"rank": world.rank, "host": socket.gethostname(), "local_rank": world.local_rank,
+       "local_size": world.local_size, "device": str(world.device), "sum": total.item(),
+       "gloo_interface": os.environ.get("GLOO_SOCKET_IFNAME")}
+rows = comm.allgather(world, row, "collecting the rows")  # one printer: ranks' lines would interleave
+if world.is_root:
+    print("\\n".join("CHECK " + json.dumps(r) for r in rows), flush=True)
 comm.shutdown_distributed()
 """
 
