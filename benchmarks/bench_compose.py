@@ -41,11 +41,11 @@ def worker(args) -> None:
 
     world = comm.init_world()
     comm.configure_threads(world, 0, False)
-    current_wait = comm._wait  # since 34b597e: comm.wait_all (back-to-back polls 5 ms, then pauses <= 1 ms)
+    current_wait = comm.collectives._wait  # since 34b597e: comm.wait_all (back-to-back polls 5 ms, then pauses <= 1 ms)
 
     def old_wait(world, request, what):
         """comm._wait before 34b597e, verbatim but for the error path: pauses doubling to 50 ms."""
-        world.collectives[comm._phase] += 1
+        world.collectives[comm.current_phase()] += 1
         deadline = time.monotonic() + world.timeout
         pause = 1e-4
         while not request.Test():
@@ -71,12 +71,12 @@ def worker(args) -> None:
             timings = {}
             variants = [("gatherv_old", old_wait), ("gatherv", current_wait)]
             for variant, wait in variants if repeat % 2 == 0 else variants[::-1]:
-                comm._wait = wait
+                comm.collectives._wait = wait
                 comm.barrier(world)
                 tic = time.perf_counter()
                 gathered = comm.gatherv(world, flat)
                 timings[variant] = time.perf_counter() - tic
-            comm._wait = current_wait
+            comm.collectives._wait = current_wait
             if world.is_root:
                 tic = time.perf_counter()
                 offset = 0

@@ -29,7 +29,7 @@ the fit loop the same interface: `model(x)`, `.module`, `.parameters()`, `.train
 * `no_sync()` skips the reduction for forwards (and their backward) run inside it, for gradient
   accumulation, as DDP's.
 
-Only comm.py touches MPI: the engine uses comm.start_allreduce / start_bcast / progress / wait_all
+Only ddc_hpc.comm touches MPI: the engine uses comm.start_allreduce / start_bcast / progress / wait_all
 on a private communicator (comm.data_parallel_world). On a GPU the buckets are staged through host
 memory (MPI libraries built without CUDA support are the common case); this path is written but
 has not run on a GPU here (no GPU on the build machines).

@@ -187,12 +187,12 @@ def _world(rank: int, size: int, local_size: int) -> comm.World:
 
 def test_rendezvous_is_loopback_on_one_host_and_master_addr_wins(monkeypatch):
     node0 = ["172.17.0.1", "192.168.5.10"]
-    monkeypatch.setattr(comm, "allgather", lambda world, value, what: [node0] * 4)
+    monkeypatch.setattr(comm.distributed, "allgather", lambda world, value, what: [node0] * 4)
     assert comm.rendezvous_host(_world(0, 4, 4), None) == "127.0.0.1"
     assert comm.rendezvous_host(_world(1, 4, 4), None) is None
     assert comm.rendezvous_host(_world(0, 4, 4), "head.cluster") == "head.cluster"
-    monkeypatch.setattr(comm, "allgather", lambda world, value, what: [[]] * 4)  # IPv6 only: as before
-    monkeypatch.setattr(comm.socket, "gethostname", lambda: "this-host")
+    monkeypatch.setattr(comm.distributed, "allgather", lambda world, value, what: [[]] * 4)  # IPv6 only: as before
+    monkeypatch.setattr(comm.distributed.socket, "gethostname", lambda: "this-host")
     assert comm.rendezvous_host(_world(0, 4, 4), None) == "this-host"
 
 
@@ -200,11 +200,11 @@ def test_rendezvous_across_nodes_is_rank_0s_address_on_the_route_to_another_node
     """Not its host name; and not an address on a network the other nodes are not on."""
     node0 = ["172.17.0.1", "192.168.5.10"]  # docker bridge, cluster network
     seen = [node0, node0, ["192.168.5.11"], ["192.168.5.11"]]
-    monkeypatch.setattr(comm, "allgather", lambda world, value, what: seen)
-    monkeypatch.setattr(comm, "route_source", {"192.168.5.11": "192.168.5.10"}.get)
+    monkeypatch.setattr(comm.distributed, "allgather", lambda world, value, what: seen)
+    monkeypatch.setattr(comm.distributed, "route_source", {"192.168.5.11": "192.168.5.10"}.get)
     assert comm.rendezvous_host(_world(0, 4, 2), None) == "192.168.5.10"
     assert comm.rendezvous_host(_world(0, 4, 2), "10.1.1.1") == "10.1.1.1"
-    monkeypatch.setattr(comm, "route_source", lambda destination: None)
+    monkeypatch.setattr(comm.distributed, "route_source", lambda destination: None)
     with pytest.raises(RuntimeError, match="set MASTER_ADDR"):
         comm.rendezvous_host(_world(0, 4, 2), None)
 
@@ -213,4 +213,5 @@ def test_each_local_rank_takes_its_own_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-    assert [str(comm._pick_device("auto", local)) for local in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    devices = [str(comm.world._pick_device("auto", local)) for local in range(4)]
+    assert devices == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]

@@ -1,0 +1,129 @@
+"""A rank's lifecycle: the phase it is in, stop signals and requeue, and run_guarded's exit on any failure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+
+import torch
+
+from ..errors import BadInput
+from . import faults, state
+from .distributed import all_reduce_sum, shutdown_distributed
+
+EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: checkpoint written, run again (or requeued) to resume
+
+
+class Preempted(Exception):
+    """A stop signal arrived; the state is checkpointed and the job should be resumed later."""
+
+
+def set_phase(name: str) -> None:
+    """Name the phase for error messages and collective counts; fire an injected fault if asked
+    (faults.phase_fault)."""
+    state.enter_phase(name)
+    faults.phase_fault(name)
+
+
+# ---- preemption ------------------------------------------------------------------------------
+
+_stop_signal: int | None = None
+
+
+def install_stop_handlers() -> None:
+    """SIGUSR1 (SLURM's warning before the time limit) and SIGTERM only raise a flag; the training
+    loop checkpoints at the next step boundary."""
+
+    def handler(signum, _frame):
+        global _stop_signal
+        _stop_signal = signum
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def stop_requested() -> bool:
+    return _stop_signal is not None
+
+
+def any_stop_requested(group=None) -> bool:
+    """True on every rank of the group if any rank got a stop signal (one tiny allreduce)."""
+    flag = torch.tensor([1.0 if stop_requested() else 0.0])
+    return bool(all_reduce_sum(flag, group).item() > 0)
+
+
+def requeue() -> bool:
+    """Under SLURM, put the job back in the queue; the requeued job resumes from its out dir."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return False
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if result.returncode:
+        print(f"rank 0: scontrol requeue {job} failed: {result.stderr.strip()}", file=sys.stderr, flush=True)
+    else:
+        print(f"rank 0: requeued SLURM job {job}; it will resume from its checkpoints", file=sys.stderr, flush=True)
+    return result.returncode == 0
+
+
+def _leave_after_stop(comm: state.MPI.Comm, rank: int) -> None:
+    """Every rank stopped at the same point: leave MPI cleanly, then rank 0 requeues — but only
+    for SIGUSR1 (the --signal warning before the time limit); SIGTERM is a user's scancel."""
+    shutdown_distributed()
+    request, deadline = comm.Ibarrier(), time.monotonic() + 60
+    while not request.Test() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if request.Test():
+        state.MPI.Finalize()
+    if rank == 0 and _stop_signal == signal.SIGUSR1:
+        requeue()
+
+
+def restart_count() -> int:
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
+
+# ---- fail fast -------------------------------------------------------------------------------
+
+def run_guarded(main, debug: bool = False, log=None) -> None:
+    """Run main(); any exception on any rank ends the whole job with the rank and cause named.
+
+    Exit 0 done, 2 bad input, 75 preempted (checkpoint written), 1 anything else. A failure that
+    other ranks cannot know about is turned into MPI Abort, so nobody waits in a collective.
+    """
+    comm = state.MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    abort = size > 1
+    try:
+        main()
+        code = 0
+    except BadInput as err:
+        code = 2
+        collective = getattr(err, "collective", False)
+        abort = abort and not collective
+        if rank == 0 or not collective:
+            prefix = "error: " if collective or size == 1 else f"rank {rank}: error: "
+            print(f"{prefix}{err}", file=sys.stderr, flush=True)
+        if debug:
+            traceback.print_exc()
+    except Preempted as err:
+        code, abort = EXIT_PREEMPTED, False
+        print(f"rank {rank}: {err}", file=sys.stderr, flush=True)
+        _leave_after_stop(comm, rank)
+    except BaseException as err:  # noqa: BLE001 - the whole point is to catch everything
+        code = 130 if isinstance(err, KeyboardInterrupt) else 1
+        detail = traceback.format_exc()
+        if log is not None:
+            log(detail)
+        print(f"rank {rank}: {type(err).__name__} in phase {state.current_phase()!r}: {err}", file=sys.stderr,
+              flush=True)
+        if debug or size == 1:
+            print(detail, file=sys.stderr, flush=True)
+    if abort and code != 0:
+        sys.stderr.flush()
+        comm.Abort(code)
+    shutdown_distributed()
+    sys.exit(code)
