@@ -198,7 +198,7 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def find_runs(dirs: list[Path]) -> tuple[list[tuple[Path, dict, dict]], list[Path], set[str]]:
+def find_runs(dirs: list[Path]) -> tuple[list[tuple[Path, Results, dict]], list[Path], set[str]]:
     """(run dir, results, manifest entry) for every finished run; the dirs of unfinished ones; modes.
 
     Each DIR may be a run's out dir (holds results.json), a study dir with scaling.json, or a folder
@@ -229,6 +229,7 @@ def find_runs(dirs: list[Path]) -> tuple[list[tuple[Path, dict, dict]], list[Pat
 
 
 def _read_results(path: Path) -> Results | None:
+    """A finished run's Results; None (with a warning if the file is there but unreadable) otherwise."""
     if not path.exists():
         return None
     try:

@@ -11,7 +11,7 @@ import pytest
 from conftest import launch, results
 from ddc_hpc import report
 from ddc_hpc.errors import BadInput
-from ddc_hpc.results import Results
+from ddc_hpc.results import Results, load_results
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -130,6 +130,23 @@ def test_cli_refuses_an_unfinished_run_with_exit_2(tmp_path):
     assert done.returncode == 2
     assert "has no results.json" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "report").exists()
+
+
+def test_results_json_reads_back_to_what_the_run_wrote(tiny_run):
+    """One schema: a real results.json loads into typed sections and serialises to the same JSON."""
+    out, _ = tiny_run
+    loaded = load_results(out)
+    assert loaded.to_dict() == results(out)
+    assert loaded.compose.init("val_accuracy") == results(out)["compose"]["init_val_accuracy"]
+    assert len(loaded.sub.per_subnet) == loaded.partitions and loaded.metric == "val_accuracy"
+
+
+def test_old_results_without_init_keys_read_the_composed_score_from_compose():
+    old = fabricated("both")["results"]
+    del old["compose"]["init_val_accuracy"], old["compose"]["init_val_top5"]
+    loaded = Results.from_dict(old | {"nodes": 2})
+    assert loaded.compose.init("val_accuracy") == 0.55 and loaded.compose.recalibrated("val_accuracy") is None
+    assert loaded.extra == {"nodes": 2} and loaded.global_.epochs == 1
 
 
 def test_load_run_rejects_foreign_json(tmp_path):
