@@ -178,6 +178,8 @@ def summarise(res: dict) -> tuple[list[str], list[str]]:
 
 def pipeline(args) -> list[str]:
     """The real CLI, one sub and one global epoch at width 64, for 16x16 and 20x20 tiles."""
+    from ddc_hpc.results import load_results
+
     rows = ["| tiles | sub epoch train s (slowest SNet) | global epoch train s | epoch ratio | images/s sub, global "
             "(results.json) |", "|---|---|---|---|---|"]
     for overlap, edge in ((0, 16), (4, 20)):
@@ -189,11 +191,11 @@ def pipeline(args) -> list[str]:
                     f"global.batch_size={BATCH}", "run.checkpoint_every=0"]
             run([tool("mpiexec"), "-n", "4", sys.executable, "-m", "ddc_hpc.run", "--out", str(out),
                  *[a for s in sets for a in ("--set", s)]], timeout=3600)
-            res = load_json(out / "results.json")
-        sub = max(h[0]["train_seconds"] for h in res["sub"]["histories"])
-        glob = res["global"]["history"][0]["train_seconds"]
+            res = load_results(out)
+        sub = max(h[0]["train_seconds"] for h in res.sub.histories)
+        glob = res.global_.history[0]["train_seconds"]
         rows.append(f"| {edge}x{edge} | {sub:.1f} | {glob:.1f} | {glob / sub:.1f} "
-                    f"| {res['sub']['images_per_second']:,.0f}, {res['global']['images_per_second']:,.0f} |")
+                    f"| {res.sub.images_per_second:,.0f}, {res.global_.images_per_second:,.0f} |")
         print(rows[-1], flush=True)
     return rows
 

@@ -35,14 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddc_hpc.plotting import pyplot  # noqa: E402
 from ddc_hpc import report  # noqa: E402
+from ddc_hpc.errors import BadInput  # noqa: E402
+from ddc_hpc.results import Results, load_results  # noqa: E402
 
 
-def ddc_curve(results: dict) -> tuple[list[float], list[float]]:
+def ddc_curve(results: Results) -> tuple[list[float], list[float]]:
     _, seconds, accuracy = report.ddc_curve(results)
     return seconds, accuracy
 
 
-def random_curve(results: dict) -> tuple[list[float], list[float]]:
+def random_curve(results: Results) -> tuple[list[float], list[float]]:
     _, seconds, accuracy = report.random_curve(results)
     return seconds, accuracy
 
@@ -63,9 +65,10 @@ def first_crossing(seconds: list[float], accuracy: list[float], target: float,
     return None, None
 
 
-def analyse(results: dict) -> dict:
-    for section in ("sub", "compose", "global", "random"):
-        if section not in results:
+def analyse(results: Results) -> dict:
+    for section, present in (("sub", results.sub), ("compose", results.compose), ("global", results.global_),
+                             ("random", results.random)):
+        if present is None:
             raise ValueError(f"results.json has no '{section}' section: run with run.strategy = \"both\"")
     ddc_t, ddc_a = ddc_curve(results)
     r_t, r_a = random_curve(results)
@@ -91,14 +94,14 @@ def analyse(results: dict) -> dict:
     }
 
 
-def plot(results: dict, summary: dict, out: Path) -> None:
+def plot(results: Results, summary: dict, out: Path) -> None:
     plt = pyplot()
 
     (ddc_t, ddc_a), (r_t, r_a) = summary["curves"]["ddc"], summary["curves"]["random"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.plot(r_t, [100 * a for a in r_a], "o-", color="tab:gray", label="GNet-R (random init)")
     ax.plot(ddc_t, [100 * a for a in ddc_a], "s-", color="tab:blue", label="DDC: GNet-T (composed, then trained)")
-    ax.axvspan(0, results["sub"]["seconds"], color="tab:blue", alpha=0.08, label="DDC sub phase (SNets on tiles)")
+    ax.axvspan(0, results.sub.seconds, color="tab:blue", alpha=0.08, label="DDC sub phase (SNets on tiles)")
     ax.axhline(100 * summary["target_val_accuracy"], color="tab:gray", ls=":", lw=1)
     if summary["reached"]:
         t = summary["ddc_seconds_to_target"]
@@ -114,8 +117,8 @@ def plot(results: dict, summary: dict, out: Path) -> None:
     ax.set_xlim(left=0)
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    fig.suptitle(f"{results.get('model', '?')}, K = {results.get('partitions', '?')}, "
-                 f"{results.get('world_size', '?')} rank(s), {results.get('dataset', '')}", fontsize=9)
+    fig.suptitle(f"{results.model}, K = {results.partitions}, "
+                 f"{results.world_size or '?'} rank(s), {results.dataset or ''}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -132,13 +135,17 @@ def main(argv=None) -> int:
     if not path.exists():
         print(f"error: {path} does not exist: pass a finished run directory", file=sys.stderr)
         return 2
-    results = json.loads(path.read_text())
-    if args.baseline is not None:
-        other = json.loads((args.baseline / "results.json").read_text())
-        if "random" not in other:
+    try:
+        results = load_results(path)
+        other = load_results(args.baseline) if args.baseline is not None else None
+    except BadInput as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if other is not None:
+        if other.random is None:
             print(f"error: {args.baseline}/results.json has no GNet-R ('random') section", file=sys.stderr)
             return 2
-        results["random"] = other["random"]
+        results.random = other.random
     try:
         summary = analyse(results)
     except ValueError as err:

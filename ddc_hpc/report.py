@@ -27,6 +27,7 @@ from .errors import BadInput, run_serial
 from .files import atomic_write
 from .partition import subnets_of_rank, tile_shape
 from .plotting import pyplot
+from .results import CLASSIFICATION, Results, load_results
 
 METRIC_COLUMNS = ["phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top5", "val_mae", "val_rmse", "lr", "seconds",
                   "train_seconds", "train_samples", "images_per_second", "elapsed"]
@@ -54,76 +55,14 @@ def plan_text(plan, world, threads: int) -> str:
     return "\n".join(lines)
 
 
-def _val_metrics(row: dict) -> dict:
-    """The validation metrics of a history row (accuracy/top-5, or MAE/RMSE, and the loss)."""
-    return {k: v for k, v in row.items() if k.startswith("val_") and k != "val_samples"}
-
-
-def metric_of(results: dict) -> str:
-    """The run's primary validation metric: accuracy for classification, RMSE otherwise."""
-    return results.get("metric", "val_accuracy")
-
-
-def phase_result(trained: dict) -> dict:
-    """Summary of a data-parallel phase from its per-epoch history (none: the network as it started)."""
-    history = trained["history"]
-    train_seconds = sum(r["train_seconds"] for r in history)
-    return {
-        "seconds": trained["seconds"],
-        "epochs": len(history),
-        **_val_metrics(history[-1] if history else trained.get("initial") or {}),
-        "images_per_second": sum(r["train_samples"] for r in history) / train_seconds if train_seconds else None,
-        # seconds since the job started (one clock for all phases; history rows carry `elapsed`)
-        "elapsed_start": trained["elapsed_start"],
-        "elapsed_end": trained["elapsed_end"],
-        "history": history,
-    }
-
-
-def ddc_results(plan, compose_info: dict, trained: dict) -> dict:
-    """The sub, compose and global sections of results.json (rank 0 holds all sub histories and
-    every rank's sub-phase collective count and reach, gathered in compose)."""
-    histories = compose_info["histories"]
-    K, metric = plan.partitions, plan.task.metric
-    per_subnet = [histories[k][-1][metric] for k in range(K)]
-    samples = sum(r["train_samples"] for k in range(K) for r in histories[k])
-    seconds = compose_info["seconds_sub"]
-    initial = _val_metrics(trained["initial"])
-    recalibrated = _val_metrics(trained["recalibrated"] or {})
-    return {
-        "metric": metric,
-        "sub": {"seconds": seconds, "epochs": plan.config.sub.epochs,
-                metric: sum(per_subnet) / K, f"per_subnet_{metric}": per_subnet,
-                "images_per_second": samples / seconds if seconds else None,
-                "collectives": sum(compose_info["collectives_per_rank"]),
-                "collectives_per_rank": compose_info["collectives_per_rank"],
-                "reach_per_rank": compose_info["reach_per_rank"],
-                # slowest rank's sub seconds - fastest's: what the others waited at compose
-                "imbalance_seconds": compose_info["imbalance_seconds"],
-                "elapsed_start": compose_info["sub_elapsed"][0], "elapsed_end": compose_info["sub_elapsed"][1],
-                "histories": [histories[k] for k in range(K)]},
-        # seconds: from the slowest sub-network's arrival to the composed, checked net; GNet-T's
-        # evaluation before training (and after BN recalibration) is timed in its own keys
-        "compose": {"seconds": compose_info["seconds"], "epochs": 0, **initial,
-                    **{f"init_{k}": v for k, v in initial.items()},
-                    **{f"recalibrated_{k}": v for k, v in recalibrated.items()},
-                    "init_eval_seconds": trained["init_eval_seconds"],
-                    "recalibrate_seconds": trained["recalibrate_seconds"],
-                    "max_abs_error": compose_info["max_abs_error"],
-                    "max_rel_error": compose_info["max_rel_error"],
-                    "bytes_gathered": compose_info["bytes_gathered"]},
-        "global": phase_result(trained),
-    }
-
-
-def metric_rows(results: dict) -> list[dict]:
-    rows = [row for h in results.get("sub", {}).get("histories", []) for row in h]
-    for phase in ("global", "random"):
-        rows += results.get(phase, {}).get("history", [])
+def metric_rows(results: Results) -> list[dict]:
+    rows = [row for h in results.sub.histories for row in h] if results.sub else []
+    for phase in (results.global_, results.random):
+        rows += phase.history if phase else []
     return rows
 
 
-def write(out: Path, results: dict) -> None:
+def write(out: Path, results: Results) -> None:
     """metrics.csv and plots first, results.json (the 'finished' marker) last."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
@@ -131,7 +70,7 @@ def write(out: Path, results: dict) -> None:
     writer.writerows(metric_rows(results))
     atomic_write(out / "metrics.csv", buffer.getvalue().encode())
     plot(out, results)
-    atomic_write(out / "results.json", json.dumps(results, indent=1).encode())
+    atomic_write(out / "results.json", json.dumps(results.to_dict(), indent=1).encode())
 
 
 # ------------------------------------------------------------------------------------ one run's view
@@ -149,40 +88,40 @@ def epoch_times(history: list[dict], origin: float | None, offset: float = 0.0) 
     return seconds
 
 
-def ddc_curve(results: dict) -> tuple[list[float], list[float], list[float]]:
+def ddc_curve(results: Results) -> tuple[list[float], list[float], list[float]]:
     """(epochs, wall seconds since the sub phase began, val accuracy) of GNet-T, starting at the
-    composed net before training.
+    composed net before training; the one GNet-T curve of the report's figures and of
+    benchmarks/time_to_accuracy.py.
 
     Epochs count on the paper's equal-iteration axis: GNet-T's epoch e is at sub.epochs + e.
     """
-    sub, comp, glob = results["sub"], results["compose"], results["global"]
-    metric = metric_of(results)
-    origin = sub.get("elapsed_start")
-    start = (glob["elapsed_start"] - origin if origin is not None and "elapsed_start" in glob
-             else sub["seconds"] + comp["seconds"])
-    epochs = [sub["epochs"]] + [sub["epochs"] + row["epoch"] for row in glob["history"]]
-    seconds = [start] + epoch_times(glob["history"], origin, start)
-    return epochs, seconds, [comp[f"init_{metric}"]] + [row[metric] for row in glob["history"]]
+    sub, glob, metric = results.sub, results.global_, results.metric
+    origin = sub.elapsed_start
+    start = (glob.elapsed_start - origin if origin is not None and glob.elapsed_start is not None
+             else sub.seconds + results.compose.seconds)
+    epochs = [sub.epochs] + [sub.epochs + row["epoch"] for row in glob.history]
+    seconds = [start] + epoch_times(glob.history, origin, start)
+    return epochs, seconds, [results.compose.init(metric)] + [row[metric] for row in glob.history]
 
 
-def random_curve(results: dict) -> tuple[list[float], list[float], list[float]]:
-    """(epochs, wall seconds since GNet-R's phase began, val accuracy) of GNet-R."""
-    random = results["random"]
-    history = random["history"]
-    seconds = epoch_times(history, random.get("elapsed_start"))
-    return [r["epoch"] for r in history], seconds, [r[metric_of(results)] for r in history]
+def random_curve(results: Results) -> tuple[list[float], list[float], list[float]]:
+    """(epochs, wall seconds since GNet-R's phase began, val accuracy) of GNet-R (report and
+    benchmarks/time_to_accuracy.py)."""
+    history = results.random.history
+    seconds = epoch_times(history, results.random.elapsed_start)
+    return [r["epoch"] for r in history], seconds, [r[results.metric] for r in history]
 
 
-def sub_curves(results: dict) -> list[tuple[list[float], list[float], list[float]]]:
+def sub_curves(results: Results) -> list[tuple[list[float], list[float], list[float]]]:
     """(epochs, wall seconds, val accuracy) of every sub-network on its own tile."""
-    sub = results.get("sub", {})
-    return [([r["epoch"] for r in history], epoch_times(history, sub.get("elapsed_start")),
-             [r[metric_of(results)] for r in history]) for history in sub.get("histories", [])]
+    sub = results.sub
+    return [([r["epoch"] for r in history], epoch_times(history, sub.elapsed_start),
+             [r[results.metric] for r in history]) for history in sub.histories] if sub else []
 
 
-def plot(out: Path, results: dict) -> None:
+def plot(out: Path, results: Results) -> None:
     """One run's accuracy.png (paper Fig. 3.2), time_to_accuracy.png and phase_seconds.png (Fig. 3.1)."""
-    run = {"name": f"{results['model']}, K = {results['partitions']}, {results['world_size']} rank(s)",
+    run = {"name": f"{results.model}, K = {results.partitions}, {results.world_size} rank(s)",
            "results": results, "config": {}}
     accuracy_figure([run], out / "accuracy.png", axis=0)
     accuracy_figure([run], out / "time_to_accuracy.png", axis=1)
@@ -192,39 +131,36 @@ def plot(out: Path, results: dict) -> None:
 def _score(value, metric: str) -> str:
     if value is None:
         return "   -   "
-    return f"{100 * value:6.2f}%" if metric == "val_accuracy" else f"{value:7.4f}"
+    return f"{100 * value:6.2f}%" if metric == CLASSIFICATION else f"{value:7.4f}"
 
 
-def table(results: dict, out: Path | str | None = None) -> str:
+def table(results: Results, out: Path | str | None = None) -> str:
     """The comparison the paper reports: SNet-k, GNet-T before/after training, GNet-R, times, and
     where the run was written (`out`). Each SNet shows its own training seconds; the sub phase row
     its wall time, the sub-networks having trained side by side on their ranks."""
-    metric, rows = metric_of(results), []
-    if "sub" in results:
-        sub = results["sub"]
-        histories = sub["histories"]
-        for k, value in enumerate(sub[f"per_subnet_{metric}"]):
-            rows.append((f"SNet-{k} (own tile)", value, sum(row["seconds"] for row in histories[k])))
-        ranks = results.get("world_size", 1)
-        rows.append((f"  sub phase: {len(histories)} SNets on {ranks} rank{'s' * (ranks > 1)}", None,
-                     sub["seconds"]))
-        rows.append(("GNet-T, composed, not trained", results["compose"][f"init_{metric}"],
-                     results["compose"]["seconds"]))
-        if results["compose"].get(f"recalibrated_{metric}") is not None:
-            rows.append(("GNet-T, BN recalibrated", results["compose"][f"recalibrated_{metric}"],
-                         results["compose"]["recalibrate_seconds"]))
-        rows.append(("GNet-T, trained", results["global"].get(metric), results["global"]["seconds"]))
-    if "random" in results:
-        rows.append(("GNet-R, trained", results["random"].get(metric), results["random"]["seconds"]))
-    label = "val acc" if metric == "val_accuracy" else metric[4:]
+    metric, rows = results.metric, []
+    if results.has_ddc:
+        sub, comp = results.sub, results.compose
+        for k, value in enumerate(sub.per_subnet):
+            rows.append((f"SNet-{k} (own tile)", value, sum(row["seconds"] for row in sub.histories[k])))
+        ranks = results.world_size or 1
+        rows.append((f"  sub phase: {len(sub.histories)} SNets on {ranks} rank{'s' * (ranks > 1)}", None,
+                     sub.seconds))
+        rows.append(("GNet-T, composed, not trained", comp.init(metric), comp.seconds))
+        if comp.recalibrated(metric) is not None:
+            rows.append(("GNet-T, BN recalibrated", comp.recalibrated(metric), comp.recalibrate_seconds))
+        rows.append(("GNet-T, trained", results.global_.get(metric), results.global_.seconds))
+    if results.random:
+        rows.append(("GNet-R, trained", results.random.get(metric), results.random.seconds))
+    label = "val acc" if metric == CLASSIFICATION else metric[4:]
     lines = [f"{'network':38} {label:>8} {'seconds':>9}", "-" * 57]
     lines += [f"{name:38} {'' if v is None else _score(v, metric):>8} {'' if s is None else f'{s:9.1f}'}"
               for name, v, s in rows]
-    if "global" in results and "random" in results:
+    if results.has_ddc and results.random:
         lines.append(f"wall time DDC (sub+compose+global) {_ddc_seconds(results):.1f} s vs GNet-R "
-                     f"{results['random']['seconds']:.1f} s")
-    if "compose" in results and results["compose"]["max_abs_error"] is not None:
-        lines.append(f"Theorem 2.1 check: max |F(x) - sum_k F_k(x)| = {results['compose']['max_abs_error']:.3g}")
+                     f"{results.random.seconds:.1f} s")
+    if results.compose and results.compose.max_abs_error is not None:
+        lines.append(f"Theorem 2.1 check: max |F(x) - sum_k F_k(x)| = {results.compose.max_abs_error:.3g}")
     if out is not None:
         lines.append(f"written to {out}/ (results.json, metrics.csv, plots, models, logs)")
     return "\n".join(lines)
@@ -234,19 +170,11 @@ def table(results: dict, out: Path | str | None = None) -> str:
 
 
 def load_run(path: str | Path) -> dict:
-    """{'name', 'dir', 'results', 'config'} of a finished run directory; BadInput otherwise."""
+    """{'name', 'dir', 'results' (a Results), 'config'} of a finished run directory; BadInput otherwise."""
     path = Path(path)
     if not path.is_dir():
         raise BadInput(f"{path} is not a directory; pass run directories (the --out of python -m ddc_hpc.run)")
-    try:
-        results = json.loads((path / "results.json").read_text())
-    except FileNotFoundError:
-        raise BadInput(f"{path} has no results.json: the run has not finished (results.json is written last), "
-                       "or this is not a ddc_hpc run directory") from None
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{path / 'results.json'} cannot be read ({err})") from None
-    if not isinstance(results, dict) or not {"model", "partitions"} <= set(results):
-        raise BadInput(f"{path / 'results.json'} is not the results of a ddc_hpc run")
+    results = load_results(path)
     try:
         config = tomllib.loads((path / "config.toml").read_text())
     except (OSError, ValueError):
@@ -267,72 +195,69 @@ def _num(value, digits: int = 2, scale: float = 100.0) -> str:
     return "-" if value is None else f"{scale * value:.{digits}f}"
 
 
-# (table header, results key, scale, digits): classification in %, regression errors as they are
+# (table header, metric, scale, digits): classification in %, regression errors as they are
 METRIC_TABLES = {"top1": ("top-1 [%]", "val_accuracy", 100.0, 2), "top5": ("top-5 [%]", "val_top5", 100.0, 2),
                  "rmse": ("RMSE", "val_rmse", 1.0, 4), "mae": ("MAE", "val_mae", 1.0, 4)}
 
 
-def accuracy_rows(results: dict, metric: str) -> dict[str, str]:
+def accuracy_rows(results: Results, metric: str) -> dict[str, str]:
     """The rows of Tables 3.3 / 3.5 for one run; metric 'top1', 'top5' (or 'rmse', 'mae' for
     regression runs): SNets on their tiles (range over k), GNet-T before and after training, GNet-R."""
     _, key, scale, digits = METRIC_TABLES[metric]
-    sub, comp = results.get("sub") or {}, results.get("compose") or {}
-    glob, rand = results.get("global") or {}, results.get("random") or {}
-    snets = [h[-1].get(key) if h else None for h in sub.get("histories", [])]
+    comp = results.compose
+    snets = [h[-1].get(key) if h else None for h in results.sub.histories] if results.sub else []
     return {"SNet-k, each (range over k)": _range(snets, digits, scale),
-            "GNet-T, not trained": _num(comp.get(f"init_{key}"), digits, scale),
-            "GNet-T, not trained, BN recalibrated": _num(comp.get(f"recalibrated_{key}"), digits, scale),
-            "GNet-T-trained": _num(glob.get(key), digits, scale),
-            "GNet-R-trained": _num(rand.get(key), digits, scale)}
+            "GNet-T, not trained": _num(comp and comp.init(key), digits, scale),
+            "GNet-T, not trained, BN recalibrated": _num(comp and comp.recalibrated(key), digits, scale),
+            "GNet-T-trained": _num(results.global_ and results.global_.get(key), digits, scale),
+            "GNet-R-trained": _num(results.random and results.random.get(key), digits, scale)}
 
 
-def _ddc_seconds(results: dict):
+def _ddc_seconds(results: Results):
     """sub + compose + global, with GNet-T's evaluation before training (and BN recalibration)."""
-    if not all(p in results for p in ("sub", "compose", "global")):
+    if not results.has_ddc:
         return None
-    comp = results["compose"]
-    return (sum(results[p]["seconds"] for p in ("sub", "compose", "global"))
-            + comp.get("init_eval_seconds", 0.0) + comp.get("recalibrate_seconds", 0.0))
+    comp = results.compose
+    return (results.sub.seconds + comp.seconds + results.global_.seconds
+            + (comp.init_eval_seconds or 0.0) + (comp.recalibrate_seconds or 0.0))
 
 
 def _per_epoch(history) -> float | None:
     return sum(r["seconds"] for r in history) / len(history) if history else None
 
 
-def time_rows(results: dict) -> dict[str, str]:
+def time_rows(results: Results) -> dict[str, str]:
     """Wall time per phase (seconds) and the DDC / GNet-R comparison of one run."""
-    sub, rand = results.get("sub"), results.get("random")
+    sub, comp, glob, rand = results.sub, results.compose, results.global_, results.random
     ddc = _ddc_seconds(results)
-    snet_epoch = None
-    if sub and sub.get("histories"):
-        snet_epoch = max(_per_epoch(h) or 0.0 for h in sub["histories"])
+    snet_epoch = max(_per_epoch(h) or 0.0 for h in sub.histories) if sub and sub.histories else None
 
     def seconds(phase):
-        return _num(results[phase]["seconds"], 1, 1.0) if phase in results else "-"
+        return _num(phase.seconds, 1, 1.0) if phase else "-"
 
     return {
-        "SNets, in parallel (sub)": seconds("sub"),
-        "sub imbalance (slowest - fastest rank)": _num((sub or {}).get("imbalance_seconds"), 1, 1.0),
-        "compose (Gatherv, Theorem 2.1 check)": seconds("compose"),
+        "SNets, in parallel (sub)": seconds(sub),
+        "sub imbalance (slowest - fastest rank)": _num(sub and sub.imbalance_seconds, 1, 1.0),
+        "compose (Gatherv, Theorem 2.1 check)": seconds(comp),
         "GNet-T evaluated before training (+ BN recalibration)": _num(
-            None if "init_eval_seconds" not in results.get("compose", {}) else
-            results["compose"]["init_eval_seconds"] + results["compose"]["recalibrate_seconds"], 1, 1.0),
-        "GNet-T training (global)": seconds("global"),
+            None if comp is None or comp.init_eval_seconds is None else
+            comp.init_eval_seconds + (comp.recalibrate_seconds or 0.0), 1, 1.0),
+        "GNet-T training (global)": seconds(glob),
         "DDC total (sub + compose + evaluation + global)": _num(ddc, 1, 1.0),
-        "GNet-R training (random)": seconds("random"),
-        "DDC / GNet-R": "-" if ddc is None or not rand or not rand["seconds"] else f"{ddc / rand['seconds']:.2f}",
+        "GNet-R training (random)": seconds(rand),
+        "DDC / GNet-R": "-" if ddc is None or not rand or not rand.seconds else f"{ddc / rand.seconds:.2f}",
         "one SNet epoch (slowest)": _num(snet_epoch, 2, 1.0),
-        "one GNet-T epoch": _num(_per_epoch(results.get("global", {}).get("history")), 2, 1.0),
-        "one GNet-R epoch": _num(_per_epoch(results.get("random", {}).get("history")), 2, 1.0),
+        "one GNet-T epoch": _num(_per_epoch(glob and glob.history), 2, 1.0),
+        "one GNet-R epoch": _num(_per_epoch(rand and rand.history), 2, 1.0),
     }
 
 
-def _epochs(results: dict) -> str:
+def _epochs(results: Results) -> str:
     parts = []
-    if "sub" in results:
-        parts.append(f"{results['sub']['epochs']} + {results['global']['epochs']}")
-    if "random" in results:
-        parts.append(f"{results['random']['epochs']}")
+    if results.sub:
+        parts.append(f"{results.sub.epochs} + {results.global_.epochs}")
+    if results.random:
+        parts.append(f"{results.random.epochs}")
     return " / ".join(parts)
 
 
@@ -340,16 +265,16 @@ def describe(run: dict) -> str:
     """One line about a run: model, data, tiles, ranks, epochs."""
     r, cfg = run["results"], run["config"]
     model, dec = cfg.get("model", {}), cfg.get("decompose", {})
-    bits = [f"{r['model']}" + (f" (width {model['width']}, {model['num_classes']} classes)" if model else ""),
-            f"data `{r.get('dataset', '?')}`", f"K = {r['partitions']}"]
+    bits = [f"{r.model}" + (f" (width {model['width']}, {model['num_classes']} classes)" if model else ""),
+            f"data `{r.dataset or '?'}`", f"K = {r.partitions}"]
     if dec:
         grid = dec.get("grid") or []
         bits.append(("grid " + "x".join(map(str, grid)) + ", " if grid else "")
                     + f"overlap {dec.get('overlap', 0)}, crop {dec.get('crop', 0)}")
-    bits.append(f"{r.get('world_size', '?')} rank(s) on {r.get('device', '?')}")
-    bits.append(f"strategy {r.get('strategy', '?')}, epochs SNet + GNet-T / GNet-R: {_epochs(r)}")
-    if r.get("compose", {}).get("max_abs_error") is not None:
-        bits.append(f"Theorem 2.1 max |F(x) - sum F_k(x)| = {r['compose']['max_abs_error']:.2g}")
+    bits.append(f"{r.world_size or '?'} rank(s) on {r.device or '?'}")
+    bits.append(f"strategy {r.strategy or '?'}, epochs SNet + GNet-T / GNet-R: {_epochs(r)}")
+    if r.compose and r.compose.max_abs_error is not None:
+        bits.append(f"Theorem 2.1 max |F(x) - sum F_k(x)| = {r.compose.max_abs_error:.2g}")
     return "; ".join(bits)
 
 
@@ -366,7 +291,7 @@ def _markdown_table(header: str, names: list[str], rows: list[dict[str, str]]) -
 
 
 def _regression(run: dict) -> bool:
-    return metric_of(run["results"]) != "val_accuracy"
+    return run["results"].metric != CLASSIFICATION
 
 
 def markdown(runs: list[dict]) -> str:
@@ -414,21 +339,21 @@ def accuracy_figure(runs: list[dict], path: Path, axis: int = 0) -> None:
     fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
     for ax, run in zip(axes.flat, runs):
         r = run["results"]
-        scale = 100 if metric_of(r) == "val_accuracy" else 1
+        scale = 100 if r.metric == CLASSIFICATION else 1
         for i, curve in enumerate(sub_curves(r)):
             ax.plot(curve[axis], [scale * a for a in curve[2]], color="0.6", lw=0.8,
                     label="SNets (own tiles)" if i == 0 else None)
-        if "global" in r:
+        if r.has_ddc:
             curve = ddc_curve(r)
             ax.plot(curve[axis], [scale * a for a in curve[2]], marker="o", ms=3, color="C0",
                     label="GNet-T (composed)")
             ax.axvline(curve[axis][0], color="C0", ls=":", lw=0.8)
-        if "random" in r:
+        if r.random:
             curve = random_curve(r)
             ax.plot(curve[axis], [scale * a for a in curve[2]], marker="s", ms=3, color="C3",
                     label="GNet-R (random init)")
         ax.set_xlabel("epoch (SNet epochs + GNet-T epochs)" if axis == 0 else "wall time [s]")
-        ax.set_ylabel("validation accuracy [%]" if scale == 100 else f"validation {metric_of(r)[4:].upper()}")
+        ax.set_ylabel("validation accuracy [%]" if scale == 100 else f"validation {r.metric[4:].upper()}")
         ax.set_title(run["name"], fontsize=10)
         if axis == 0:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -450,26 +375,28 @@ def phase_seconds_figure(runs: list[dict], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 2.4 * len(runs) + 1.5), 4.4))
     labelled = set()
-    tallest = max([sum(r["results"].get(p, {}).get("seconds", 0.0) for p in ("sub", "compose", "global"))
-                   for r in runs] + [r["results"].get("random", {}).get("seconds", 0.0) for r in runs])
+    def ddc_phases(r: Results) -> list[tuple[str, float]]:
+        return [(name, phase.seconds or 0.0) for name, phase in
+                (("sub", r.sub), ("compose", r.compose), ("global", r.global_)) if phase]
+
+    tallest = max([sum(s for _, s in ddc_phases(r["results"])) for r in runs]
+                  + [r["results"].random.seconds if r["results"].random else 0.0 for r in runs])
     for i, run in enumerate(runs):
         r = run["results"]
         x = 3 * i
         bottom = 0.0
-        for phase in ("sub", "compose", "global"):
-            if phase in r:
-                seconds = r[phase]["seconds"]
-                thin = seconds < 0.02 * tallest  # e.g. compose: an edge keeps it a visible line
-                ax.bar(x, seconds, bottom=bottom, color=PHASE_COLOURS[phase], edgecolor=PHASE_COLOURS[phase],
-                       linewidth=2.5 if thin else 0, zorder=3 if thin else 2,
-                       label=None if phase in labelled else PHASE_LABELS[phase])
-                ax.text(x - 0.43, bottom + seconds / 2, f"{seconds:.1f} s", ha="right", va="center", fontsize=7)
-                labelled.add(phase)
-                bottom += seconds
+        for phase, seconds in ddc_phases(r):
+            thin = seconds < 0.02 * tallest  # e.g. compose: an edge keeps it a visible line
+            ax.bar(x, seconds, bottom=bottom, color=PHASE_COLOURS[phase], edgecolor=PHASE_COLOURS[phase],
+                   linewidth=2.5 if thin else 0, zorder=3 if thin else 2,
+                   label=None if phase in labelled else PHASE_LABELS[phase])
+            ax.text(x - 0.43, bottom + seconds / 2, f"{seconds:.1f} s", ha="right", va="center", fontsize=7)
+            labelled.add(phase)
+            bottom += seconds
         if bottom:
             ax.text(x, bottom, f"DDC\n{bottom:.0f} s", ha="center", va="bottom", fontsize=8)
-        if "random" in r:
-            seconds = r["random"]["seconds"]
+        if r.random:
+            seconds = r.random.seconds
             ax.bar(x + 1, seconds, color=PHASE_COLOURS["random"],
                    label=None if "random" in labelled else PHASE_LABELS["random"])
             labelled.add("random")

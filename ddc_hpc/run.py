@@ -14,7 +14,6 @@ import dataclasses
 import datetime
 import difflib
 import hashlib
-import json
 import math
 import os
 import platform
@@ -32,6 +31,7 @@ from .compose import compose, flatten_fc_layers, flatten_state, state_numel, the
 from .config import RANDOM_INIT_SEED_OFFSET, Config, load_config
 from .data import Splits, check_tiles, load_from_config, make_batch
 from .errors import BadInput
+from .results import Phase, Results, ddc_sections, load_results
 from .models import build_model, input_options, model_defaults, model_names, model_options
 from .partition import (default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd,
                         validate_layout)
@@ -163,12 +163,12 @@ def finished_run(args: argparse.Namespace) -> dict | None:
         return None
     out = Path(args.out)
     path = out / "results.json"
-    try:
-        results = json.loads(path.read_text())
-    except (FileNotFoundError, NotADirectoryError):
+    if not path.exists():
         return None
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{path} exists but cannot be read ({err}), so {out} may hold a finished run; "
+    try:
+        results = load_results(path)
+    except BadInput as err:
+        raise BadInput(f"{err}, so {out} may hold a finished run; "
                        "look at it, then choose a new --out (or delete the folder to train again)") from None
     config = load_config(args.config, args.set)
     try:
@@ -485,20 +485,21 @@ def pipeline(args: argparse.Namespace) -> None:
         atomic_write(plan.out / "config.toml", cfg.to_toml().encode())
     log(report.plan_text(plan, world, threads))
     comm.install_stop_handlers()
-    results = {"strategy": cfg.run.strategy, "world_size": world.size, "partitions": plan.partitions,
-               "model": cfg.model.name, "dataset": cfg.data.source, "threads": threads,
-               "device": str(world.device), "precision": cfg.run.precision, "resumed": plan.resume, "slurm_restarts": comm.restart_count()}
+    results = Results(strategy=cfg.run.strategy, world_size=world.size, partitions=plan.partitions,
+                      model=cfg.model.name, dataset=cfg.data.source, threads=threads, device=str(world.device),
+                      precision=cfg.run.precision, resumed=plan.resume, slurm_restarts=comm.restart_count(),
+                      metric=plan.task.metric, backend=plan.backend)
     if cfg.run.strategy in ("ddc", "both"):
         sub = sub_phase(plan, world, log)
         compose_info, global_net = compose_phase(plan, world, sub, log)
         model = global_net if world.is_root else build(cfg, 1, plan.data.train.image_shape, 0)
         trained = global_phase(plan, world, "global", model, log)
         if world.is_root:  # only rank 0 holds the composed net's check and every sub history
-            results.update(report.ddc_results(plan, compose_info, trained))
+            results.sub, results.compose, results.global_ = ddc_sections(
+                compose_info, trained, plan.task.metric, cfg.sub.epochs)
     if cfg.run.strategy in ("random", "both"):
         baseline = build(cfg, 1, plan.data.train.image_shape, cfg.run.seed + RANDOM_INIT_SEED_OFFSET)
-        results["random"] = report.phase_result(global_phase(plan, world, "random", baseline, log))
-    results["backend"] = plan.backend
+        results.random = Phase.from_trained(global_phase(plan, world, "random", baseline, log))
     if world.is_root:
         report.write(plan.out, results)
         print(report.table(results, plan.out), flush=True)

@@ -34,7 +34,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .errors import BadInput
 from .plotting import pyplot
+from .results import Results, load_results
 
 PHASES = ("sub", "compose", "global", "random")
 MODES = ("strong", "weak")
@@ -74,16 +76,15 @@ def _positive(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
 
 
-def run_row(results: dict, *, nodes: int, run: str = "") -> dict:
+def run_row(results: Results, *, nodes: int, run: str = "") -> dict:
     """One run's timings from its results.json: per-phase seconds and images/s, total seconds."""
-    row = {"run": run, "nodes": int(nodes), "ranks": int(results["world_size"]),
-           "resumed": bool(results.get("resumed", False))}
+    row = {"run": run, "nodes": int(nodes), "ranks": int(results.world_size), "resumed": bool(results.resumed)}
     total = 0.0
-    for phase in PHASES:
-        section = results.get(phase) or {}
-        seconds = _positive(section.get("seconds"))
+    sections = (results.sub, results.compose, results.global_, results.random)
+    for phase, section in zip(PHASES, sections):
+        seconds = _positive(section and section.seconds)
         row[f"{phase}_seconds"] = seconds
-        row[f"{phase}_images_per_second"] = _positive(section.get("images_per_second"))
+        row[f"{phase}_images_per_second"] = _positive(getattr(section, "images_per_second", None))  # compose: none
         total += seconds or 0.0
     row["total_seconds"] = total or None
     return row
@@ -197,7 +198,7 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def find_runs(dirs: list[Path]) -> tuple[list[tuple[Path, dict, dict]], list[Path], set[str]]:
+def find_runs(dirs: list[Path]) -> tuple[list[tuple[Path, Results, dict]], list[Path], set[str]]:
     """(run dir, results, manifest entry) for every finished run; the dirs of unfinished ones; modes.
 
     Each DIR may be a run's out dir (holds results.json), a study dir with scaling.json, or a folder
@@ -219,7 +220,7 @@ def find_runs(dirs: list[Path]) -> tuple[list[tuple[Path, dict, dict]], list[Pat
             candidates = [(p, {}) for p in sorted(d.iterdir()) if p.is_dir() and (
                 (p / "results.json").exists() or re.fullmatch(r"n\d+", p.name))]
         for run_dir, entry in candidates:
-            results = _read_json(run_dir / "results.json")
+            results = _read_results(run_dir / "results.json")
             if results is None:
                 missing.append(run_dir)
             else:
@@ -227,8 +228,19 @@ def find_runs(dirs: list[Path]) -> tuple[list[tuple[Path, dict, dict]], list[Pat
     return found, missing, modes
 
 
-def _nodes_of(results: dict, entry: dict) -> int:
-    for value in (entry.get("nodes"), results.get("nodes")):
+def _read_results(path: Path) -> Results | None:
+    """A finished run's Results; None (with a warning if the file is there but unreadable) otherwise."""
+    if not path.exists():
+        return None
+    try:
+        return load_results(path)
+    except BadInput as err:
+        print(f"scaling: warning: {err}; skipped", file=sys.stderr)
+        return None
+
+
+def _nodes_of(results: Results, entry: dict) -> int:
+    for value in (entry.get("nodes"), results.extra.get("nodes")):
         if isinstance(value, int) and value > 0:
             return value
     return 1
@@ -246,7 +258,7 @@ def collect(dirs: list[Path], out: Path | None = None, mode: str | None = None) 
         if len(modes) > 1:
             raise UsageError(f"the studies mix {sorted(modes)} scaling; collect them separately")
         mode = modes.pop() if modes else "strong"
-    problems = {(r.get("model"), r.get("partitions"), r.get("dataset"), r.get("strategy")) for _, r, _ in found}
+    problems = {(r.model, r.partitions, r.dataset, r.strategy) for _, r, _ in found}
     if len(problems) > 1:
         raise UsageError("these runs solve different problems (model, partitions, dataset, strategy): "
                          f"{sorted(map(str, problems))}; a scaling table needs one job at several counts")

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from ddc_hpc.results import Results
 
 spec = importlib.util.spec_from_file_location("time_to_accuracy", REPO / "benchmarks" / "time_to_accuracy.py")
 tta = importlib.util.module_from_spec(spec)
@@ -35,6 +36,10 @@ def _results(global_acc, random_acc, sub_seconds=10.0, compose_seconds=2.0, epoc
     }
 
 
+def analyse(results: dict) -> dict:
+    return tta.analyse(Results.from_dict(results))
+
+
 def _legacy(results):
     """The same run as written before epoch ends carried `elapsed`: cumulated epoch seconds."""
     for phase in ("sub", "global", "random"):
@@ -46,7 +51,7 @@ def _legacy(results):
 
 def test_ratio_interpolates_between_the_bracketing_evaluations():
     # GNet-R: 8 epochs of 5 s, ends at 0.70 after 40 s. DDC: 12 s, then 0.5 -> 0.6 (17 s) -> 0.8 (22 s)
-    summary = tta.analyse(_results([0.6, 0.8, 0.85], [0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.70]))
+    summary = analyse(_results([0.6, 0.8, 0.85], [0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.70]))
     assert summary["target_val_accuracy"] == 0.70 and summary["gnet_r_seconds"] == 40.0
     assert summary["reached"]
     assert summary["ddc_seconds_to_target"] == pytest.approx(17 + 0.5 * 5)
@@ -57,18 +62,18 @@ def test_ratio_interpolates_between_the_bracketing_evaluations():
 
 def test_results_without_elapsed_read_the_same():
     results = _results([0.6, 0.8, 0.85], [0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.70])
-    new, old = tta.analyse(results), tta.analyse(_legacy(results))
+    new, old = analyse(results), analyse(_legacy(results))
     assert new["curves"] == old["curves"] and new["ratio"] == pytest.approx(19.5 / 40)
 
 
 def test_the_composed_net_may_already_beat_the_target():
-    summary = tta.analyse(_results([0.9], [0.3, 0.4], init=0.45))
+    summary = analyse(_results([0.9], [0.3, 0.4], init=0.45))
     assert summary["ddc_seconds_to_target"] == 12.0  # sub + compose: GNet-T before any training
     assert summary["ratio"] == pytest.approx(12 / 10)
 
 
 def test_not_reached_gives_no_ratio():
-    summary = tta.analyse(_results([0.5, 0.55], [0.6, 0.9]))
+    summary = analyse(_results([0.5, 0.55], [0.6, 0.9]))
     assert not summary["reached"] and summary["ratio"] is None
 
 
@@ -109,5 +114,5 @@ def test_baseline_from_another_run(tmp_path):
 
 
 def test_gnet_r_time_to_ddc_final_accuracy():
-    summary = tta.analyse(_results([0.5, 0.55], [0.3, 0.6, 0.9]))
+    summary = analyse(_results([0.5, 0.55], [0.3, 0.6, 0.9]))
     assert summary["gnet_r_seconds_to_ddc_final"] == pytest.approx(5 + 5 * (0.55 - 0.3) / 0.3)

@@ -11,6 +11,7 @@ import pytest
 from conftest import launch, results
 from ddc_hpc import report
 from ddc_hpc.errors import BadInput
+from ddc_hpc.results import Results, load_results
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -43,6 +44,11 @@ def fabricated(strategy="both", classes=10) -> dict:
     return run
 
 
+def typed(*runs) -> list[dict]:
+    """The runs as report.load_run gives them: results read through the schema."""
+    return [run | {"results": Results.from_dict(run["results"])} for run in runs]
+
+
 def rows_of(text: str, title: str) -> dict[str, list[str]]:
     """The rows of the markdown table whose header cell is `title`: label -> cells."""
     lines = text.splitlines()
@@ -57,7 +63,7 @@ def rows_of(text: str, title: str) -> dict[str, list[str]]:
 
 
 def test_tables_have_the_papers_rows_one_column_per_run():
-    text = report.markdown([fabricated("both"), fabricated("ddc"), fabricated("random")])
+    text = report.markdown(typed(fabricated("both"), fabricated("ddc"), fabricated("random")))
     top1 = rows_of(text, "top-1 [%]")
     assert list(top1) == ["SNet-k, each (range over k)", "GNet-T, not trained", "GNet-T, not trained, BN recalibrated",
                           "GNet-T-trained", "GNet-R-trained"]
@@ -78,13 +84,13 @@ def test_tables_have_the_papers_rows_one_column_per_run():
 
 
 def test_top5_is_left_out_where_it_means_nothing():
-    assert "top-5" not in report.markdown([fabricated(classes=2)])
-    text = report.markdown([fabricated(classes=2), fabricated(classes=100)])
+    assert "top-5" not in report.markdown(typed(fabricated(classes=2)))
+    text = report.markdown(typed(fabricated(classes=2), fabricated(classes=100)))
     assert rows_of(text, "top-5 [%]")["GNet-T-trained"] == ["-", "95.00"]
 
 
 def test_figures_are_pngs(tmp_path):
-    runs = [fabricated("both"), fabricated("ddc"), fabricated("random"), fabricated("both")]
+    runs = typed(fabricated("both"), fabricated("ddc"), fabricated("random"), fabricated("both"))
     report.accuracy_figure(runs, tmp_path / "a.png", axis=0)
     report.accuracy_figure(runs, tmp_path / "t.png", axis=1)
     report.phase_seconds_figure(runs, tmp_path / "p.png")
@@ -126,6 +132,23 @@ def test_cli_refuses_an_unfinished_run_with_exit_2(tmp_path):
     assert not (tmp_path / "report").exists()
 
 
+def test_results_json_reads_back_to_what_the_run_wrote(tiny_run):
+    """One schema: a real results.json loads into typed sections and serialises to the same JSON."""
+    out, _ = tiny_run
+    loaded = load_results(out)
+    assert loaded.to_dict() == results(out)
+    assert loaded.compose.init("val_accuracy") == results(out)["compose"]["init_val_accuracy"]
+    assert len(loaded.sub.per_subnet) == loaded.partitions and loaded.metric == "val_accuracy"
+
+
+def test_old_results_without_init_keys_read_the_composed_score_from_compose():
+    old = fabricated("both")["results"]
+    del old["compose"]["init_val_accuracy"], old["compose"]["init_val_top5"]
+    loaded = Results.from_dict(old | {"nodes": 2})
+    assert loaded.compose.init("val_accuracy") == 0.55 and loaded.compose.recalibrated("val_accuracy") is None
+    assert loaded.extra == {"nodes": 2} and loaded.global_.epochs == 1
+
+
 def test_load_run_rejects_foreign_json(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"accuracy": 1}))
     with pytest.raises(BadInput, match="not the results of a ddc_hpc run"):
@@ -158,18 +181,18 @@ def regression_run() -> dict:
 
 
 def test_regression_runs_get_rmse_and_mae_tables_beside_classification(tmp_path):
-    text = report.markdown([fabricated("both"), regression_run()])
+    text = report.markdown(typed(fabricated("both"), regression_run()))
     assert rows_of(text, "top-1 [%]")["GNet-T-trained"] == ["70.00", "-"]
     rmse = rows_of(text, "RMSE")
     assert rmse["SNet-k, each (range over k)"] == ["-", "0.5200"]
     assert rmse["GNet-T, not trained"] == ["-", "0.4500"] and rmse["GNet-R-trained"] == ["-", "0.3500"]
     assert rows_of(text, "MAE")["GNet-T-trained"] == ["-", "0.2500"]
-    report.accuracy_figure([regression_run()], tmp_path / "r.png")
+    report.accuracy_figure(typed(regression_run()), tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:8] == PNG
 
 
 def test_the_run_table_shows_each_subnetworks_seconds_and_where_the_run_is():
-    text = report.table(fabricated("both")["results"], "runs/first")
+    text = report.table(Results.from_dict(fabricated("both")["results"]), "runs/first")
     lines = {line[:38].strip(): line[38:].split() for line in text.splitlines()}
     for k in range(4):
         assert lines[f"SNet-{k} (own tile)"][-1] == "2.0"  # two 1.0 s epochs of its own
@@ -188,7 +211,7 @@ def test_a_tiny_compose_bar_is_still_drawn(tmp_path):
     run = fabricated("both")
     r = run["results"]
     r["sub"]["seconds"], r["compose"]["seconds"], r["global"]["seconds"], r["random"]["seconds"] = 300, 0.3, 200, 450
-    report.phase_seconds_figure([run], tmp_path / "phase_seconds.png")
+    report.phase_seconds_figure(typed(run), tmp_path / "phase_seconds.png")
     pixels = matplotlib_image.imread(tmp_path / "phase_seconds.png")[..., :3]
     orange = (abs(pixels - [1.0, 0.498, 0.055]).max(axis=-1) < 0.02)  # matplotlib's C1, the compose colour
     legend_rows = orange[int(0.85 * len(orange)):]  # the legend's patch sits below the axes

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ddc_hpc import scaling
+from ddc_hpc.results import Results
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.width=8", "data.limit=192", "sub.epochs=1", "global.epochs=1", "sub.batch_size=32",
@@ -80,16 +81,16 @@ def test_weak_scaling_is_scaled_speedup():
 
 @pytest.mark.parametrize("bad", [lambda: scaling.speedup(0, 1, 1, 2), lambda: scaling.speedup(1, 1, 1, 2, "odd"),
                                  lambda: scaling.ideal_speedup(0, 2), lambda: scaling.scaling_table(
-                                     [scaling.run_row(fake_results(1), nodes=1)], "sideways")])
+                                     [scaling.run_row(Results.from_dict(fake_results(1)), nodes=1)], "sideways")])
 def test_arithmetic_refuses_nonsense(bad):
     with pytest.raises(ValueError):
         bad()
 
 
 def test_table_uses_the_smallest_count_as_baseline_and_nodes_when_they_vary():
-    rows = [scaling.run_row(fake_results(8, sub=2.5, glob=1.5), nodes=2),
-            scaling.run_row(fake_results(4, sub=5.0, glob=2.5), nodes=1),
-            scaling.run_row(fake_results(16, sub=1.5, glob=1.0), nodes=4)]
+    rows = [scaling.run_row(Results.from_dict(fake_results(8, sub=2.5, glob=1.5)), nodes=2),
+            scaling.run_row(Results.from_dict(fake_results(4, sub=5.0, glob=2.5)), nodes=1),
+            scaling.run_row(Results.from_dict(fake_results(16, sub=1.5, glob=1.0)), nodes=4)]
     table = scaling.scaling_table(rows)
     assert [r["count"] for r in table] == [1, 2, 4] and {r["unit"] for r in table} == {"nodes"}
     assert [r["ranks"] for r in table] == [4, 8, 16]
