@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY, results, sets
+from conftest import REPO, TINY, results, sets, unavailable
 from ddc_hpc import comm
 
 HOSTS = ("ddc-node0", "ddc-node1")
@@ -122,24 +122,17 @@ exec ip netns exec "$ns" unshare --uts sh -c "hostname $host && exec $*"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    required = os.environ.get("DDC_REQUIRE_MULTINODE") == "1"
-
-    def unavailable(reason: str):
-        if required:
-            pytest.fail(f"DDC_REQUIRE_MULTINODE=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
-
     if os.geteuid() != 0:
-        unavailable("the two-host harness makes network namespaces (ip netns), which needs root")
+        unavailable("DDC_REQUIRE_MULTINODE", "the two-host harness makes network namespaces (ip netns), which needs root")
     missing = [b for b in ("ip", "unshare") if not shutil.which(b)]
     if missing:
-        unavailable(f"{', '.join(missing)} not found (iproute2, util-linux)")
+        unavailable("DDC_REQUIRE_MULTINODE", f"{', '.join(missing)} not found (iproute2, util-linux)")
     made = Cluster(tmp_path_factory.mktemp("netns"))
     try:
         try:
             made.up()
         except subprocess.CalledProcessError as err:
-            unavailable(f"network namespaces are not available here: `{' '.join(err.cmd)}` failed: {err.stderr.strip()}")
+            unavailable("DDC_REQUIRE_MULTINODE", f"network namespaces are not available here: `{' '.join(err.cmd)}` failed: {err.stderr.strip()}")
         yield made
     finally:
         made.down()

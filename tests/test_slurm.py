@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, sets, unavailable
 
-REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "tools" / "slurm_cluster.sh"
 TINY = ["model.width=8", "data.limit=192", "sub.epochs=1", "global.epochs=1", "sub.batch_size=32",
         "global.batch_size=32", "run.threads=1", "run.strategy=ddc"]
@@ -30,32 +30,21 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
 pytestmark = pytest.mark.slurm
 
 
-def sets(*overrides: str) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
-
-
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """Start the cluster; yields the environment for sbatch/srun (SLURM_CONF, the venv's python)."""
-    required = os.environ.get("DDC_REQUIRE_SLURM") == "1"
-
-    def unavailable(reason: str):
-        if required:
-            pytest.fail(f"DDC_REQUIRE_SLURM=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
-
     if os.geteuid() != 0:
-        unavailable("the local SLURM cluster runs slurmctld/slurmd as root; run the tests as root")
+        unavailable("DDC_REQUIRE_SLURM", "the local SLURM cluster runs slurmctld/slurmd as root; run the tests as root")
     missing = [b for b in ("slurmctld", "slurmd", "sbatch", "munged") if not shutil.which(b)]
     if missing:
-        unavailable(f"SLURM is not installed ({', '.join(missing)} missing): run tools/slurm_cluster.sh install")
+        unavailable("DDC_REQUIRE_SLURM", f"SLURM is not installed ({', '.join(missing)} missing): run tools/slurm_cluster.sh install")
     # A test session inside a SLURM job must not leak that job's variables into our cluster's jobs.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "DDC_FAULT", "DDC_STOP_AT"))
            and k not in ("DDC_SLURM_DIR", "PMI_FD", "PMI_RANK", "PMI_SIZE")}
     up = subprocess.run([str(CLUSTER), "up"], env=env, capture_output=True, text=True, timeout=180)
     if up.returncode != 0:
-        unavailable(f"tools/slurm_cluster.sh up failed (exit {up.returncode}): {up.stderr[-3000:]}")
+        unavailable("DDC_REQUIRE_SLURM", f"tools/slurm_cluster.sh up failed (exit {up.returncode}): {up.stderr[-3000:]}")
     exported = dict(re.findall(r"^export (\w+)=(.*)$", up.stdout, re.M))
     env.update(exported)
     bin_dir = str(Path(sys.executable).parent)  # the venv's python and mpiexec, as ./dev sets up
