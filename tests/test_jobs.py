@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -191,10 +192,15 @@ def test_job_files_say_how_to_run_them():
         assert f"jobs/{name}.toml" in text, f"{name}.toml: give the command that runs it in its header"
 
 
+# An absolute path (`/srv/data/...`), other than the `/path/to/...` placeholders of comments.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?!path/to/)[A-Za-z_][\w.-]*/")
+
+
 def test_no_job_names_a_path_of_one_machine():
     for path in sorted(JOBS.glob("*.toml")):
-        text = path.read_text()
-        assert "/work/" not in text, f"{path.name}: use a path relative to the repository root (../shared/...)"
+        found = ABSOLUTE_PATH.search(path.read_text())
+        assert found is None, (f"{path.name} names {found and found.group()!r}: use a path relative to the "
+                               "repository root (../shared/...)")
         source = load_config(path).data.source
         assert ":/" not in source, f"{path.name}: data.source {source!r} is absolute"
 
