@@ -96,8 +96,8 @@ def rendezvous_host(world: World, master_addr: str | None) -> str | None:
         return "127.0.0.1"
     for addresses in others:
         for peer in addresses:
-            if route_source(peer) in mine:
-                return route_source(peer)
+            if (source := route_source(peer)) in mine:
+                return source
     raise RuntimeError(f"rank 0 finds no route from its addresses {sorted(mine)} to the ranks on other nodes "
                        f"({sorted({a for s in seen for a in s} - mine)}); set MASTER_ADDR to an address of rank "
                        "0's node that every node reaches, and GLOO_SOCKET_IFNAME to the interface that carries it")
