@@ -61,6 +61,7 @@ class DataConfig:
     source: str = "synthetic"
     val_fraction: float = 0.2
     limit: int = 0  # 0: every training sample
+    val_limit: int = 0  # 0: the whole validation split; N: a stratified N of it (quick tuning trials)
     in_memory: bool = True
     augment: bool = True
     max_shift: int = 2  # pixels; the paper's random shift, kept small for 16x16 tiles
@@ -288,6 +289,7 @@ def validate(config: Config) -> None:
     data = config.data
     _require(0.0 < data.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {data.val_fraction}")
     _require(data.limit >= 0, f"data.limit must be >= 0 (0 = all samples), got {data.limit}")
+    _require(data.val_limit >= 0, f"data.val_limit must be >= 0 (0 = the whole split), got {data.val_limit}")
     _require(data.max_shift >= 0, f"data.max_shift must be >= 0, got {data.max_shift}")
     for name in ("sub", "global", "random"):
         p = getattr(config, name if name != "global" else "global_")

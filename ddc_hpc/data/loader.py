@@ -244,5 +244,5 @@ def load_from_config(config, **options) -> Splits:
     """
     return load_dataset(config.data.source, num_classes=config.model.num_classes,
                         val_fraction=config.data.val_fraction, seed=config.run.seed,
-                        limit=config.data.limit or None, in_memory=config.data.in_memory, task=config.model.task,
+                        limit=config.data.limit or None, val_limit=config.data.val_limit or None, in_memory=config.data.in_memory, task=config.model.task,
                         **options)
