@@ -18,7 +18,9 @@ summed or guessed; results written before rows had it fall back to cumulated epo
 The ratio is DDC's time to the target / GNet-R's wall time (< 1: DDC is faster). The time to the
 target is interpolated linearly between the two evaluations that bracket it (the epoch-end value,
 an upper bound, is reported too). If DDC never reaches the target the ratio is None and
-`reached` false. One PNG: accuracy against wall time for both strategies, target marked.
+`reached` false. The same for two lower targets, 95 % and 90 % of GNet-R's final accuracy, each
+against GNet-R's own first time there (a table; `targets` in --json). One PNG: accuracy against
+wall time for both strategies, targets marked.
 
 `--baseline OTHER_RUN` takes GNet-R (its `random` section) from another run of the same model and
 data, for a run made with `run.strategy = "ddc"`.
@@ -65,6 +67,27 @@ def first_crossing(seconds: list[float], accuracy: list[float], target: float,
     return None, None
 
 
+LOWER_TARGETS = (0.95, 0.9)  # fractions of GNet-R's final accuracy, besides the final accuracy itself
+
+
+def target_times(ddc: tuple[list[float], list[float]], gnet_r: tuple[list[float], list[float]],
+                 fractions: tuple[float, ...] = LOWER_TARGETS) -> list[dict]:
+    """For GNet-R's final accuracy and each lower target (a fraction of it): the wall time each
+    strategy first reaches it and DDC's / GNet-R's. GNet-R's time to its own final accuracy is its
+    whole wall time (the goal's denominator); to a lower target, its interpolated first crossing."""
+    (ddc_t, ddc_a), (r_t, r_a) = ddc, gnet_r
+    final = r_a[-1]
+    rows = []
+    for fraction in (1.0, *fractions):
+        target = fraction * final
+        r_seconds = r_t[-1] if fraction == 1.0 else first_crossing(r_t, r_a, target, start=(0.0, 0.0))[0]
+        d_seconds = first_crossing(ddc_t, ddc_a, target)[0]
+        rows.append({"fraction": fraction, "val_accuracy": target, "ddc_seconds": d_seconds,
+                     "gnet_r_seconds": r_seconds,
+                     "ratio": None if d_seconds is None or not r_seconds else d_seconds / r_seconds})
+    return rows
+
+
 def analyse(results: Results) -> dict:
     for section, present in (("sub", results.sub), ("compose", results.compose), ("global", results.global_),
                              ("random", results.random)):
@@ -90,6 +113,7 @@ def analyse(results: Results) -> dict:
         "sub_plus_compose_seconds": ddc_t[0],
         # the other way round: when GNet-R passed DDC's final accuracy (None if it never did)
         "gnet_r_seconds_to_ddc_final": first_crossing(r_t, r_a, ddc_a[-1], start=(0.0, 0.0))[0],
+        "targets": target_times((ddc_t, ddc_a), (r_t, r_a)),
         "curves": {"ddc": [ddc_t, ddc_a], "random": [r_t, r_a]},
     }
 
@@ -102,7 +126,8 @@ def plot(results: Results, summary: dict, out: Path) -> None:
     ax.plot(r_t, [100 * a for a in r_a], "o-", color="tab:gray", label="GNet-R (random init)")
     ax.plot(ddc_t, [100 * a for a in ddc_a], "s-", color="tab:blue", label="DDC: GNet-T (composed, then trained)")
     ax.axvspan(0, results.sub.seconds, color="tab:blue", alpha=0.08, label="DDC sub phase (SNets on tiles)")
-    ax.axhline(100 * summary["target_val_accuracy"], color="tab:gray", ls=":", lw=1)
+    for row in summary["targets"]:
+        ax.axhline(100 * row["val_accuracy"], color="tab:gray", ls=":", lw=1 if row["fraction"] == 1.0 else 0.6)
     if summary["reached"]:
         t = summary["ddc_seconds_to_target"]
         ax.axvline(t, color="tab:blue", ls="--", lw=1)
@@ -168,7 +193,22 @@ def main(argv=None) -> int:
               f"GNet-R took {summary['gnet_r_seconds']:.1f} s"
               + (f" and passed DDC's final accuracy after {back:.1f} s" if back is not None else "")
               + f"): no ratio. Plot: {out}")
+    if not args.json:
+        print(target_table(summary["targets"]))
     return 0
+
+
+def target_table(targets: list[dict]) -> str:
+    """One line per target: each strategy's wall time to it and DDC's / GNet-R's."""
+    def seconds(value):
+        return "not reached" if value is None else f"{value:.1f} s"
+
+    lines = ["target (of GNet-R's final)   DDC            GNet-R         DDC / GNet-R"]
+    for row in targets:
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.3f}"
+        name = f"{100 * row['val_accuracy']:.2f}% ({100 * row['fraction']:.0f}%)"
+        lines.append(f"{name:<28} {seconds(row['ddc_seconds']):<14} {seconds(row['gnet_r_seconds']):<14} {ratio}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -116,3 +116,17 @@ def test_baseline_from_another_run(tmp_path):
 def test_gnet_r_time_to_ddc_final_accuracy():
     summary = analyse(_results([0.5, 0.55], [0.3, 0.6, 0.9]))
     assert summary["gnet_r_seconds_to_ddc_final"] == pytest.approx(5 + 5 * (0.55 - 0.3) / 0.3)
+
+
+def test_lower_targets_compare_first_crossings():
+    # GNet-R: 5 s epochs to 0.2 ... 0.70 (final, 40 s). DDC: 12 s at 0.5, then 0.6 (17 s), 0.8 (22 s)
+    targets = analyse(_results([0.6, 0.8, 0.85], [0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.70]))["targets"]
+    assert [t["fraction"] for t in targets] == [1.0, 0.95, 0.9]
+    final, lower = targets[0], targets[2]
+    assert final["gnet_r_seconds"] == 40.0 and final["ratio"] == pytest.approx(19.5 / 40)
+    assert lower["val_accuracy"] == pytest.approx(0.63)  # 90 % of 0.70
+    assert lower["gnet_r_seconds"] == pytest.approx(30 + 5 * 0.03 / 0.05)  # between 0.60 and 0.65
+    assert lower["ddc_seconds"] == pytest.approx(17 + 5 * 0.03 / 0.2)
+    assert lower["ratio"] == pytest.approx(lower["ddc_seconds"] / lower["gnet_r_seconds"])
+    table = tta.target_table(targets)
+    assert len(table.splitlines()) == 4 and "63.00% (90%)" in table
