@@ -100,6 +100,15 @@ def test_progress_seconds_must_not_be_negative():
         load_config(None, ["run.progress_seconds=-1"])
 
 
+def test_val_limit_reaches_the_loaded_validation_split():
+    from ddc_hpc.data import load_from_config
+
+    config = load_config(None, ['data.source="synthetic:n=400"', "data.val_fraction=0.25", "data.val_limit=40"])
+    assert len(load_from_config(config).val) == 40
+    with pytest.raises(BadInput, match="data.val_limit must be >= 0"):
+        load_config(None, ["data.val_limit=-1"])
+
+
 def test_the_resume_digest_covers_what_trains_not_how_the_run_executes():
     base = load_config()
     for operational in ("run.collective_timeout=900", "run.threads=3", "run.checkpoint_every=0",
