@@ -130,3 +130,15 @@ def test_lower_targets_compare_first_crossings():
     assert lower["ratio"] == pytest.approx(lower["ddc_seconds"] / lower["gnet_r_seconds"])
     table = tta.target_table(targets)
     assert len(table.splitlines()) == 4 and "63.00% (90%)" in table
+
+
+def test_ceiling_fraction_is_the_per_image_ratio_over_the_flop_ratio():
+    spec = importlib.util.spec_from_file_location("bench_ceiling", REPO / "benchmarks" / "bench_ceiling.py")
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    flops = ceiling.flop_ratio("cifar_resnet20", 16)
+    assert 60 < flops < 65  # the paper's ~60x: a sub-network has 1/16 of the channel pairs, 1/4 of the pixels
+    rounds = [{"global w16 b32": 0.010, "sub w16 b64": 0.010 / flops / 0.5}]  # half the ceiling
+    args = {"model": "cifar_resnet20", "widths": [16], "sub_batches": [64], "global_batch": 32}
+    [row] = ceiling.table({"args": args, "rounds": rounds})[2:]
+    assert "**0.50**" in row and f"| {flops / 4:.2f} |" in row
