@@ -90,8 +90,9 @@ def epoch_times(history: list[dict], origin: float | None, offset: float = 0.0) 
 
 def ddc_curve(results: Results) -> tuple[list[float], list[float], list[float]]:
     """(epochs, wall seconds since the sub phase began, val accuracy) of GNet-T, starting at the
-    composed net before training; the one GNet-T curve of the report's figures and of
-    benchmarks/time_to_accuracy.py.
+    composed net before training as the global phase starts from it (BN statistics recalibrated
+    when the run did that: the point's time is after the recalibration); the one GNet-T curve of
+    the report's figures and of benchmarks/time_to_accuracy.py.
 
     Epochs count on the paper's equal-iteration axis: GNet-T's epoch e is at sub.epochs + e.
     """
@@ -101,7 +102,9 @@ def ddc_curve(results: Results) -> tuple[list[float], list[float], list[float]]:
              else sub.seconds + results.compose.seconds)
     epochs = [sub.epochs] + [sub.epochs + row["epoch"] for row in glob.history]
     seconds = [start] + epoch_times(glob.history, origin, start)
-    return epochs, seconds, [results.compose.init(metric)] + [row[metric] for row in glob.history]
+    recalibrated = results.compose.recalibrated(metric)
+    start_value = results.compose.init(metric) if recalibrated is None else recalibrated
+    return epochs, seconds, [start_value] + [row[metric] for row in glob.history]
 
 
 def random_curve(results: Results) -> tuple[list[float], list[float], list[float]]:

@@ -142,3 +142,10 @@ def test_ceiling_fraction_is_the_per_image_ratio_over_the_flop_ratio():
     args = {"model": "cifar_resnet20", "widths": [16], "sub_batches": [64], "global_batch": 32}
     [row] = ceiling.table({"args": args, "rounds": rounds})[2:]
     assert "**0.50**" in row and f"| {flops / 4:.2f} |" in row
+
+
+def test_ddc_starts_from_the_recalibrated_composed_net_when_the_run_recalibrated():
+    results = _results([0.6], [0.3, 0.4], init=0.45)
+    assert analyse(results)["curves"]["ddc"][1][0] == 0.45
+    results["compose"]["recalibrated_val_accuracy"] = 0.5  # what the global phase starts from
+    assert analyse(results)["curves"]["ddc"][1][0] == 0.5
