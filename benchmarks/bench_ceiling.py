@@ -22,11 +22,10 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, machine, median, mpi, record  # noqa: E402
+from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, machine, median, mpi, record, time_steps  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -68,13 +67,7 @@ def worker(args) -> None:
             loss.backward()
             optimizer.step()
 
-        step(0)  # warm-up: oneDNN primitives, allocations
-        comm.barrier(world)
-        tic = time.perf_counter()
-        for i in range(steps):
-            step(i + 1)
-        comm.barrier(world)
-        return (time.perf_counter() - tic) / steps / batch
+        return time_steps(step, steps, world) / batch
 
     configs = [("global", w, args.global_batch) for w in args.widths]
     configs += [("sub", w, b) for w in args.widths for b in args.sub_batches]

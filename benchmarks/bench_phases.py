@@ -21,11 +21,10 @@ import json
 import math
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, load_json, machine, median, mpi, record, run, tool  # noqa: E402
+from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, load_json, machine, median, mpi, record, run, time_steps, tool  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -105,13 +104,7 @@ def worker(args) -> None:
             loss.backward()
             optimizer.step()
 
-        step(0)  # warm-up: oneDNN primitives, allocations
-        comm.barrier(world)
-        tic = time.perf_counter()
-        for i in range(steps):
-            step(i + 1)
-        comm.barrier(world)
-        return (time.perf_counter() - tic) / steps
+        return time_steps(step, steps, world)
 
     rounds, loads = [], [load()]
     for r in range(args.rounds):

@@ -78,6 +78,22 @@ def median(values) -> float:
     return float(statistics.median(values))
 
 
+def time_steps(step, steps: int, world) -> float:
+    """Seconds per training step: `step(0)` warms up (oneDNN primitives, allocations), then `steps`
+    steps run between two barriers, so the slowest rank counts."""
+    import time
+
+    from ddc_hpc import comm
+
+    step(0)
+    comm.barrier(world)
+    tic = time.perf_counter()
+    for i in range(steps):
+        step(i + 1)
+    comm.barrier(world)
+    return (time.perf_counter() - tic) / steps
+
+
 def record(heading: str, body: list[str]) -> None:
     """Put (or replace) the section `heading` in benchmarks/RESULTS.md, leaving the others."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
