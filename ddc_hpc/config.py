@@ -84,6 +84,8 @@ class PhaseConfig:
     warmup_epochs: float = 0.0  # linear warm-up from lr / warm-up steps to lr; fractions of an epoch allowed
     steps_per_epoch: int = 0  # 0: an epoch is one pass; N: N steps, the data continuing across epochs
     bn_recalibrate_batches: int = 0  # 0: off; N: BatchNorm statistics from N batches before each evaluation
+    # [global] only: also score the composed net with the tiles' BN statistics, before recalibrating
+    evaluate_before_recalibration: bool = True
 
     @property
     def milestone_factors(self) -> tuple[float, ...]:
@@ -316,6 +318,9 @@ def validate(config: Config) -> None:
                  f"got {p.steps_per_epoch}")
         _require(p.bn_recalibrate_batches >= 0, f"{name}.bn_recalibrate_batches must be >= 0 (0 = off), got "
                  f"{p.bn_recalibrate_batches}")
+        _require(name == "global" or p.evaluate_before_recalibration,
+                 f"{name}.evaluate_before_recalibration is a [global] setting (GNet-T as composed): remove it "
+                 f"from [{name}]")
     _one_of("run.strategy", r.strategy, STRATEGIES)
     _one_of("run.backend", r.backend, BACKENDS)
     _one_of("run.device", r.device, DEVICES)

@@ -47,8 +47,9 @@ class Phase:
     def from_trained(cls, trained: dict) -> Phase:
         """Summary of a phase from train.fit's record (none trained: the network as it started)."""
         history = trained["history"]
+        start = trained.get("recalibrated") or trained.get("initial") or {}  # as the phase started from it
         return cls(seconds=trained["seconds"], epochs=len(history),
-                   metrics=_val_metrics(history[-1] if history else trained.get("initial") or {}),
+                   metrics=_val_metrics(history[-1] if history else start),
                    images_per_second=_rate(sum(r["train_samples"] for r in history),
                                            sum(r["train_seconds"] for r in history)),
                    elapsed_start=trained["elapsed_start"], elapsed_end=trained["elapsed_end"], history=history)
@@ -206,7 +207,7 @@ def ddc_sections(compose_info: dict, trained: dict, metric: str, sub_epochs: int
               collectives_per_rank=compose_info["collectives_per_rank"],
               reach_per_rank=compose_info["reach_per_rank"], imbalance_seconds=compose_info["imbalance_seconds"],
               elapsed_start=compose_info["sub_elapsed"][0], elapsed_end=compose_info["sub_elapsed"][1])
-    compose = Compose(seconds=compose_info["seconds"], init_metrics=_val_metrics(trained["initial"]),
+    compose = Compose(seconds=compose_info["seconds"], init_metrics=_val_metrics(trained["initial"] or {}),
                       recalibrated_metrics=_val_metrics(trained["recalibrated"] or {}),
                       init_eval_seconds=trained["init_eval_seconds"],
                       recalibrate_seconds=trained["recalibrate_seconds"],

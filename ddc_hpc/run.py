@@ -424,7 +424,8 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
              "recalibrate_seconds": 0.0}
     if name == "global":  # GNet-T before training: timed apart, not part of compose or global seconds
         setup, tic = time.perf_counter() - tic, time.perf_counter()
-        timed["initial"] = evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
+        if phase_cfg.evaluate_before_recalibration or not phase_cfg.bn_recalibrate_batches:
+            timed["initial"] = evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
         timed["init_eval_seconds"] = time.perf_counter() - tic
         if phase_cfg.bn_recalibrate_batches:  # statistics of full images, not the tiles' (measured both)
             tic = time.perf_counter()

@@ -48,6 +48,7 @@ def test_parse_override_reads_toml_values():
     ("data.val_fraction=1.5", "data.val_fraction"),
     ("sub.milestones=[5, 2]", "increasing"),
     ("nodot=1", "section.key"),
+    ("random.evaluate_before_recalibration=false", "a [global] setting"),
 ])
 def test_bad_values_name_the_key(override, expected):
     with pytest.raises(BadInput, match=expected.replace("[", r"\[")):
