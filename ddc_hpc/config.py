@@ -31,6 +31,9 @@ RANDOM_INIT_SEED_OFFSET = 7919  # GNet-R is built right after seeding with run.s
 # [run] keys that say how a run executes, not what it learns: a resume may change them
 OPERATIONAL = ("backend", "device", "threads", "checkpoint_every", "collective_timeout", "progress_seconds")
 SCHEDULES = ("step", "cosine", "linear")
+# torch.compile backends: "" trains eagerly; "inductor" compiles (the sub step ran 1.39x faster on CPU,
+# benchmarks/RESULTS.md); "eager" / "aot_eager" trace without code generation (checks of the plumbing).
+COMPILE_BACKENDS = ("", "inductor", "eager", "aot_eager")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class PhaseConfig:
     bn_recalibrate_batches: int = 0  # 0: off; N: BatchNorm statistics from N batches before each evaluation
     # [global] only: also score the composed net with the tiles' BN statistics, before recalibrating
     evaluate_before_recalibration: bool = True
+    compile: str = ""  # "": eager; a torch.compile backend (COMPILE_BACKENDS) compiles the network
 
     @property
     def milestone_factors(self) -> tuple[float, ...]:
@@ -318,6 +322,7 @@ def validate(config: Config) -> None:
                  f"got {p.steps_per_epoch}")
         _require(p.bn_recalibrate_batches >= 0, f"{name}.bn_recalibrate_batches must be >= 0 (0 = off), got "
                  f"{p.bn_recalibrate_batches}")
+        _one_of(f"{name}.compile", p.compile, COMPILE_BACKENDS)
         _require(name == "global" or p.evaluate_before_recalibration,
                  f"{name}.evaluate_before_recalibration is a [global] setting (GNet-T as composed): remove it "
                  f"from [{name}]")

@@ -231,13 +231,18 @@ def phase_data(plan: Plan, tile) -> PhaseData:
                      augment=plan.config.data.augment, max_shift=plan.config.data.max_shift)
 
 
-def data_parallel(model: torch.nn.Module, world: comm.World, backend: str) -> torch.nn.Module:
-    """The model on this rank's device, wrapped for data parallelism over `world` (and the
-    torch.distributed process group made over it): torch DDP, or the toolkit's own MPI engine for
-    `run.backend = "mpi4py"`. Both start from rank 0's weights (the composed net in the global phase)."""
+def data_parallel(model: torch.nn.Module, world: comm.World, backend: str,
+                  compile_backend: str = "") -> torch.nn.Module:
+    """The model on this rank's device, compiled in place with torch.compile's `compile_backend`
+    when one is given (its state_dict keeps its keys), wrapped for data parallelism over `world`
+    (and the torch.distributed process group made over it): torch DDP, or the toolkit's own MPI
+    engine for `run.backend = "mpi4py"`. Both start from rank 0's weights (the composed net in the
+    global phase)."""
     model = model.to(world.device)
     if world.device.type == "cuda":  # batches are channels_last there too (train.to_device)
         model = model.to(memory_format=torch.channels_last)
+    if compile_backend:  # before DDP wraps it, as torch's docs recommend
+        model.compile(backend=compile_backend)
     if comm.group_size() == 1:
         return model
     if backend == "mpi4py":
@@ -305,7 +310,7 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         model = build(cfg, K, plan.tile_sample_shape, cfg.run.seed * 1000 + k + 1)
         writer = subnet_owner(k, world.size, K) == world.rank
         slot = CheckpointSeries(plan.out / "checkpoints", f"sub_{k}", cfg.digest()) if writer else None
-        wrapped = data_parallel(model, local, plan.backend)
+        wrapped = data_parallel(model, local, plan.backend, cfg.sub.compile)
         job = Job(name=f"sub_{k}", model=wrapped, config=cfg.sub, task=plan.task,
                   data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
                   rank=world.rank, checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
@@ -413,8 +418,8 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
     cfg = plan.config
     tic = time.perf_counter()
     comm.init_distributed(world, plan.backend)
-    ddp = data_parallel(model, world, plan.backend)
     phase_cfg = cfg.global_ if name == "global" else dataclasses.replace(cfg.random, epochs=cfg.random_epochs)
+    ddp = data_parallel(model, world, plan.backend, phase_cfg.compile)
     slot = CheckpointSeries(plan.out / "checkpoints", name, cfg.digest()) if world.is_root else None
     job = Job(name=name, model=ddp, config=phase_cfg, data=phase_data(plan, None), slot=slot, task=plan.task,
               seed=cfg.run.seed + (1 if name == "global" else 2), rank=world.rank, group=None,

@@ -49,6 +49,7 @@ def test_parse_override_reads_toml_values():
     ("sub.milestones=[5, 2]", "increasing"),
     ("nodot=1", "section.key"),
     ("random.evaluate_before_recalibration=false", "a [global] setting"),
+    ("sub.compile=induktor", "did you mean 'inductor'"),
 ])
 def test_bad_values_name_the_key(override, expected):
     with pytest.raises(BadInput, match=expected.replace("[", r"\[")):

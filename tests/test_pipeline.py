@@ -39,6 +39,19 @@ def test_pipeline_completes_with_every_promised_key(ranks, tmp_path):
     assert "GNet-T, composed, not trained" in done.stdout
 
 
+def test_compiled_phases_train_compose_and_save_like_eager_ones(tmp_path):
+    """sub.compile / global.compile run the networks through torch.compile (here its "eager"
+    backend: dynamo's tracing without inductor's minutes of code generation); checkpoints keep the
+    plain state_dict keys, so composition and the saved networks are the same as eager training's."""
+    out = tmp_path / "run"
+    done = run_pipeline(1, out, "run.strategy=ddc", "sub.compile=eager", "global.compile=eager")
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = results(out)
+    assert r["compose"]["max_rel_error"] < 1e-4 and r["global"]["epochs"] == 1
+    state = torch.load(out / "model.pt", weights_only=False)["state_dict"]
+    assert not [k for k in state if "_orig_mod" in k]
+
+
 def test_composed_init_accuracy_equals_serial_recomputation(tiny_run):
     out, _ = tiny_run
     r = results(out)
