@@ -10,10 +10,13 @@ ratio over the FLOP ratio:
 Side by side in one `mpiexec -n 4` run, rounds interleaving every configuration: the sub phase as
 rank r training sub-network r on tile r alone (16x16 tiles, K = 4), the global phase as torch DDP
 over gloo, both with the project's code paths (build_model, make_batch on real CIFAR-10 batches,
-Adam), each timed as S steps between two barriers after one warm-up step.
+Adam), each timed as S steps between two barriers after one warm-up step. With --compile each
+sub-network configuration is also timed through torch.compile (inductor, as `sub.compile =
+"inductor"` does; compiled in the warm-up step, outside the timing), side by side with the eager
+one; the global net stays eager (compiling it measured no faster).
 
     python benchmarks/bench_ceiling.py [--model cifar_resnet20] [--widths 16 32 64]
-        [--sub-batches 64 128 256] [--global-batch 32] [--rounds 2] [--write]
+        [--sub-batches 64 128 256] [--global-batch 32] [--rounds 2] [--compile] [--write]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, machine, median, mpi, 
 sys.path.insert(0, str(REPO))
 
 HEADING = "## Sub phase against its FLOP ceiling (issue 13.1)"
+HEADING_COMPILED = "## Sub phase against its FLOP ceiling, sub-networks compiled (issue 13.1)"
 
 
 def worker(args) -> None:
@@ -52,15 +56,18 @@ def worker(args) -> None:
 
     def per_image(phase: str, width: int, batch: int) -> float:
         torch.manual_seed(world.rank)
-        model = build_model(args.model, 10, partitions=4 if phase == "sub" else 1, width=width)
-        if phase == "global":
+        sub = phase != "global"
+        model = build_model(args.model, 10, partitions=4 if sub else 1, width=width)
+        if phase == "compiled sub":
+            model.compile()
+        if not sub:
             model = DistributedDataParallel(model)
         optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-        steps = args.sub_steps if phase == "sub" else args.global_steps
+        steps = args.sub_steps if sub else args.global_steps
 
         def step(i: int) -> None:
             images, labels = data.train.read(np.sort(rng.choice(len(data.train), batch, replace=False)))
-            x = make_batch(images, mean=data.mean, tile=tile if phase == "sub" else None, augment=True,
+            x = make_batch(images, mean=data.mean, tile=tile if sub else None, augment=True,
                            generator=torch.Generator().manual_seed(i), max_shift=2)
             loss = F.cross_entropy(model(x), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -70,7 +77,8 @@ def worker(args) -> None:
         return time_steps(step, steps, world) / batch
 
     configs = [("global", w, args.global_batch) for w in args.widths]
-    configs += [("sub", w, b) for w in args.widths for b in args.sub_batches]
+    configs += [(sub, w, b) for w in args.widths for b in args.sub_batches
+                for sub in ("sub", "compiled sub")[: 1 + args.compile]]
     rounds, loads = [], [load()]
     for r in range(args.rounds):
         row = {}
@@ -103,10 +111,13 @@ def table(res: dict) -> list[str]:
     for width in args["widths"]:
         flops = flop_ratio(args["model"], width)
         glob = [r[f"global w{width} b{args['global_batch']}"] for r in rounds]
-        for batch in args["sub_batches"]:
-            sub = [r[f"sub w{width} b{batch}"] for r in rounds]
+        for batch, kind in [(b, k) for b in args["sub_batches"] for k in ("sub", "compiled sub")]:
+            if f"{kind} w{width} b{batch}" not in rounds[0]:
+                continue
+            sub = [r[f"{kind} w{width} b{batch}"] for r in rounds]
             fractions = [g / s / flops for g, s in zip(glob, sub)]
-            rows.append(f"| {width} ({width // 4}/{width // 2}/{width}) | {flops:.1f} | {flops / 4:.2f} | {batch} "
+            label = f"{batch}" + " compiled" * (kind == "compiled sub")
+            rows.append(f"| {width} ({width // 4}/{width // 2}/{width}) | {flops:.1f} | {flops / 4:.2f} | {label} "
                         f"| {1e3 * median(sub):.2f} | {1e3 * median(glob):.2f} | {median(glob) / median(sub) / 4:.2f} "
                         f"| **{median(fractions):.2f}** ({min(fractions):.2f}-{max(fractions):.2f}) |")
     return rows
@@ -123,6 +134,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--sub-steps", type=int, default=4)
     p.add_argument("--global-steps", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="sub-networks through torch.compile (inductor)")
     p.add_argument("--write", action="store_true", help="record the table in benchmarks/RESULTS.md")
     args = p.parse_args()
     if args.worker:
@@ -133,12 +145,12 @@ def main() -> None:
         passed = [a for a in sys.argv[1:] if a != "--write"]
         mpi(4, __file__, "--worker", "--json", str(out), *passed)
         res = json.loads(out.read_text())
-    (REPO / "benchmarks" / "last_ceiling.json").write_text(json.dumps(res, indent=1))
+    (REPO / "benchmarks" / f"last_ceiling{'_compiled' * args.compile}.json").write_text(json.dumps(res, indent=1))
     rows = table(res)
     print("\n".join(rows))
     if args.write:
         command = "python benchmarks/bench_ceiling.py " + " ".join(passed)
-        record(HEADING, [f"Command: `{command.strip()}`; machine: {machine()}; load before/after rounds: "
+        record(HEADING_COMPILED if args.compile else HEADING, [f"Command: `{command.strip()}`; machine: {machine()}; load before/after rounds: "
                          f"{res['loads']}; data: {res['data']}.", "", *rows])
 
 

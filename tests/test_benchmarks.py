@@ -142,6 +142,9 @@ def test_ceiling_fraction_is_the_per_image_ratio_over_the_flop_ratio():
     args = {"model": "cifar_resnet20", "widths": [16], "sub_batches": [64], "global_batch": 32}
     [row] = ceiling.table({"args": args, "rounds": rounds})[2:]
     assert "**0.50**" in row and f"| {flops / 4:.2f} |" in row
+    rounds[0]["compiled sub w16 b64"] = 0.010 / flops / 0.8  # --compile: side by side with the eager row
+    eager, compiled = ceiling.table({"args": args, "rounds": rounds})[2:]
+    assert "**0.50**" in eager and "| 64 compiled |" in compiled and "**0.80**" in compiled
 
 
 def test_ddc_starts_from_the_recalibrated_composed_net_when_the_run_recalibrated():
