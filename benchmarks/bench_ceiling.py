@@ -24,11 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, machine, median, mpi, record, time_steps  # noqa: E402
+from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, machine, median, record, run_worker, time_steps  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -140,12 +139,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "ceiling.json"
-        passed = [a for a in sys.argv[1:] if a != "--write"]
-        mpi(4, __file__, "--worker", "--json", str(out), *passed)
-        res = json.loads(out.read_text())
-    (REPO / "benchmarks" / f"last_ceiling{'_compiled' * args.compile}.json").write_text(json.dumps(res, indent=1))
+    passed = [a for a in sys.argv[1:] if a != "--write"]
+    res = run_worker(__file__, "ceiling" + "_compiled" * args.compile, 4, passed)
     rows = table(res)
     print("\n".join(rows))
     if args.write:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, machine, median, mpi, record, time_steps  # noqa: E402
+from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, machine, median, record, run_worker, time_steps  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -177,13 +177,10 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "compile.json"
-        passed = [a for a in sys.argv[1:] if a != "--write"]
+    passed = [a for a in sys.argv[1:] if a != "--write"]
+    with tempfile.TemporaryDirectory() as tmp:  # a fresh inductor cache unless one is given
         cache = [] if args.cache_dir else ["--cache-dir", str(Path(tmp) / "inductor")]
-        mpi(args.ranks, __file__, "--worker", "--json", str(out), *cache, *passed, timeout=args.timeout)
-        res = json.loads(out.read_text())
-    (REPO / "benchmarks" / "last_compile.json").write_text(json.dumps(res, indent=1))
+        res = run_worker(__file__, "compile", args.ranks, [*cache, *passed], timeout=args.timeout)
     rows = table(res)
     print("\n".join(rows))
     if args.write:

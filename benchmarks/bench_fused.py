@@ -28,11 +28,10 @@ import argparse
 import copy
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, machine, median, mpi, record, time_steps  # noqa: E402
+from common import REPO, SHARED_NPZ, SHARED_SOURCE, load, machine, median, record, run_worker, time_steps  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -186,12 +185,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "fused.json"
-        passed = [a for a in sys.argv[1:] if a != "--write"]
-        mpi(RANKS, __file__, "--worker", "--json", str(out), *passed)
-        res = json.loads(out.read_text())
-    (REPO / "benchmarks" / "last_fused.json").write_text(json.dumps(res, indent=1))
+    passed = [a for a in sys.argv[1:] if a != "--write"]
+    res = run_worker(__file__, "fused", RANKS, passed)
     rows = table(res)
     print("\n".join(rows))
     if args.write:

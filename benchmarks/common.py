@@ -47,6 +47,19 @@ def mpi(ranks: int, script: str, *args: str, timeout: float = 3600) -> subproces
     return run([tool("mpiexec"), "-n", str(ranks), sys.executable, "-X", "faulthandler", script, *args], timeout=timeout)
 
 
+def run_worker(script: str, name: str, ranks: int, args: list[str], timeout: float = 3600) -> dict:
+    """`script --worker --json FILE args` on `ranks` MPI ranks: the JSON its rank 0 wrote, also kept
+    as benchmarks/last_<name>.json (the numbers behind the last table)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / f"{name}.json"
+        mpi(ranks, script, "--worker", "--json", str(out), *args, timeout=timeout)
+        res = json.loads(out.read_text())
+    (REPO / "benchmarks" / f"last_{name}.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

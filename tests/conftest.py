@@ -74,6 +74,18 @@ def tiny_run(tmp_path_factory):
     return out, done
 
 
+@pytest.fixture
+def one_thread():
+    """In-process forward passes on one thread: on a busy 2-core machine, with tiny convolutions,
+    a second thread only spins (10x the CPU time)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def unavailable(required_by: str, reason: str):
     """Skip a test whose facility this machine lacks; fail instead where `required_by` (an env var
     such as DDC_REQUIRE_SLURM that CI sets) is 1, so a silent skip cannot pass for a green run."""

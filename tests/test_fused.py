@@ -25,13 +25,7 @@ spec.loader.exec_module(bench_fused)
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions: on a shared 2-core machine a second thread only spins (10x the CPU time)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_fused_training_equals_training_each_member_alone():
