@@ -18,6 +18,7 @@ from pathlib import Path
 
 import tomli_w
 
+from .budget import parse_budget
 from .errors import BadInput
 
 STRATEGIES = ("ddc", "random", "both")
@@ -90,6 +91,13 @@ class PhaseConfig:
     # [global] only: also score the composed net with the tiles' BN statistics, before recalibrating
     evaluate_before_recalibration: bool = True
     compile: str = ""  # "": eager; a torch.compile backend (COMPILE_BACKENDS) compiles the network
+    eval_every: int = 1  # epochs between validation scores; 0: only after the phase's last epoch
+    # [global] only, levers at composition: carry the sub-networks' Adam moments into GNet-T's
+    # optimizer (composed block-diagonally like the weights, step counts kept); shrink and perturb
+    # the composed weights (Ash & Adams 2020): w <- shrink * w + perturb * w_init, w_init a fresh init.
+    carry_optimizer: bool = False
+    shrink: float = 1.0
+    perturb: float = 0.0
 
     @property
     def milestone_factors(self) -> tuple[float, ...]:
@@ -109,6 +117,11 @@ class RunConfig:
     checkpoint_every: int = 1  # epochs; 0: only on signals and at phase ends
     collective_timeout: float = 300.0  # seconds a collective may wait before the job is ended
     progress_seconds: float = 30.0  # at most one progress line per this many seconds within an epoch; 0: none
+    # A wall-time budget for each strategy: "" none (epochs decide), seconds ("600", 600), "20min",
+    # "1h", or "slurm" (the job's remaining time less a margin, shared by the strategies). The
+    # planner (budget.py) then sets every phase's steps; a resume keeps the recorded plan.
+    budget: str = ""
+    sub_share: float = 0.3  # with a budget: the sub phase's share of DDC's training time
 
 
 @dataclass(frozen=True)
@@ -189,6 +202,8 @@ def _coerce(where: str, value, annotation):
         return tuple(_coerce(f"{where}[{i}]", v, typing.get_args(annotation)[0]) for i, v in enumerate(value))
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if where == "run.budget" and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:g}"  # seconds, as a number
     if annotation is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:
@@ -316,8 +331,26 @@ def validate(config: Config) -> None:
                  f"{name}.milestones are for schedule = \"step\"; a {p.schedule} schedule decays to zero over "
                  f"the whole phase: remove {name}.milestones or set {name}.schedule = \"step\"")
         epochs = config.random_epochs if name == "random" else p.epochs
-        _require(math.isfinite(p.warmup_epochs) and 0 <= p.warmup_epochs <= max(epochs, 0),
-                 f"{name}.warmup_epochs must be between 0 and the phase's {epochs} epochs, got {p.warmup_epochs}")
+        if r.budget:  # the plan sets the epochs; the warm-up counts passes over the data
+            _require(math.isfinite(p.warmup_epochs) and p.warmup_epochs >= 0,
+                     f"{name}.warmup_epochs must be >= 0, got {p.warmup_epochs}")
+        else:
+            _require(math.isfinite(p.warmup_epochs) and 0 <= p.warmup_epochs <= max(epochs, 0),
+                     f"{name}.warmup_epochs must be between 0 and the phase's {epochs} epochs, got {p.warmup_epochs}")
+        _require(p.eval_every >= 0, f"{name}.eval_every must be >= 0 (0 = only after the phase's last epoch), "
+                 f"got {p.eval_every}")
+        if name != "global":
+            default = PhaseConfig()
+            for key in ("carry_optimizer", "shrink", "perturb"):
+                _require(getattr(p, key) == getattr(default, key),
+                         f"{name}.{key} is a [global] setting (GNet-T's start from the composed net): remove it "
+                         f"from [{name}]")
+        else:
+            _require(math.isfinite(p.shrink) and 0 < p.shrink <= 1, f"global.shrink must be in (0, 1], got {p.shrink}")
+            _require(math.isfinite(p.perturb) and p.perturb >= 0, f"global.perturb must be >= 0, got {p.perturb}")
+            _require(not p.carry_optimizer or (p.optimizer == "adam" and config.sub.optimizer == "adam"),
+                     "global.carry_optimizer composes the sub-networks' Adam moments: it needs sub.optimizer and "
+                     "global.optimizer = \"adam\"")
         _require(p.steps_per_epoch >= 0, f"{name}.steps_per_epoch must be >= 0 (0 = one pass over the data), "
                  f"got {p.steps_per_epoch}")
         _require(p.bn_recalibrate_batches >= 0, f"{name}.bn_recalibrate_batches must be >= 0 (0 = off), got "
@@ -335,5 +368,17 @@ def validate(config: Config) -> None:
     _require(r.collective_timeout > 0, f"run.collective_timeout must be > 0 seconds, got {r.collective_timeout}")
     _require(r.progress_seconds >= 0, f"run.progress_seconds must be >= 0 (0 = no progress lines within an epoch), "
              f"got {r.progress_seconds}")
-    if r.strategy != "random":
+    if r.strategy != "random" and not r.budget:
         _require(config.sub.epochs >= 1, "sub.epochs must be >= 1 when the strategy trains sub-networks")
+    _require(math.isfinite(r.sub_share) and 0 < r.sub_share < 1, f"run.sub_share must be in (0, 1), got {r.sub_share}")
+    if r.budget:
+        try:
+            parse_budget(r.budget)
+        except ValueError as err:
+            raise BadInput(f"run.budget: {err}") from None
+        planned = {"ddc": ("sub", "global"), "random": ("random",), "both": ("sub", "global", "random")}[r.strategy]
+        for name in planned:
+            p = getattr(config, name if name != "global" else "global_")
+            _require(p.schedule != "step", f"run.budget plans phases that end annealed (lr at zero at the budget's "
+                     f"end), but {name}.schedule = \"step\": set {name}.schedule = \"linear\" (robust for "
+                     "budgets, Li et al. 2020) or \"cosine\"")

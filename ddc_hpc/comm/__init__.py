@@ -54,6 +54,7 @@ from .lifecycle import (
     restart_count,
     run_guarded,
     set_phase,
+    slurm_time_left,
     stop_requested,
 )
 from .state import current_phase
