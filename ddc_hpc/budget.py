@@ -98,23 +98,23 @@ def evaluations(epochs: int, eval_every: int) -> int:
 
 
 def plan_phase(seconds: float, rates: PhaseRates, eval_every: int, warmup_passes: float) -> PhasePlan | None:
-    """The most steps that fit `seconds` with their evaluations, in epochs of about one pass each
-    (at least one epoch); None when not even one step and one evaluation fit. The warm-up keeps its
-    length in passes, at most half the phase."""
-    steps = math.floor((seconds - rates.evaluation) / rates.step)
-    while steps >= 1:
-        epochs = max(1, round(steps / rates.pass_steps))
-        per_epoch = steps // epochs
-        if per_epoch == 0:
-            epochs, per_epoch = steps, 1
-        scored = evaluations(epochs, eval_every)
-        cost = epochs * per_epoch * rates.step + scored * rates.evaluation
-        if cost <= seconds:
-            warm = min(warmup_passes * rates.pass_steps, epochs * per_epoch / 2)
-            return PhasePlan(epochs=epochs, steps_per_epoch=per_epoch, evaluations=scored,
-                             warmup_epochs=warm / per_epoch, seconds=cost)
-        steps = min(steps - 1, math.floor((seconds - scored * rates.evaluation) / rates.step))
-    return None
+    """The most steps that fit `seconds` with their scores, in the fewest epochs of at most one
+    pass each; None when not even one step and one score fit. The warm-up keeps its length in
+    passes, at most half the phase."""
+    def per_epoch(epochs: int) -> int:  # the steps each of `epochs` epochs gets, their scores paid
+        return math.floor((seconds - evaluations(epochs, eval_every) * rates.evaluation) / (epochs * rates.step))
+
+    low, high = 1, max(1, math.ceil(seconds / rates.step))  # per_epoch falls as epochs grow: bisect
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if per_epoch(middle) <= rates.pass_steps else (middle + 1, high)
+    epochs, steps = low, per_epoch(low)
+    if steps < 1:
+        return None
+    scored = evaluations(epochs, eval_every)
+    warm = min(warmup_passes * rates.pass_steps, epochs * steps / 2)
+    return PhasePlan(epochs=epochs, steps_per_epoch=steps, evaluations=scored, warmup_epochs=warm / steps,
+                     seconds=epochs * steps * rates.step + scored * rates.evaluation)
 
 
 def plan_budget(budgets: dict[str, float], calibration: dict[str, float], fixed: dict[str, float],

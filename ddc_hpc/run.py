@@ -76,7 +76,7 @@ class Plan:
         cfg = self.config
         section = {"sub": cfg.sub, "global": cfg.global_,
                    "random": dataclasses.replace(cfg.random, epochs=cfg.random_epochs)}[name]
-        if self.budget is None:
+        if self.budget is None or name not in self.budget["phases"]:  # no plan, or a phase this strategy skips
             return section
         planned = budget.phase_plan(self.budget, name)
         return dataclasses.replace(section, epochs=planned.epochs, steps_per_epoch=planned.steps_per_epoch,
