@@ -523,7 +523,8 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
     return timed | {"seconds": time.perf_counter() - tic, "elapsed_start": started, "elapsed_end": plan.clock()}
 
 
-CALIBRATION_STEPS, CALIBRATION_WARMUP = 4, 2  # timed and untimed training steps per phase
+CALIBRATION_STEPS, CALIBRATION_WARMUP = 3, 1  # timed and untimed training steps per phase
+CALIBRATION_SCORED = 64  # validation samples per rank a calibration scores (the time scaled to the split)
 
 
 def _calibration_data(plan: Plan) -> Splits:
@@ -579,7 +580,7 @@ def calibrate_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         model = data_parallel(build(cfg, K, plan.tile_sample_shape, 0), local, plan.backend, cfg.sub.compile)
         job = _calibration_job(plan, "sub", model, cfg.sub, phase_data(plan, plan.tiles[owned[0]], data), world, log)
         mine["sub_step"] = time_steps(job, world.device, CALIBRATION_STEPS, CALIBRATION_WARMUP, barrier) * len(owned)
-        recalibration, scoring = time_evaluation(job, world.device, len(plan.data.val), barrier)
+        recalibration, scoring = time_evaluation(job, world.device, len(plan.data.val), barrier, CALIBRATION_SCORED)
         mine["sub_evaluation"] = (recalibration + scoring) * len(owned)
         comm.leave_sub_group(local)
         mine["compose"] = _time_compose(plan) if world.is_root else 0.0
@@ -598,7 +599,7 @@ def calibrate_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         mine[f"{name}_setup"] = time.perf_counter() - tic
         job = _calibration_job(plan, name, model, config, phase_data(plan, None, data), world, log)
         mine[f"{name}_step"] = time_steps(job, world.device, CALIBRATION_STEPS, CALIBRATION_WARMUP, barrier)
-        recalibration, scoring = time_evaluation(job, world.device, len(plan.data.val), barrier)
+        recalibration, scoring = time_evaluation(job, world.device, len(plan.data.val), barrier, CALIBRATION_SCORED)
         mine[f"{name}_evaluation"], mine[f"{name}_recalibration"] = recalibration + scoring, recalibration
         comm.shutdown_distributed()
         seconds[name], timed[key] = time.perf_counter() - tic, name

@@ -310,10 +310,10 @@ def time_steps(job: Job, device: torch.device, steps: int, warmup: int, barrier:
 
 
 def time_evaluation(job: Job, device: torch.device, val_samples: int, barrier: Callable[[], None],
-                    batch_size: int = EVAL_BATCH) -> tuple[float, float]:
+                    samples_per_peer: int = EVAL_BATCH) -> tuple[float, float]:
     """(seconds of the BN recalibration fit does before a score, seconds of one score of
-    `val_samples` validation samples), the score timed on one batch per peer and scaled."""
-    part = min(len(job.data.val), batch_size * comm.group_size(job.group))
+    `val_samples` validation samples), the score timed on `samples_per_peer` a peer and scaled."""
+    part = min(len(job.data.val), samples_per_peer * comm.group_size(job.group))
     sample = dataclasses.replace(job.data, val=job.data.val.subset(np.arange(part)))
     barrier()
     tic = time.perf_counter()
@@ -321,7 +321,7 @@ def time_evaluation(job: Job, device: torch.device, val_samples: int, barrier: C
         recalibrate_bn(job.module, job.data, device, job.config.bn_recalibrate_batches, job.config.batch_size,
                        job.seed, job.group, precision=job.precision)
     recalibration = time.perf_counter() - tic
-    evaluate(job.model, sample, device, job.task, job.group, batch_size, precision=job.precision)
+    evaluate(job.model, sample, device, job.task, job.group, precision=job.precision)
     scoring = time.perf_counter() - tic - recalibration
     barrier()
     return recalibration, scoring * val_samples / max(part, 1)
