@@ -156,3 +156,35 @@ def test_shrink_and_perturb_moves_weights_towards_a_fresh_initialisation():
     for p, b, f in zip(net.parameters(), before, fresh.parameters()):
         assert torch.allclose(p, 0.5 * b + 0.1 * f)
     assert math.isclose(sum(p.numel() for p in net.parameters()), 15)
+
+
+def test_gnet_t_starts_from_the_sub_networks_adam_state_composed():
+    """global.carry_optimizer: what compose_phase gathers (weights, then Adam's moments in the
+    network's layout) composes into a state GNet-T's own Adam loads, the step count kept."""
+    from ddc_hpc.config import PhaseConfig
+    from ddc_hpc.run import _adam_steps, _composed_adam_state, _payload
+
+    torch.manual_seed(0)
+    subnets, states = [], []
+    for _ in range(4):
+        net = build_model("cifar_resnet20", 10, partitions=4, width=8)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        for _ in range(3):
+            optimizer.zero_grad()
+            net(torch.randn(2, 3, 16, 16)).sum().backward()
+            optimizer.step()
+        subnets.append(net)
+        states.append(optimizer.state_dict())
+    payloads = [_payload(net, [], state, carry=True) for net, state in zip(subnets, states)]
+    assert [len(p) for p in payloads] == [3] * 4 and _adam_steps(states[0]) == 3
+    global_net = compose(subnets, build_model("cifar_resnet20", 10, width=8))
+    moments = [compose([p[i] for p in payloads], build_model("cifar_resnet20", 10, width=8)) for i in (1, 2)]
+    state = _composed_adam_state(global_net, *moments, 3, PhaseConfig(lr=5e-4))
+    adam = torch.optim.Adam(global_net.parameters(), lr=5e-4)
+    adam.load_state_dict(state)
+    assert adam.param_groups[0]["lr"] == 5e-4
+    loaded = adam.state[next(global_net.parameters())]
+    assert loaded["step"].item() == 3 and torch.all(loaded["exp_avg_sq"] >= 0)
+    first = dict(global_net.named_parameters())["conv1.weight"]
+    sub_first = states[2]["state"][0]["exp_avg"]  # sub-network 2's first layer: channels 4..5 of 8
+    assert torch.equal(adam.state[first]["exp_avg"][4:6], sub_first)
