@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import difflib
 import hashlib
 import io
 import json
@@ -35,7 +34,7 @@ from .data import SampleSet, Splits, check_tiles, load_from_config, make_batch
 from .data.sources import ArrayStore
 from .errors import BadInput
 from .results import Phase, Results, ddc_sections, load_results
-from .models import build_model, input_options, model_defaults, model_names, model_options
+from .models import build_model, input_options, model_defaults, model_options
 from .partition import (default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd,
                         validate_layout)
 from .engine import MPIDataParallel
@@ -124,10 +123,6 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     config = load_config(args.config, args.set)
     d = config.decompose
     data = load_from_config(config, metadata_only=args.dry_run)
-    if config.model.name not in model_names():
-        close = difflib.get_close_matches(config.model.name, model_names(), n=3)
-        raise BadInput(f"unknown model.name {config.model.name!r}" + (f" (did you mean {', '.join(close)}?)" if close
-                       else "") + f"; models: {', '.join(model_names())}")
     spatial = data.train.image_shape[:-1]
     model_dims = model_defaults(config.model.name)["dims"]
     if "dims" not in model_options(config.model.name) and model_dims != len(spatial):
@@ -145,6 +140,10 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     except ValueError as err:
         raise BadInput(f"the tile layout does not fit the {spatial} images: {err}") from None
     check_tiles(data.train.image_shape, tiles)
+    side = min(tile_shape(tiles))
+    if config.data.augment and config.data.max_shift > side:  # beyond a tile it only costs memory (padding)
+        raise BadInput(f"data.max_shift = {config.data.max_shift} px is larger than the {side} px tiles; give a "
+                       "shift of a few pixels (the paper's random shift), or data.augment = false")
     if config.run.strategy != "random":
         try:
             validate_layout(comm.MPI.COMM_WORLD.Get_size(), d.partitions)

@@ -42,8 +42,8 @@ def test_a_budget_needs_schedules_that_anneal():
         load_config(None, ["run.budget=600", "sub.schedule=linear", "random.schedule=cosine"])
     config = load_config(None, ["run.budget=600", "sub.schedule=linear", "global.schedule=linear",
                                 "random.schedule=cosine", "sub.epochs=0"])  # epochs are the plan's
-    assert config.run.budget == "600"
-    assert load_config(None, ["run.budget=600", "run.strategy=random", "random.schedule=linear"]).run.budget == "600"
+    assert config.run.budget == 600
+    assert load_config(None, ["run.budget=10min", "run.strategy=random", "random.schedule=linear"]).run.budget == "10min"
 
 
 @pytest.mark.parametrize("override, message", [
