@@ -94,6 +94,9 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     config = load_config(args.config, args.set)
     d = config.decompose
     data = load_from_config(config, metadata_only=args.dry_run)
+    if not len(data.val):  # nothing to score, and the Theorem 2.1 check's probe batch comes from it
+        raise BadInput(f"{config.data.source}: data.val_fraction = {config.data.val_fraction} of "
+                       f"{len(data.train)} samples leaves no validation sample; raise data.val_fraction")
     spatial = data.train.image_shape[:-1]
     model_dims = model_defaults(config.model.name)["dims"]
     if "dims" not in model_options(config.model.name) and model_dims != len(spatial):
