@@ -30,7 +30,7 @@ from .plotting import pyplot
 from .results import CLASSIFICATION, Results, load_results
 
 METRIC_COLUMNS = ["phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top5", "val_mae", "val_rmse", "lr", "seconds",
-                  "train_seconds", "train_samples", "images_per_second", "elapsed"]
+                  "train_seconds", "train_samples", "images_per_second", "elapsed", "skipped_steps"]
 
 
 def plan_text(plan, world, threads: int) -> str:

@@ -26,6 +26,11 @@ def _rate(samples: float, seconds: float) -> float | None:
     return samples / seconds if seconds else None
 
 
+def _skipped(rows) -> int:
+    """fp16 steps GradScaler skipped (gradients overflowed) over some history rows."""
+    return sum(row.get("skipped_steps", 0) for row in rows)
+
+
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """A data-parallel phase (GNet-T's `global`, GNet-R's `random`): its per-epoch history and the
@@ -56,8 +61,8 @@ class Phase:
 
     def to_dict(self) -> dict:
         return {"seconds": self.seconds, "epochs": self.epochs, **self.metrics,
-                "images_per_second": self.images_per_second, "elapsed_start": self.elapsed_start,
-                "elapsed_end": self.elapsed_end, "history": self.history}
+                "images_per_second": self.images_per_second, "skipped_steps": _skipped(self.history),
+                "elapsed_start": self.elapsed_start, "elapsed_end": self.elapsed_end, "history": self.history}
 
     @classmethod
     def from_dict(cls, d: dict) -> Phase:

@@ -33,6 +33,20 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or Inf: the phase stops, the last good checkpoint stays."""
 
 
+# fp16 only: this many non-finite losses in a row stop the phase. GradScaler skips a step whose
+# gradients overflowed and lowers its scale, which recovers from a backward overflow within a few
+# steps; a forward that overflows step after step (loss scaling cannot help it) does not recover.
+NONFINITE_FP16_STEPS = 20
+
+
+def nonfinite_streak(finite: bool, scaled: bool, streak: int) -> tuple[int, bool]:
+    """(non-finite losses in a row after this step, whether the phase must stop). Without loss
+    scaling (fp32, bf16) the first non-finite loss stops it: the weights would take that step. With
+    fp16's GradScaler the step is skipped instead, so only NONFINITE_FP16_STEPS in a row stop it."""
+    streak = 0 if finite else streak + 1
+    return streak, streak >= (NONFINITE_FP16_STEPS if scaled else 1)
+
+
 @dataclass(frozen=True)
 class Task:
     """What is learned: the loss, the validation metrics, and which metric decides 'better'."""
@@ -298,6 +312,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
 
     length = len(order_of(0))
     steps = steps_per_epoch(cfg, length)
+    streak = 0  # non-finite losses in a row, across epochs
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         tic = time.perf_counter()
@@ -305,6 +320,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         loss_sum = torch.tensor(partial["loss"][peer] if resumed else 0.0, dtype=torch.float64)
         seen = partial["seen"][peer] if resumed else 0
         earlier_seconds = partial["seconds"] if resumed else 0.0
+        skipped = partial.get("skipped", 0) if resumed else 0  # fp16 steps GradScaler skipped this epoch
         first_step = start_step if epoch == start_epoch else 0
         progress = _Progress(job, epoch, steps, first_step, seen, tic)
         for step in range(first_step, steps):
@@ -319,25 +335,33 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                 loss = job.task.criterion(model(x), job.task.target(x, labels)).float()
             if comm.nan_point(job.name, epoch + 1, step + 1):
                 loss = loss * float("nan")
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss))
+            streak, stop = nonfinite_streak(finite, scaler.is_enabled(), streak)
+            if stop:
                 raise NonFiniteLoss(
                     f"phase {job.name}, epoch {epoch + 1}, step {step + 1}, rank {job.rank}: "
-                    f"the loss is {loss.item()}; lower {job.name.split('_')[0]}.lr or check the data "
-                    "(the last good checkpoint is kept)")
+                    f"the loss is {loss.item()}" + (f" for {streak} steps in a row (fp16: GradScaler skipped them "
+                                                   "and did not recover)" if scaler.is_enabled() else "")
+                    + f"; lower {job.name.split('_')[0]}.lr or check the data (the last good checkpoint is kept)")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch, step, steps) * cfg.plateau_factor ** cuts
+            if scaler.is_enabled():
+                scale = scaler.get_scale()
             scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
             scaler.update()
-            loss_sum += loss.detach().double().cpu() * len(labels)
-            seen += len(labels)
+            if scaler.is_enabled() and scaler.get_scale() < scale:  # the scale only drops on a skipped step
+                skipped += 1
+            if finite:  # a skipped step's loss is not part of the epoch's mean
+                loss_sum += loss.detach().double().cpu() * len(labels)
+                seen += len(labels)
             progress(step, seen)
             comm.signal_point(job.name, epoch + 1, step + 1)
             if comm.stop_requested() if lone else comm.any_stop_requested(job.group):
                 partial = {"loss": comm.all_gather_float(loss_sum.item(), job.group),
                            "seen": [int(n) for n in comm.all_gather_float(seen, job.group)],
-                           "seconds": earlier_seconds + time.perf_counter() - tic}
+                           "seconds": earlier_seconds + time.perf_counter() - tic, "skipped": skipped}
                 save(epoch, step + 1)
                 raise comm.Preempted(
                     f"stop signal in phase {job.name} at epoch {epoch + 1}, step {step + 1}: "
@@ -353,7 +377,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         row = {"phase": job.name, "epoch": epoch + 1, "loss": totals[0].item() / max(samples, 1), **metrics,
                "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds, "train_samples": samples,
                "seconds": earlier_seconds + time.perf_counter() - tic, "elapsed": job.clock(),
-               "images_per_second": samples / max(train_seconds, 1e-9)}
+               "images_per_second": samples / max(train_seconds, 1e-9), "skipped_steps": skipped}
         job.history.append(row)
         if cfg.plateau_patience:
             before = optimizer.param_groups[0]["lr"]
