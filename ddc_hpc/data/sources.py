@@ -480,13 +480,34 @@ def open_cifar(root, kind: str, download: bool = False) -> RawData:
     return RawData(names, load(train_files), load([test_file]), f"{kind}:{root}")
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR's python batches hold (dicts, lists, strings, numbers and numpy arrays)
+    and nothing else: pickle.load calls any function a file names, so a crafted data file would
+    run code. Only the functions that rebuild a numpy array are found (numpy 1's and 2's module
+    names; protocol 2's byte strings go through _codecs.encode, protocol 5's arrays through
+    _frombuffer)."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of the CIFAR format (refused: a pickle "
+                                         "that names it could run code)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, kind: str) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            content = _CifarUnpickler(f, encoding="latin1").load()
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as exc:
         raise BadInput(f"cannot read {path} as a {kind} pickle ({type(exc).__name__}: {exc}); "
-                       "the file is truncated or corrupt") from None
+                       "the file is truncated or corrupt, or not a CIFAR batch") from None
+    if not isinstance(content, dict):
+        raise BadInput(f"{path} is not a {kind} batch: it holds a {type(content).__name__}, not a dict")
+    return content
 
 
 def _download_hint(kind: str, root: Path) -> str:
