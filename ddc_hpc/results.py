@@ -151,7 +151,7 @@ class Compose:
 
 
 # top-level keys besides the phases, in the order results.json has them
-HEADER = ("strategy", "world_size", "partitions", "model", "dataset", "threads", "device", "precision",
+HEADER = ("strategy", "world_size", "partitions", "model", "dataset", "source", "threads", "device", "precision",
           "resumed", "slurm_restarts", "metric")
 
 
@@ -164,6 +164,9 @@ class Results:
     strategy: str | None = None
     world_size: int | None = None
     dataset: str | None = None
+    # the data as identified: kind, resolved path, options, content digest, and the directory the run
+    # started in (data.sources.source_identity); None in files written before it was recorded
+    source: dict | None = None
     threads: int | None = None
     device: str | None = None
     precision: str | None = None

@@ -28,7 +28,7 @@ from . import comm, report
 from .checkpoint import CheckpointSeries, atomic_write, existing_digests, save_torch
 from .compose import compose, flatten_fc_layers, flatten_state, state_numel, theorem_error, unflatten_state
 from .config import RANDOM_INIT_SEED_OFFSET, Config, load_config
-from .data import Splits, check_tiles, load_from_config, make_batch
+from .data import Splits, check_tiles, load_from_config, make_batch, source_identity
 from .errors import BadInput
 from .results import Phase, Results, ddc_sections, load_results
 from .models import build_model, input_options, model_defaults, model_options
@@ -50,6 +50,9 @@ class Plan:
     tiles: list[tuple[slice, ...]]
     resume: bool
     backend: str  # resolved run.backend: gloo, nccl, mpi or mpi4py
+    # data.source as identified (source_identity) and the directory the run started in, which its
+    # relative paths start at: in results.json and every saved network, for evaluate --data / --run
+    source: dict = dataclasses.field(default_factory=dict)
     # slot name -> manifest entry of the checkpoint it resumes from, as rank 0 chose (choose_resume)
     resume_from: dict[str, dict] = dataclasses.field(default_factory=dict)
     clock: Clock = dataclasses.field(default_factory=Clock)  # restarted when every rank has the plan
@@ -154,7 +157,8 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     if config.run.precision == "fp16" and device == "cpu":
         raise BadInput("run.precision = 'fp16' needs GPUs (its gradient scaling is for CUDA's fp16 kernels); "
                        "on CPUs use 'bf16' or 'fp32'")
-    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend)
+    source = source_identity(config.data.source) | {"started_in": str(Path.cwd())}
+    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend, source=source)
 
 
 def finished_run(args: argparse.Namespace) -> dict | None:
@@ -336,7 +340,7 @@ def _model_file(module: torch.nn.Module, plan: Plan, tile=None) -> dict:
     shape of the samples it was trained on)."""
     return {"spec": getattr(module, "ddc_spec", None), "state_dict": module.state_dict(),
             "mean": plan.data.mean, "tile": tile, "config": plan.config.to_dict(),
-            "sample_shape": plan.data.train.image_shape}
+            "sample_shape": plan.data.train.image_shape, "source": plan.source}
 
 
 ARRIVAL_SLACK = 2  # the slowest rank may take this many times the longest sub epoch measured here, per epoch
@@ -496,7 +500,7 @@ def pipeline(args: argparse.Namespace) -> None:
     results = Results(strategy=cfg.run.strategy, world_size=world.size, partitions=plan.partitions,
                       model=cfg.model.name, dataset=cfg.data.source, threads=threads, device=str(world.device),
                       precision=cfg.run.precision, resumed=plan.resume, slurm_restarts=comm.restart_count(),
-                      metric=plan.task.metric, backend=plan.backend)
+                      metric=plan.task.metric, backend=plan.backend, source=plan.source)
     if cfg.run.strategy in ("ddc", "both"):
         sub = sub_phase(plan, world, log)
         compose_info, global_net = compose_phase(plan, world, sub, log)

@@ -197,6 +197,60 @@ def parse_source(source: str) -> tuple[str, str, dict[str, str]]:
     return kind, arg, options
 
 
+def resolve_source(source: str, base: str | Path | None) -> str:
+    """`source` with a relative path made absolute against `base` (the directory the run that
+    named it started in), so it names the same data from any working directory."""
+    kind, arg, _ = parse_source(source)
+    if not arg or base is None or Path(arg).is_absolute():
+        return source
+    return source.strip().replace(arg, str(Path(base, arg).resolve()), 1)
+
+
+DIGEST_CONTENT_LIMIT = 1 << 30  # bytes: a folder holding more is identified by its file names and sizes
+
+
+def source_identity(source: str, base: str | Path | None = None) -> dict:
+    """What data `source` names, however it is written: kind, options, the resolved path (relative
+    paths start at `base`, default the working directory) and a digest of the content (an HDF5
+    file's recorded content checksum; an npz file's bytes; a folder's files, or for folders above
+    DIGEST_CONTENT_LIMIT their names and sizes; None for synthetic sets, which their options fix)."""
+    import hashlib
+
+    kind, arg, options = parse_source(source)
+    path = Path(base or ".", arg).resolve() if arg else None
+    digest = None
+    if path is not None and path.is_file():
+        recorded = H5Meta(path).attrs.get("checksum") if kind == "h5" else None
+        digest = str(recorded) if recorded else _file_digest(hashlib.sha256(), path)
+    elif path is not None and path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        hashed = hashlib.sha256()
+        content = sum(p.stat().st_size for p in files) <= DIGEST_CONTENT_LIMIT
+        for file in files:
+            hashed.update(f"{file.relative_to(path)}\0{file.stat().st_size}\0".encode())
+            if content:
+                _file_digest(hashed, file)
+        digest = ("sha256:" if content else "sha256-names-sizes:") + hashed.hexdigest()
+    return {"kind": kind, "path": None if path is None else str(path), "options": options, "digest": digest}
+
+
+def _file_digest(hashed, path: Path) -> str:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            hashed.update(block)
+    return "sha256:" + hashed.hexdigest()
+
+
+def same_data(a: dict, b: dict) -> bool:
+    """Whether two source identities name the same data: same kind and options, and the same
+    content digest (a copy elsewhere is the same data), or the same path where there is none."""
+    if (a["kind"], a["options"]) != (b["kind"], b["options"]):
+        return False
+    if a["digest"] is not None and b["digest"] is not None:
+        return a["digest"] == b["digest"]
+    return a["path"] == b["path"]
+
+
 def _int_option(options, key, source):
     if key not in options:
         return None
