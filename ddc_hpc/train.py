@@ -232,36 +232,70 @@ def evaluate(model: nn.Module, data: PhaseData, device: torch.device, task: Task
             "val_rmse": math.sqrt(second / max(elements, 1)), "val_samples": int(samples)}
 
 
+def combine_moments(parts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(count, mean, M2) of the union of disjoint parts given as (count, mean, M2) each, M2 being the
+    sum of squared deviations from the part's mean (per channel): Chan, Golub and LeVeque's
+    parallel formula, M2 = sum_i M2_i + sum_i n_i (mean_i - mean)^2, exact where averaging the
+    parts' variances would drop the spread of their means."""
+    counts = torch.stack([torch.as_tensor(n, dtype=torch.float64) for n, _, _ in parts])
+    means = torch.stack([m.double() for _, m, _ in parts])
+    count = counts.sum(0)
+    mean = (counts.reshape(-1, *[1] * (means.dim() - 1)) * means).sum(0) / count
+    spread = (counts.reshape(-1, *[1] * (means.dim() - 1)) * (means - mean) ** 2).sum(0)
+    return count, mean, torch.stack([m2.double() for _, _, m2 in parts]).sum(0) + spread
+
+
+def _batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(count, mean, M2) per channel (dim 1) of one BatchNorm input, in float64."""
+    x = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)
+    mean = x.mean(1)
+    return torch.tensor(float(x.shape[1]), dtype=torch.float64), mean, ((x - mean[:, None]) ** 2).sum(1)
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, data: PhaseData, device: torch.device, batches: int, batch_size: int,
                    seed: int = 0, group=None, precision: str = "fp32") -> bool:
-    """Replace every BatchNorm's running statistics by their plain average over `batches` training
-    batches (train-mode BN, no augmentation, no gradient), averaged over the group's peers: the
-    statistics of the current weights on this phase's inputs, not an EMA of earlier weights (a few
-    steps an epoch) or of the tiles the sub-networks saw. Weights are untouched. Pass the bare
-    network, not a data-parallel wrapper. Returns False when the network has no BatchNorm."""
+    """Replace every BatchNorm's running statistics by the exact mean and (unbiased) variance of its
+    input over `batches` training batches of every peer of the group (train-mode BN, no
+    augmentation, no gradient): the statistics of the current weights on this phase's inputs, not
+    an EMA of earlier weights (a few steps an epoch) or of the tiles the sub-networks saw. Batches
+    and ranks are combined by combine_moments: the same statistics as one rank reading all the
+    batches as one. Weights are untouched. Pass the bare network, not a data-parallel wrapper.
+    Returns False when the network has no BatchNorm."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms or batches <= 0:
         return False
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
+    moments: dict[nn.Module, tuple] = {}
+
+    def record(module, args):
+        seen = _batch_moments(args[0])
+        moments[module] = seen if module not in moments else combine_moments([moments[module], seen])
+
+    hooks = [m.register_forward_pre_hook(record) for m in norms]
     was_training = model.training
     model.train()
     order = epoch_order(len(data.train), seed, 0, group)
     torch.manual_seed(seed)  # dropout, should the network have any
-    for b in range(min(batches, math.ceil(len(order) / batch_size))):
-        images, _ = data.train.read(np.asarray(order[b * batch_size : (b + 1) * batch_size]))
-        with autocast(device, precision):  # the statistics of the forward that evaluates
-            model(to_device(make_batch(images, mean=data.mean, tile=data.tile, augment=False, generator=None), device))
-    model.train(was_training)
-    peers = comm.group_size(group)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-        if peers > 1:
-            for buffer in (m.running_mean, m.running_var):
-                buffer.copy_(comm.all_reduce_sum(buffer.double(), group).div_(peers))
+    ran = min(batches, math.ceil(len(order) / batch_size))
+    try:
+        for b in range(ran):
+            images, _ = data.train.read(np.asarray(order[b * batch_size : (b + 1) * batch_size]))
+            with autocast(device, precision):  # the statistics of the forward that evaluates
+                model(to_device(make_batch(images, mean=data.mean, tile=data.tile, augment=False, generator=None),
+                                device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    for m in norms:
+        count, mean, m2 = moments.get(m, (torch.zeros((), dtype=torch.float64), torch.zeros(m.num_features,
+                                          dtype=torch.float64), torch.zeros(m.num_features, dtype=torch.float64)))
+        total = comm.all_reduce_sum(torch.cat([count.reshape(1), count * mean]), group)  # a rank may have no batch
+        overall = total[1:] / total[0]
+        m2 = comm.all_reduce_sum(m2 + count * (mean - overall) ** 2, group)  # combine_moments over the ranks
+        m.running_mean.copy_(overall)
+        m.running_var.copy_(m2 / (total[0] - 1).clamp(min=1))  # unbiased, as BatchNorm keeps it
+        m.num_batches_tracked.fill_(ran)
     return True
 
 
