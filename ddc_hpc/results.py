@@ -81,7 +81,6 @@ class Sub:
     per_subnet: list = dataclasses.field(default_factory=list)  # each SNet's final primary metric, k order
     histories: list = dataclasses.field(default_factory=list)  # each SNet's per-epoch rows, k order
     images_per_second: float | None = None
-    collectives_per_rank: list | None = None
     reach_per_rank: list | None = None
     # slowest rank's sub seconds - fastest's: what the others waited at compose
     imbalance_seconds: float | None = None
@@ -95,8 +94,8 @@ class Sub:
     def to_dict(self, metric: str) -> dict:
         return {"seconds": self.seconds, "epochs": self.epochs, metric: self.mean,
                 f"per_subnet_{metric}": self.per_subnet, "images_per_second": self.images_per_second,
-                "collectives": None if self.collectives_per_rank is None else sum(self.collectives_per_rank),
-                "collectives_per_rank": self.collectives_per_rank, "reach_per_rank": self.reach_per_rank,
+                "skipped_steps": _skipped(row for history in self.histories for row in history),
+                "reach_per_rank": self.reach_per_rank,
                 "imbalance_seconds": self.imbalance_seconds, "elapsed_start": self.elapsed_start,
                 "elapsed_end": self.elapsed_end, "histories": self.histories}
 
@@ -106,7 +105,7 @@ class Sub:
         per_subnet = d.get(f"per_subnet_{metric}") or [h[-1].get(metric) for h in histories if h]
         return cls(seconds=d.get("seconds"), epochs=d.get("epochs", 0), per_subnet=per_subnet,
                    histories=histories, images_per_second=d.get("images_per_second"),
-                   collectives_per_rank=d.get("collectives_per_rank"), reach_per_rank=d.get("reach_per_rank"),
+                   reach_per_rank=d.get("reach_per_rank"),
                    imbalance_seconds=d.get("imbalance_seconds"), elapsed_start=d.get("elapsed_start"),
                    elapsed_end=d.get("elapsed_end"))
 
@@ -206,13 +205,12 @@ class Results:
 
 def ddc_sections(compose_info: dict, trained: dict, metric: str, sub_epochs: int) -> tuple[Sub, Compose, Phase]:
     """The sub, compose and global sections from compose_phase's record (rank 0 holds all sub
-    histories and every rank's sub-phase collective count and reach) and GNet-T's training."""
+    histories and every rank's sub-phase reach) and GNet-T's training."""
     histories = compose_info["histories"]
     histories = [histories[k] for k in range(len(histories))]
     seconds = compose_info["seconds_sub"]
     sub = Sub(seconds=seconds, epochs=sub_epochs, per_subnet=[h[-1][metric] for h in histories], histories=histories,
               images_per_second=_rate(sum(r["train_samples"] for h in histories for r in h), seconds),
-              collectives_per_rank=compose_info["collectives_per_rank"],
               reach_per_rank=compose_info["reach_per_rank"], imbalance_seconds=compose_info["imbalance_seconds"],
               elapsed_start=compose_info["sub_elapsed"][0], elapsed_end=compose_info["sub_elapsed"][1])
     compose = Compose(seconds=compose_info["seconds"], init_metrics=_val_metrics(trained["initial"] or {}),

@@ -257,6 +257,13 @@ def data_parallel(model: torch.nn.Module, world: comm.World, backend: str,
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
+def release(model: torch.nn.Module) -> None:
+    """A phase is done training `model` (data_parallel's): the MPI engine's gradient hooks and private
+    communicator are freed there (DDP's process group ends with torch.distributed's shutdown)."""
+    if isinstance(model, MPIDataParallel):
+        model.close()
+
+
 def choose_resume(plan: Plan, world: comm.World) -> None:
     """Rank 0 picks each slot's checkpoint (file, epoch, step, sha256) and every rank resumes from
     exactly that one: ranks reading their own newest could resume different epochs and hang. A rank
@@ -326,12 +333,13 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         except comm.Preempted as stop:  # told to everyone at the first collective, in compose
             preempted = str(stop)
             break
+        release(wrapped)
         if writer:
             save_torch(_model_file(job.module, plan, plan.tiles[k]), plan.out / f"subnet_{k}.pt")
             trained[k] = (job.module, history)
     comm.leave_sub_group(local)
     return {"trained": trained, "seconds": time.perf_counter() - tic, "preempted": preempted,
-            "collectives": world.collectives["sub"], "reach": local.size,
+            "reach": local.size,
             "elapsed_start": started, "elapsed_end": plan.clock()}
 
 
@@ -376,7 +384,7 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
     flat = np.concatenate([np.zeros(0, np.float32)] + [flatten_state(sub["trained"][k][0]).cpu().numpy() for k in mine])
     summaries = comm.allgather(world, {"histories": {k: sub["trained"][k][1] for k in mine},
                                        "seconds": sub["seconds"], "preempted": sub["preempted"],
-                                       "collectives": sub["collectives"], "reach": sub["reach"],
+                                       "reach": sub["reach"],
                                        "elapsed_start": sub["elapsed_start"], "elapsed_end": sub["elapsed_end"]},
                                "gathering sub-network metrics")
     tic = time.perf_counter()  # the slowest sub-network has arrived: its wait is the sub phase's imbalance
@@ -386,7 +394,7 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
                              "every sub-network is checkpointed")
     gathered = comm.gatherv(world, flat)
     info = {"seconds_sub": max(s["seconds"] for s in summaries), "histories": {},
-            "collectives_per_rank": [s["collectives"] for s in summaries], "reach_per_rank": [s["reach"] for s in summaries],
+            "reach_per_rank": [s["reach"] for s in summaries],
             "imbalance_seconds": max(s["seconds"] for s in summaries) - min(s["seconds"] for s in summaries),
             "sub_elapsed": (min(s["elapsed_start"] for s in summaries), max(s["elapsed_end"] for s in summaries))}
     for s in summaries:
@@ -447,6 +455,7 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
         tic = time.perf_counter() - setup
     started = plan.clock()
     timed["history"] = run_job(job, world, name, plan)
+    release(ddp)
     if world.is_root:
         save_torch(_model_file(job.module, plan), plan.out / ("model.pt" if name == "global" else "random_model.pt"))
     return timed | {"seconds": time.perf_counter() - tic, "elapsed_start": started, "elapsed_end": plan.clock()}
