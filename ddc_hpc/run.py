@@ -4,7 +4,7 @@
     python -m ddc_hpc.run                                      # one rank, the built-in quickstart
 
 Exit codes: 0 done, 2 bad input (nothing trained, no traceback), 75 stopped by a signal with a
-checkpoint written (run again with the same --out to resume), 1 anything else.
+checkpoint written (run the same command again to resume), 1 anything else.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .models import build_model, input_options, model_defaults, model_options
 from .partition import (default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd,
                         validate_layout)
 from .engine import MPIDataParallel
-from .train import Clock, Job, PhaseData, Task, evaluate, fit, recalibrate_bn
+from .train import Clock, Job, PhaseData, Task, evaluate, fit, recalibrate_bn, steps_per_epoch
 
 THEOREM_RTOL = 1e-4  # composed logits vs sum of sub-network logits, relative to max |logit|
 
@@ -75,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", help="job TOML (default: the built-in quickstart)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, TOML syntax (e.g. --set sub.epochs=5)")
-    parser.add_argument("--out", help="output directory (default: runs/<timestamp>)")
+    parser.add_argument("--out", help="output directory (default: runs/<job>: the job file's name or quickstart, "
+                        "plus a digest of the --set overrides, so the same command finds its run again)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input too")
@@ -92,7 +93,17 @@ def build(config: Config, partitions: int, sample_shape: tuple[int, ...], seed: 
                        **input_options(config.model.name, sample_shape[:-1], sample_shape[-1]))
 
 
-def prepare(args: argparse.Namespace, stamp: str) -> Plan:
+def default_out(args: argparse.Namespace) -> Path:
+    """The output folder when --out is not given: runs/<job> (the job file's name, or quickstart), with
+    a digest of the --set overrides when there are any. The same command always finds its own run
+    again: a finished one prints its table, a stopped one resumes."""
+    name = Path(args.config).stem if args.config else "quickstart"
+    if args.set:
+        name += "-" + hashlib.sha256("\0".join(args.set).encode()).hexdigest()[:8]
+    return Path("runs") / name
+
+
+def prepare(args: argparse.Namespace) -> Plan:
     """Parse and check everything; raises BadInput before any work is done."""
     config = load_config(args.config, args.set)
     d = config.decompose
@@ -132,7 +143,7 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
             build(config, d.partitions, tile_shape(tiles) + data.train.image_shape[-1:], 0)
     except (ValueError, TypeError, KeyError) as err:
         raise BadInput(f"model {config.model.name!r} cannot be built as configured: {err}") from None
-    out = Path(args.out or f"runs/{stamp}")
+    out = Path(args.out)
     if args.dry_run:  # writes nothing: only sees whether it could
         existing = next(p for p in (out, *out.parents) if p.exists())
         if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
@@ -165,8 +176,6 @@ def finished_run(args: argparse.Namespace) -> dict | None:
     """The record of a run that already finished in --out (results.json is written last), or None.
 
     A finished run is never trained or written again: its record is the real timings."""
-    if not args.out:
-        return None
     out = Path(args.out)
     path = out / "results.json"
     if not path.exists():
@@ -189,21 +198,42 @@ def finished_run(args: argparse.Namespace) -> dict | None:
     return {"results": results, "when": when}
 
 
+def checkpointed(plan: Plan) -> dict[str, dict]:
+    """Slot name -> the manifest entry of its newest readable checkpoint in --out (what a run would
+    resume from), for the slots that have one."""
+    root = plan.out / "checkpoints"
+    names = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    return {n: e for n in names if (e := CheckpointSeries(root, n, plan.config.digest()).latest_entry()) is not None}
+
+
+def _progress(entry: dict | None) -> str:
+    return "" if entry is None else " (finished earlier)" if entry["finished"] else (
+        f" (resuming at epoch {entry['epoch'] + 1}, step {entry['step'] + 1})")
+
+
 def dry_run_text(plan: Plan, world: comm.World) -> str:
-    """What a dry run checked (from the data's metadata) and what the run would do."""
+    """What a dry run checked (from the data's metadata) and what the run would do: steps per epoch
+    as fit counts them (train.steps_per_epoch on a rank's share), and what --out already holds."""
     cfg, K, n = plan.config, plan.partitions, len(plan.data.train)
     labels = plan.data.train.labels
     checked = (f"{len(plan.data.classes)} classes, labels {labels.min()}..{labels.max()}"
                if cfg.model.task == "classification" and len(labels) else f"targets {plan.data.train.target_shape}")
     per_group = max(world.size // K, 1)
-    steps = {"sub": math.ceil(n / per_group / cfg.sub.batch_size), "global": math.ceil(n / world.size / cfg.global_.batch_size),
-             "random": math.ceil(n / world.size / cfg.random.batch_size)}
+    steps = {"sub": steps_per_epoch(cfg.sub, math.ceil(n / per_group)),
+             "global": steps_per_epoch(cfg.global_, math.ceil(n / world.size)),
+             "random": steps_per_epoch(cfg.random, math.ceil(n / world.size))}
+    saved = checkpointed(plan)
+    done = [k for k in range(K) if saved.get(f"sub_{k}", {}).get("finished")]
     todo = []
     if cfg.run.strategy in ("ddc", "both"):
-        todo += [f"train {K} sub-networks {cfg.sub.epochs} epoch(s) of {steps['sub']} steps on their tiles, compose "
-                 f"them (one Gatherv), train GNet-T {cfg.global_.epochs} epoch(s) of {steps['global']} steps"]
+        left = [str(k) + _progress(saved.get(f"sub_{k}")) for k in range(K) if k not in done]
+        which = f"sub-networks {', '.join(left)}" if done else f"{K} sub-networks"
+        trains = f"train {which} {cfg.sub.epochs} epoch(s) of {steps['sub']} steps on their tiles" if left else ""
+        loads = f"load sub-networks {', '.join(map(str, done))} (finished earlier)" if done else ""
+        todo += [", ".join(filter(None, [loads, trains])) + f", compose them (one Gatherv), train GNet-T "
+                 f"{cfg.global_.epochs} epoch(s) of {steps['global']} steps{_progress(saved.get('global'))}"]
     if cfg.run.strategy in ("random", "both"):
-        todo += [f"train GNet-R {cfg.random_epochs} epoch(s) of {steps['random']} steps"]
+        todo += [f"train GNet-R {cfg.random_epochs} epoch(s) of {steps['random']} steps{_progress(saved.get('random'))}"]
     return (f"  data checked from its metadata: {n} train / {len(plan.data.val)} val samples, {checked}\n"
             f"dry run: nothing trained, nothing written. The run would {'; then '.join(todo)}; and write "
             f"{plan.out}/ (results.json, metrics.csv, models, plots, logs).")
@@ -269,11 +299,8 @@ def choose_resume(plan: Plan, world: comm.World) -> None:
     exactly that one: ranks reading their own newest could resume different epochs and hang. A rank
     whose view of --out lacks one it will read stops the job with exit 2 before anything trains."""
     root = plan.out / "checkpoints"
-    chosen = None
-    if world.is_root:
-        names = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-        chosen = {n: e for n in names if (e := CheckpointSeries(root, n, plan.config.digest()).latest_entry()) is not None}
-    plan.resume_from = comm.bcast(world, chosen, "choosing the checkpoints to resume from")
+    plan.resume_from = comm.bcast(world, checkpointed(plan) if world.is_root else None,
+                                  "choosing the checkpoints to resume from")
     strategy = plan.config.run.strategy
     mine = [f"sub_{k}" for k in subnets_of_rank(world.rank, world.size, plan.partitions)] + ["global"]
     mine = (mine if strategy != "random" else []) + (["random"] if strategy != "ddc" else [])
@@ -463,7 +490,7 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
 
 def pipeline(args: argparse.Namespace) -> None:
     world = comm.init_world()
-    stamp = comm.bcast(world, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), "choosing the run name")
+    args.out = args.out or str(default_out(args))
     finished, error = None, None
     if world.is_root:  # one reader decides for all, before anything is written
         try:
@@ -475,13 +502,15 @@ def pipeline(args: argparse.Namespace) -> None:
         raise comm.collective_error(error)
     if finished is not None:
         if world.is_root:
+            table = report.table(finished["results"], args.out)
+            names = [text for name, text in report.NAMES.items() if name in table]
             print(f"{args.out} finished earlier (results.json written {finished['when']}); nothing was trained "
-                  f"or rewritten. Its results:\n{report.table(finished['results'], args.out)}\n"
-                  "To train again, choose a new --out.", flush=True)
+                  f"or rewritten. Its results:\n{table}\n" + "".join(f"  {name}\n" for name in names)
+                  + "To train again, choose a new --out.", flush=True)
         return
     plan, error = None, None
     try:
-        plan = prepare(args, stamp)
+        plan = prepare(args)
     except BadInput as err:
         error = err
     comm.raise_first_bad_input(world, error)
@@ -526,9 +555,18 @@ def pipeline(args: argparse.Namespace) -> None:
         print(report.table(results, plan.out), flush=True)
 
 
+def resumable(args: argparse.Namespace) -> None:
+    """The pipeline; a stop (every rank at once) says where the checkpoints are and how to resume."""
+    try:
+        pipeline(args)
+    except comm.Preempted as stop:
+        raise comm.Preempted(f"{stop}; the checkpoints are in {args.out}: run the same command again (it uses "
+                             f"--out {args.out}) to resume") from None
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    comm.run_guarded(lambda: pipeline(args), debug=args.debug)
+    comm.run_guarded(lambda: resumable(args), debug=args.debug)
 
 
 if __name__ == "__main__":

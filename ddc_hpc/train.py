@@ -397,9 +397,8 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                            "seen": [int(n) for n in comm.all_gather_float(seen, job.group)],
                            "seconds": earlier_seconds + time.perf_counter() - tic, "skipped": skipped}
                 save(epoch, step + 1)
-                raise comm.Preempted(
-                    f"stop signal in phase {job.name} at epoch {epoch + 1}, step {step + 1}: "
-                    "checkpoint written; run again with the same --out to resume")
+                raise comm.Preempted(f"stop signal in phase {job.name} at epoch {epoch + 1}, step {step + 1}: "
+                                     "checkpoint written")
         progress.close()
         train_seconds = earlier_seconds + time.perf_counter() - tic
         if cfg.bn_recalibrate_batches:

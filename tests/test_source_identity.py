@@ -32,7 +32,7 @@ def saved_network(tmp_path, monkeypatch):
     args = argparse.Namespace(config=None, set=["data.source=npz:data.npz", "model.num_classes=5", "model.width=8",
                                                 "data.val_fraction=0.2"],
                               out=str(started / "run"), resume=False, dry_run=False, debug=False)
-    plan = prepare(args, "stamp")
+    plan = prepare(args)
     path = started / "run" / "model.pt"
     save_torch(_model_file(build(plan.config, 1, plan.data.train.image_shape, 0), plan), path)
     elsewhere = tmp_path / "elsewhere"
