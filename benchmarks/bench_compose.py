@@ -44,8 +44,8 @@ def worker(args) -> None:
     current_wait = comm.collectives._wait  # since 34b597e: comm.wait_all (back-to-back polls 5 ms, then pauses <= 1 ms)
 
     def old_wait(world, request, what):
-        """comm._wait before 34b597e, verbatim but for the error path: pauses doubling to 50 ms."""
-        world.collectives[comm.current_phase()] += 1
+        """comm._wait before 34b597e, verbatim but for the error path and the collective counter (since
+        dropped): pauses doubling to 50 ms."""
         deadline = time.monotonic() + world.timeout
         pause = 1e-4
         while not request.Test():

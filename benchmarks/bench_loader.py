@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import queue
 import re
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +86,47 @@ def make_net(tile):
     return ddc_hpc.build_model("cifar_resnet20", 10, partitions=4, width=64)
 
 
+def prefetched(stream: Iterator) -> Iterator:
+    """The items of `stream`, each made one ahead in a daemon thread while the caller trains on the
+    previous one (the "prefetch thread" column; `stream` is then advanced by that thread only, in
+    order, so the items are the same as inline); errors re-raised here."""
+    slots: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def worker():
+        try:
+            for item in stream:
+                if not put(("ok", item)):
+                    return
+            put(("ok", done))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+
+    thread = threading.Thread(target=worker, name="bench-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = slots.get()
+            if kind == "error":
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def train_rate(images, mean, tile, steps: int, prefetch: bool | None) -> float:
     """Images/s of training (fastest step, loading included unless prefetch is None: then the
     consumer alone, on pre-made batches)."""
@@ -96,7 +140,8 @@ def train_rate(images, mean, tile, steps: int, prefetch: bool | None) -> float:
         premade = list(batches(images, order[: 2 * BATCH], BATCH, mean=mean, tile=tile, augment=True, generator=g))
         stream = (premade[i % 2] for i in range(steps + 2))
     else:
-        stream = batches(images, order, BATCH, mean=mean, tile=tile, augment=True, generator=g, prefetch=prefetch)
+        stream = batches(images, order, BATCH, mean=mean, tile=tile, augment=True, generator=g)
+        stream = prefetched(stream) if prefetch else stream
     times, sizes = [], []
     t = time.perf_counter()
     for i, (x, y) in enumerate(stream):

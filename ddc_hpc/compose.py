@@ -185,9 +185,9 @@ def _tile_placements(name: str, what: str, shape: Sequence[int], sub_shape: Sequ
 
 def _flatten_fc_fields(name: str, layer: nn.Module, sub_layer: nn.Module, K: int, grid=None, tiles=None,
                        input_size=None) -> list[tuple[slice, ...]]:
-    """Eq. 2.13's placement, shared by compose and theorem_error: sub-network k's flatten-FC input
-    is channel group k of the global feature map at tile k's field (field_origins: from the
-    tiles when given, which then need `input_size`; else from the grid)."""
+    """Eq. 2.13's placement as compose makes it: sub-network k's flatten-FC input is channel group k
+    of the global feature map at tile k's field (field_origins: from the tiles when given, which
+    then need `input_size`; else from the grid). theorem_error checks it against _expected_fields."""
     feature_shape, sub_shape = tuple(layer.feature_shape), getattr(sub_layer, "feature_shape", None)
     if sub_shape is None or len(sub_shape) != len(feature_shape) or feature_shape[0] != K * sub_shape[0]:
         raise ValueError(f"{_label(name)}: flatten-FC over a {feature_shape} feature map cannot be "
@@ -467,14 +467,36 @@ def _tile_of(x: torch.Tensor, tile: Sequence[slice]) -> torch.Tensor:
     return x[(..., *tile)]  # tiles index the trailing (spatial / feature) axes
 
 
+def _expected_fields(feature_shape: Sequence[int], sub_feature_shape: Sequence[int], tiles,
+                     input_size: Sequence[int]) -> list[tuple[slice, ...]]:
+    """Where sub-network k's flatten-FC map belongs in the global one, worked out from eq. 2.13's
+    rule for theorem_error alone (no code shared with compose's placement, so a composition that
+    puts a field in the wrong place fails the check): channel group k, and along each axis the
+    field of a tile at its first possible position starts at 0, at its last at H - h, linearly in
+    between, rounded to the nearest position."""
+    channels, fields = sub_feature_shape[0], []
+    for k, tile in enumerate(tiles):
+        index = [slice(k * channels, (k + 1) * channels)]
+        for cut, size, length, field in zip(tile, input_size, feature_shape[1:], sub_feature_shape[1:]):
+            tile_length = cut.stop - cut.start
+            last_start, last_field = size - tile_length, length - field
+            start = round(cut.start * last_field / last_start) if last_start else 0
+            index.append(slice(start, start + field))
+        fields.append(tuple(index))
+    return fields
+
+
 @contextlib.contextmanager
 def _sub_maps_at_their_fields(global_net: nn.Module, subnets: Sequence[nn.Module], name: str, tiles,
                               input_size: Sequence[int]):
     """While active, each sub-network's flatten-FC `name` records the feature map it reads, and the
-    global one reads its own map with channel group k at tile k's field replaced by sub-network
-    k's recorded map (run the sub-networks first)."""
+    global one reads its own map with channel group k at tile k's field (_expected_fields)
+    replaced by sub-network k's recorded map (run the sub-networks first)."""
     layer, sub_layers = global_net.get_submodule(name), [net.get_submodule(name) for net in subnets]
-    fields = _flatten_fc_fields(name, layer, sub_layers[0], len(subnets), tiles=tiles, input_size=input_size)
+    if len(tiles) != len(subnets) or tuple(layer.feature_shape)[0] != len(subnets) * sub_layers[0].feature_shape[0]:
+        raise ValueError(f"{_label(name)}: a flatten-FC over {tuple(layer.feature_shape)} is not {len(subnets)} "
+                         f"sub-networks' {tuple(sub_layers[0].feature_shape)} on {len(tiles)} tiles")
+    fields = _expected_fields(layer.feature_shape, sub_layers[0].feature_shape, tiles, input_size)
     recorded: list[torch.Tensor | None] = [None] * len(subnets)
 
     def record(k):
@@ -505,11 +527,12 @@ def theorem_error(global_net: nn.Module, subnets: Sequence[nn.Module], x: torch.
     recurrent nets, where the theorem holds on the full input; `tiles` is then not used, so a
     pipeline may always pass it).  A flatten-FC network is checked per tile field, the identity
     eq. 2.13's placement gives: the global network's flatten-FC reads its own feature map of x with
-    channel group k at tile k's field replaced by the map sub-network k computed from its input;
-    then F = sum_k F_k(x_k) exactly (everything from the flatten-FC on is checked, including the
-    zeros off the fields; the layers below it are not, as their output is replaced where it
-    counts).  Such networks and mlps need `tiles`, the decomposition (with the fields placed as
-    compose places them from tiles).  The reference F(x) is compared with: classification: sum_k
+    channel group k at tile k's field replaced by the map sub-network k computed from its own tile
+    of x; then F = sum_k F_k(x_k) exactly (everything from the flatten-FC on is checked, including
+    the zeros off the fields; the layers below it are not, as their output is replaced where it
+    counts).  The fields come from _expected_fields, which shares no code with compose's
+    placement.  Such networks and mlps need `tiles`, the decomposition (a composition from the
+    grid alone fails the check when a crop moves the tiles).  The reference F(x) is compared with: classification: sum_k
     F_k; regression: their mean (eq. 2.22); autoencoder: F_k placed at tile k (the mean where tiles
     overlap) for a network with an `output_shape` layer, else the concatenation of
     F_k(sub_inputs[k]) along dim 1 (default inputs: x cut into K groups along dim 1).  Tiles index

@@ -19,15 +19,14 @@ the fit loop the same interface: `model(x)`, `.module`, `.parameters()`, `.train
   and writes the averages into `p.grad`. Each bucket ends with one "used" flag per parameter,
   summed with the gradients: a parameter that no rank used keeps its `p.grad` untouched (None
   after `zero_grad(set_to_none=True)`), as DDP leaves it, so the optimizer skips it. So **the loop needs no extra call**: after `backward()`
-  returns, the gradients are averaged and `optimizer.step()` may run. `finish_step()` does the same
-  explicitly and is a no-op when the callback has already run.
+  returns, the gradients are averaged and `optimizer.step()` may run.
 * Buffers (BatchNorm running statistics) follow DDP's `broadcast_buffers=True`: rank 0's buffers
   are broadcast before a forward pass when the previous forward ran with gradients enabled (and
   before the very first one) — in practice before every training forward and before the first
   evaluation forward after training. The others update their copies locally in between, which the
   next broadcast overwrites.
-* `no_sync()` skips the reduction for forwards (and their backward) run inside it, for gradient
-  accumulation, as DDP's.
+* `close()` removes the hooks and frees the private communicator: the pipeline calls it where a
+  phase's training with the engine ends (run.release).
 
 Only ddc_hpc.comm touches MPI: the engine uses comm.start_allreduce / start_bcast / progress / wait_all
 on a private communicator (comm.data_parallel_world). On a GPU the buckets are staged through host
@@ -37,7 +36,6 @@ has not run on a GPU here (no GPU on the build machines).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -124,7 +122,6 @@ class MPIDataParallel(nn.Module):
         self._ready = [False] * len(self._params)
         self._next = 0  # buckets start strictly in index order, the same on every rank
         self._in_backward = False
-        self._sync_enabled = True
         self._reduce_this_backward = True
         self._sync_buffers_next = True  # DDP's require_forward_param_sync, initially True
         self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(self._params)]
@@ -197,19 +194,9 @@ class MPIDataParallel(nn.Module):
                 self._sync_state(buffers, "broadcasting BatchNorm buffers from rank 0")
                 self.stats.buffer_syncs += 1
         grad = torch.is_grad_enabled()
-        self._reduce_this_backward = grad and self._sync_enabled
-        self._sync_buffers_next = grad and self._sync_enabled
+        self._reduce_this_backward = grad
+        self._sync_buffers_next = grad
         return self.module(*args, **kwargs)
-
-    @contextlib.contextmanager
-    def no_sync(self):
-        """Forwards run inside skip the gradient reduction of their backward (accumulation)."""
-        before = self._sync_enabled
-        self._sync_enabled = False
-        try:
-            yield
-        finally:
-            self._sync_enabled = before
 
     # ---- backward: hooks, buckets, the end-of-backward wait
 
@@ -297,12 +284,6 @@ class MPIDataParallel(nn.Module):
         for bucket in self._buckets:
             bucket.pending = len(bucket.params)
             bucket.request = None
-
-    def finish_step(self) -> None:
-        """Make sure the gradients are averaged before `optimizer.step()`. The end-of-backward
-        callback already does this, so this is a no-op unless a backward is still unfinished."""
-        if self._in_backward:
-            self._end_of_backward()
 
     def close(self) -> None:
         """Remove the hooks and free the private communicator (the module is left as it was)."""

@@ -9,6 +9,7 @@ Works for model.pt, composed_model.pt, random_model.pt and subnet_<k>.pt (fed it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 
 from .checkpoint import load_torch
 from .config import ModelConfig, load_config
-from .data import load_dataset, load_from_config, parse_source
+from .data import load_dataset, load_from_config, resolve_source, same_data, source_identity
 from .errors import BadInput, run_serial
 from .models import build_model
 from .train import PhaseData, Task, evaluate
@@ -37,11 +38,12 @@ def load_network(path: Path) -> tuple[torch.nn.Module, dict]:
     return model.eval(), saved
 
 
-def _same_source(a: str, b: str) -> bool:
-    """Whether two source strings name the same data (paths compared resolved)."""
-    (kind_a, arg_a, opts_a), (kind_b, arg_b, opts_b) = parse_source(a), parse_source(b)
-    resolve = lambda arg: str(Path(arg).resolve()) if arg else ""  # noqa: E731
-    return (kind_a, resolve(arg_a), opts_a) == (kind_b, resolve(arg_b), opts_b)
+def _trained_on(source: str, saved: dict) -> bool:
+    """Whether `source` (relative paths from here) is the data the network was trained on: the
+    same content digest or resolved path as the run recorded (source_identity). Networks saved
+    before runs recorded it: the run's source string, its relative path taken from here."""
+    trained = saved.get("source") or source_identity(saved["config"]["data"]["source"])
+    return same_data(source_identity(source), trained)
 
 
 def scored_sets(source: str, saved: dict, classes: int, task: Task) -> tuple[list, str, str]:
@@ -61,7 +63,7 @@ def scored_sets(source: str, saved: dict, classes: int, task: Task) -> tuple[lis
                        "(or --run RUN_DIR for the run's own validation split)")
     if splits.held_out == "test":
         return [splits.val], "test", f"the test split of {source}"
-    if _same_source(source, trained["data"]["source"]):
+    if _trained_on(source, saved):
         return [splits.val], "validation", (
             f"the validation split the run held out (seed {trained['run']['seed']}, val_fraction "
             f"{trained['data']['val_fraction']}); the other {len(splits.train)} samples are its training split, not scored")
@@ -88,6 +90,9 @@ def main(argv=None) -> None:
         task = Task(model_config.task, model_config.loss_name)
         if args.run:
             config = load_config(Path(args.run) / "config.toml")
+            started_in = (saved.get("source") or {}).get("started_in")  # its relative paths start there
+            config = dataclasses.replace(config, data=dataclasses.replace(
+                config.data, source=resolve_source(config.data.source, started_in)))
             sets, split, what = [load_from_config(config).val], "validation", f"the validation split of the run {args.run}"
         else:
             sets, split, what = scored_sets(args.data, saved, classes, task)

@@ -31,7 +31,7 @@ from .plotting import pyplot
 from .results import CLASSIFICATION, Results, load_results
 
 METRIC_COLUMNS = ["phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top5", "val_mae", "val_rmse", "lr", "seconds",
-                  "train_seconds", "train_samples", "images_per_second", "elapsed"]
+                  "train_seconds", "train_samples", "images_per_second", "elapsed", "skipped_steps"]
 
 
 def plan_text(plan, world, threads: int) -> str:
@@ -55,7 +55,14 @@ def plan_text(plan, world, threads: int) -> str:
     ]
     if plan.budget is not None:
         lines += budget.describe(plan.budget)
-    return "\n".join(lines)
+    names = {"ddc": ["SNet", "GNet-T"], "random": ["GNet-R"], "both": list(NAMES)}[cfg.run.strategy]
+    return "\n".join(lines + [f"  {NAMES[name]}" for name in names])
+
+
+# The names the table and the logs use, said where a run first prints them (the plan above).
+NAMES = {"SNet": "SNet-k = sub-network k (1/K of the width), trained on tile k of every image",
+         "GNet-T": "GNet-T = the global network composed from the K SNets (transfer), then trained on whole images",
+         "GNet-R": "GNet-R = the global network trained from random weights (the baseline)"}
 
 
 def metric_rows(results: Results) -> list[dict]:
@@ -160,9 +167,10 @@ def table(results: Results, out: Path | str | None = None) -> str:
         ranks = results.world_size or 1
         rows.append((f"  sub phase: {len(sub.histories)} SNets on {ranks} rank{'s' * (ranks > 1)}", None,
                      sub.seconds))
-        rows.append(("GNet-T, composed, not trained", comp.init(metric), comp.seconds))
+        rows.append(("  compose: Gatherv, Theorem 2.1 check", None, comp.seconds))
+        rows.append(("GNet-T, composed, not trained: evaluation", comp.init(metric), comp.init_eval_seconds))
         if comp.recalibrated(metric) is not None:
-            rows.append(("GNet-T, BN recalibrated", comp.recalibrated(metric), comp.recalibrate_seconds))
+            rows.append(("GNet-T, BN recalibrated: + evaluation", comp.recalibrated(metric), comp.recalibrate_seconds))
         rows.append(("GNet-T, trained", results.global_.get(metric), results.global_.seconds))
     if results.random:
         rows.append(("GNet-R, trained", results.random.get(metric), results.random.seconds))
@@ -171,8 +179,7 @@ def table(results: Results, out: Path | str | None = None) -> str:
     lines += [f"{name:38} {'' if v is None else _score(v, metric):>8} {'' if s is None else f'{s:9.1f}'}"
               for name, v, s in rows]
     if results.has_ddc and results.random:
-        lines.append(f"wall time DDC (sub+compose+global) {_ddc_seconds(results):.1f} s vs GNet-R "
-                     f"{results.random.seconds:.1f} s")
+        lines.append(f"wall time {DDC_TOTAL} {_ddc_seconds(results):.1f} s vs GNet-R {results.random.seconds:.1f} s")
     if results.compose and results.compose.max_abs_error is not None:
         lines.append(f"Theorem 2.1 check: max |F(x) - sum_k F_k(x)| = {results.compose.max_abs_error:.3g}")
     if out is not None:
@@ -227,13 +234,22 @@ def accuracy_rows(results: Results, metric: str) -> dict[str, str]:
             "GNet-R-trained": _num(results.random and results.random.get(key), digits, scale)}
 
 
-def _ddc_seconds(results: Results):
-    """sub + compose + global, with GNet-T's evaluation before training (and BN recalibration)."""
-    if not results.has_ddc:
-        return None
+DDC_TOTAL = "DDC total (sub + compose + evaluation + global)"  # the one name of the one sum, everywhere
+
+
+def ddc_segments(results: Results) -> list[tuple[str, float]]:
+    """DDC's wall time in its parts, in order: sub, compose, GNet-T's evaluation before training
+    (with BN recalibration and its evaluation), global. The table, report.md and phase_seconds.png
+    all add up exactly these."""
     comp = results.compose
-    return (results.sub.seconds + comp.seconds + results.global_.seconds
-            + (comp.init_eval_seconds or 0.0) + (comp.recalibrate_seconds or 0.0))
+    return [("sub", results.sub.seconds or 0.0), ("compose", comp.seconds or 0.0),
+            ("evaluate", (comp.init_eval_seconds or 0.0) + (comp.recalibrate_seconds or 0.0)),
+            ("global", results.global_.seconds or 0.0)]
+
+
+def _ddc_seconds(results: Results):
+    """DDC_TOTAL: the sum of ddc_segments."""
+    return sum(seconds for _, seconds in ddc_segments(results)) if results.has_ddc else None
 
 
 def _per_epoch(history) -> float | None:
@@ -257,7 +273,7 @@ def time_rows(results: Results) -> dict[str, str]:
             None if comp is None or comp.init_eval_seconds is None else
             comp.init_eval_seconds + (comp.recalibrate_seconds or 0.0), 1, 1.0),
         "GNet-T training (global)": seconds(glob),
-        "DDC total (sub + compose + evaluation + global)": _num(ddc, 1, 1.0),
+        DDC_TOTAL: _num(ddc, 1, 1.0),
         "GNet-R training (random)": seconds(rand),
         "DDC / GNet-R": "-" if ddc is None or not rand or not rand.seconds else f"{ddc / rand.seconds:.2f}",
         "one SNet epoch (slowest)": _num(snet_epoch, 2, 1.0),
@@ -381,8 +397,9 @@ def accuracy_figure(runs: list[dict], path: Path, axis: int = 0) -> None:
     plt.close(fig)
 
 
-PHASE_COLOURS = {"sub": "C2", "compose": "C1", "global": "C0", "random": "C3"}
-PHASE_LABELS = {"sub": "SNets (sub)", "compose": "compose", "global": "GNet-T training", "random": "GNet-R training"}
+PHASE_COLOURS = {"sub": "C2", "compose": "C1", "evaluate": "C4", "global": "C0", "random": "C3"}
+PHASE_LABELS = {"sub": "SNets (sub)", "compose": "compose", "evaluate": "GNet-T evaluated before training",
+                "global": "GNet-T training", "random": "GNet-R training"}
 
 
 def phase_seconds_figure(runs: list[dict], path: Path) -> None:
@@ -390,9 +407,9 @@ def phase_seconds_figure(runs: list[dict], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 2.4 * len(runs) + 1.5), 4.4))
     labelled = set()
-    def ddc_phases(r: Results) -> list[tuple[str, float]]:
-        return [(name, phase.seconds or 0.0) for name, phase in
-                (("sub", r.sub), ("compose", r.compose), ("global", r.global_)) if phase]
+
+    def ddc_phases(r: Results) -> list[tuple[str, float]]:  # a part that took no time draws nothing
+        return [(part, seconds) for part, seconds in ddc_segments(r) if seconds > 0] if r.has_ddc else []
 
     tallest = max([sum(s for _, s in ddc_phases(r["results"])) for r in runs]
                   + [r["results"].random.seconds if r["results"].random else 0.0 for r in runs])
@@ -409,18 +426,18 @@ def phase_seconds_figure(runs: list[dict], path: Path) -> None:
             labelled.add(phase)
             bottom += seconds
         if bottom:
-            ax.text(x, bottom, f"DDC\n{bottom:.0f} s", ha="center", va="bottom", fontsize=8)
+            ax.text(x, bottom, f"DDC\n{bottom:.1f} s", ha="center", va="bottom", fontsize=8)
         if r.random:
             seconds = r.random.seconds
             ax.bar(x + 1, seconds, color=PHASE_COLOURS["random"],
                    label=None if "random" in labelled else PHASE_LABELS["random"])
             labelled.add("random")
-            ax.text(x + 1, seconds, f"GNet-R\n{seconds:.0f} s", ha="center", va="bottom", fontsize=8)
+            ax.text(x + 1, seconds, f"GNet-R\n{seconds:.1f} s", ha="center", va="bottom", fontsize=8)
     ax.set_xticks([3 * i + 0.5 for i in range(len(runs))], [_wrap(run["name"]) for run in runs], fontsize=8)
     ax.set_xlim(-1, 3 * len(runs) - 1)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # room for the labels above the bars
     ax.set_ylabel("wall time [s]")
-    ax.set_title("wall time per phase: DDC (SNets + compose + GNet-T) and GNet-R")
+    ax.set_title(f"wall time per phase: {DDC_TOTAL} and GNet-R", fontsize=9)
     ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -26,6 +26,11 @@ def _rate(samples: float, seconds: float) -> float | None:
     return samples / seconds if seconds else None
 
 
+def _skipped(rows) -> int:
+    """fp16 steps GradScaler skipped (gradients overflowed) over some history rows."""
+    return sum(row.get("skipped_steps", 0) for row in rows)
+
+
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """A data-parallel phase (GNet-T's `global`, GNet-R's `random`): its per-epoch history and the
@@ -56,8 +61,8 @@ class Phase:
 
     def to_dict(self) -> dict:
         return {"seconds": self.seconds, "epochs": self.epochs, **self.metrics,
-                "images_per_second": self.images_per_second, "elapsed_start": self.elapsed_start,
-                "elapsed_end": self.elapsed_end, "history": self.history}
+                "images_per_second": self.images_per_second, "skipped_steps": _skipped(self.history),
+                "elapsed_start": self.elapsed_start, "elapsed_end": self.elapsed_end, "history": self.history}
 
     @classmethod
     def from_dict(cls, d: dict) -> Phase:
@@ -76,7 +81,6 @@ class Sub:
     per_subnet: list = dataclasses.field(default_factory=list)  # each SNet's final primary metric, k order
     histories: list = dataclasses.field(default_factory=list)  # each SNet's per-epoch rows, k order
     images_per_second: float | None = None
-    collectives_per_rank: list | None = None
     reach_per_rank: list | None = None
     # slowest rank's sub seconds - fastest's: what the others waited at compose
     imbalance_seconds: float | None = None
@@ -90,8 +94,8 @@ class Sub:
     def to_dict(self, metric: str) -> dict:
         return {"seconds": self.seconds, "epochs": self.epochs, metric: self.mean,
                 f"per_subnet_{metric}": self.per_subnet, "images_per_second": self.images_per_second,
-                "collectives": None if self.collectives_per_rank is None else sum(self.collectives_per_rank),
-                "collectives_per_rank": self.collectives_per_rank, "reach_per_rank": self.reach_per_rank,
+                "skipped_steps": _skipped(row for history in self.histories for row in history),
+                "reach_per_rank": self.reach_per_rank,
                 "imbalance_seconds": self.imbalance_seconds, "elapsed_start": self.elapsed_start,
                 "elapsed_end": self.elapsed_end, "histories": self.histories}
 
@@ -101,7 +105,7 @@ class Sub:
         per_subnet = d.get(f"per_subnet_{metric}") or [h[-1].get(metric) for h in histories if h]
         return cls(seconds=d.get("seconds"), epochs=d.get("epochs", 0), per_subnet=per_subnet,
                    histories=histories, images_per_second=d.get("images_per_second"),
-                   collectives_per_rank=d.get("collectives_per_rank"), reach_per_rank=d.get("reach_per_rank"),
+                   reach_per_rank=d.get("reach_per_rank"),
                    imbalance_seconds=d.get("imbalance_seconds"), elapsed_start=d.get("elapsed_start"),
                    elapsed_end=d.get("elapsed_end"))
 
@@ -146,7 +150,7 @@ class Compose:
 
 
 # top-level keys besides the phases, in the order results.json has them
-HEADER = ("strategy", "world_size", "partitions", "model", "dataset", "threads", "device", "precision",
+HEADER = ("strategy", "world_size", "partitions", "model", "dataset", "source", "threads", "device", "precision",
           "resumed", "slurm_restarts", "metric")
 
 
@@ -159,6 +163,9 @@ class Results:
     strategy: str | None = None
     world_size: int | None = None
     dataset: str | None = None
+    # the data as identified: kind, resolved path, options, content digest, and the directory the run
+    # started in (data.sources.source_identity); None in files written before it was recorded
+    source: dict | None = None
     threads: int | None = None
     device: str | None = None
     precision: str | None = None
@@ -201,13 +208,12 @@ class Results:
 
 def ddc_sections(compose_info: dict, trained: dict, metric: str, sub_epochs: int) -> tuple[Sub, Compose, Phase]:
     """The sub, compose and global sections from compose_phase's record (rank 0 holds all sub
-    histories and every rank's sub-phase collective count and reach) and GNet-T's training."""
+    histories and every rank's sub-phase reach) and GNet-T's training."""
     histories = compose_info["histories"]
     histories = [histories[k] for k in range(len(histories))]
     seconds = compose_info["seconds_sub"]
     sub = Sub(seconds=seconds, epochs=sub_epochs, per_subnet=[h[-1][metric] for h in histories], histories=histories,
               images_per_second=_rate(sum(r["train_samples"] for h in histories for r in h), seconds),
-              collectives_per_rank=compose_info["collectives_per_rank"],
               reach_per_rank=compose_info["reach_per_rank"], imbalance_seconds=compose_info["imbalance_seconds"],
               elapsed_start=compose_info["sub_elapsed"][0], elapsed_end=compose_info["sub_elapsed"][1])
     compose = Compose(seconds=compose_info["seconds"], init_metrics=_val_metrics(trained["initial"] or {}),

@@ -4,7 +4,7 @@
     python -m ddc_hpc.run                                      # one rank, the built-in quickstart
 
 Exit codes: 0 done, 2 bad input (nothing trained, no traceback), 75 stopped by a signal with a
-checkpoint written (run again with the same --out to resume), 1 anything else.
+checkpoint written (run the same command again to resume), 1 anything else.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .checkpoint import CheckpointSeries, atomic_write, existing_digests, save_t
 from .compose import (compose, flatten_fc_layers, flatten_state, shrink_perturb, state_numel, theorem_error,
                       unflatten_state, with_parameters)
 from .config import RANDOM_INIT_SEED_OFFSET, Config, PhaseConfig, load_config
-from .data import SampleSet, Splits, check_tiles, load_from_config, make_batch
+from .data import SampleSet, Splits, check_tiles, load_from_config, make_batch, source_identity
 from .data.sources import ArrayStore
 from .errors import BadInput
 from .results import Phase, Results, ddc_sections, load_results
@@ -56,6 +56,9 @@ class Plan:
     tiles: list[tuple[slice, ...]]
     resume: bool
     backend: str  # resolved run.backend: gloo, nccl, mpi or mpi4py
+    # data.source as identified (source_identity) and the directory the run started in, which its
+    # relative paths start at: in results.json and every saved network, for evaluate --data / --run
+    source: dict = dataclasses.field(default_factory=dict)
     # slot name -> manifest entry of the checkpoint it resumes from, as rank 0 chose (choose_resume)
     resume_from: dict[str, dict] = dataclasses.field(default_factory=dict)
     clock: Clock = dataclasses.field(default_factory=Clock)  # restarted when every rank has the plan
@@ -101,7 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", help="job TOML (default: the built-in quickstart)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, TOML syntax (e.g. --set sub.epochs=5)")
-    parser.add_argument("--out", help="output directory (default: runs/<timestamp>)")
+    parser.add_argument("--out", help="output directory (default: runs/<job>: the job file's name or quickstart, "
+                        "plus a digest of the --set overrides, so the same command finds its run again)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input too")
@@ -118,11 +122,24 @@ def build(config: Config, partitions: int, sample_shape: tuple[int, ...], seed: 
                        **input_options(config.model.name, sample_shape[:-1], sample_shape[-1]))
 
 
-def prepare(args: argparse.Namespace, stamp: str) -> Plan:
+def default_out(args: argparse.Namespace) -> Path:
+    """The output folder when --out is not given: runs/<job> (the job file's name, or quickstart), with
+    a digest of the --set overrides when there are any. The same command always finds its own run
+    again: a finished one prints its table, a stopped one resumes."""
+    name = Path(args.config).stem if args.config else "quickstart"
+    if args.set:
+        name += "-" + hashlib.sha256("\0".join(args.set).encode()).hexdigest()[:8]
+    return Path("runs") / name
+
+
+def prepare(args: argparse.Namespace) -> Plan:
     """Parse and check everything; raises BadInput before any work is done."""
     config = load_config(args.config, args.set)
     d = config.decompose
     data = load_from_config(config, metadata_only=args.dry_run)
+    if not len(data.val):  # nothing to score, and the Theorem 2.1 check's probe batch comes from it
+        raise BadInput(f"{config.data.source}: data.val_fraction = {config.data.val_fraction} of "
+                       f"{len(data.train)} samples leaves no validation sample; raise data.val_fraction")
     spatial = data.train.image_shape[:-1]
     model_dims = model_defaults(config.model.name)["dims"]
     if "dims" not in model_options(config.model.name) and model_dims != len(spatial):
@@ -155,7 +172,7 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
             build(config, d.partitions, tile_shape(tiles) + data.train.image_shape[-1:], 0)
     except (ValueError, TypeError, KeyError) as err:
         raise BadInput(f"model {config.model.name!r} cannot be built as configured: {err}") from None
-    out = Path(args.out or f"runs/{stamp}")
+    out = Path(args.out)
     if args.dry_run:  # writes nothing: only sees whether it could
         existing = next(p for p in (out, *out.parents) if p.exists())
         if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
@@ -180,15 +197,14 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     if config.run.precision == "fp16" and device == "cpu":
         raise BadInput("run.precision = 'fp16' needs GPUs (its gradient scaling is for CUDA's fp16 kernels); "
                        "on CPUs use 'bf16' or 'fp32'")
-    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend)
+    source = source_identity(config.data.source) | {"started_in": str(Path.cwd())}
+    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend, source=source)
 
 
 def finished_run(args: argparse.Namespace) -> dict | None:
     """The record of a run that already finished in --out (results.json is written last), or None.
 
     A finished run is never trained or written again: its record is the real timings."""
-    if not args.out:
-        return None
     out = Path(args.out)
     path = out / "results.json"
     if not path.exists():
@@ -211,8 +227,22 @@ def finished_run(args: argparse.Namespace) -> dict | None:
     return {"results": results, "when": when}
 
 
+def checkpointed(plan: Plan) -> dict[str, dict]:
+    """Slot name -> the manifest entry of its newest readable checkpoint in --out (what a run would
+    resume from), for the slots that have one."""
+    root = plan.out / "checkpoints"
+    names = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    return {n: e for n in names if (e := CheckpointSeries(root, n, plan.config.digest()).latest_entry()) is not None}
+
+
+def _progress(entry: dict | None) -> str:
+    return "" if entry is None else " (finished earlier)" if entry["finished"] else (
+        f" (resuming at epoch {entry['epoch'] + 1}, step {entry['step'] + 1})")
+
+
 def dry_run_text(plan: Plan, world: comm.World) -> str:
-    """What a dry run checked (from the data's metadata) and what the run would do."""
+    """What a dry run checked (from the data's metadata) and what the run would do: steps per epoch
+    as fit counts them (train.steps_per_epoch on a rank's share), and what --out already holds."""
     cfg, K, n = plan.config, plan.partitions, len(plan.data.train)
     labels = plan.data.train.labels
     checked = (f"{len(plan.data.classes)} classes, labels {labels.min()}..{labels.max()}"
@@ -221,12 +251,18 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
     per_group = max(world.size // K, 1)
     steps = {"sub": steps_per_epoch(sub, -(-n // per_group)), "global": steps_per_epoch(glob, -(-n // world.size)),
              "random": steps_per_epoch(rand, -(-n // world.size))}
+    saved = checkpointed(plan)
+    done = [k for k in range(K) if saved.get(f"sub_{k}", {}).get("finished")]
     todo = []
     if cfg.run.strategy in ("ddc", "both"):
-        todo += [f"train {K} sub-networks {sub.epochs} epoch(s) of {steps['sub']} steps on their tiles, compose "
-                 f"them (one Gatherv), train GNet-T {glob.epochs} epoch(s) of {steps['global']} steps"]
+        left = [str(k) + _progress(saved.get(f"sub_{k}")) for k in range(K) if k not in done]
+        which = f"sub-networks {', '.join(left)}" if done else f"{K} sub-networks"
+        trains = f"train {which} {sub.epochs} epoch(s) of {steps['sub']} steps on their tiles" if left else ""
+        loads = f"load sub-networks {', '.join(map(str, done))} (finished earlier)" if done else ""
+        todo += [", ".join(filter(None, [loads, trains])) + f", compose them (one Gatherv), train GNet-T "
+                 f"{glob.epochs} epoch(s) of {steps['global']} steps{_progress(saved.get('global'))}"]
     if cfg.run.strategy in ("random", "both"):
-        todo += [f"train GNet-R {rand.epochs} epoch(s) of {steps['random']} steps"]
+        todo += [f"train GNet-R {rand.epochs} epoch(s) of {steps['random']} steps{_progress(saved.get('random'))}"]
     return (f"  data checked from its metadata: {n} train / {len(plan.data.val)} val samples, {checked}\n"
             f"dry run: nothing trained, nothing written. The run would {'; then '.join(todo)}; and write "
             f"{plan.out}/ (results.json, metrics.csv, models, plots, logs).")
@@ -281,16 +317,20 @@ def data_parallel(model: torch.nn.Module, world: comm.World, backend: str,
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
+def release(model: torch.nn.Module) -> None:
+    """A phase is done training `model` (data_parallel's): the MPI engine's gradient hooks and private
+    communicator are freed there (DDP's process group ends with torch.distributed's shutdown)."""
+    if isinstance(model, MPIDataParallel):
+        model.close()
+
+
 def choose_resume(plan: Plan, world: comm.World) -> None:
     """Rank 0 picks each slot's checkpoint (file, epoch, step, sha256) and every rank resumes from
     exactly that one: ranks reading their own newest could resume different epochs and hang. A rank
     whose view of --out lacks one it will read stops the job with exit 2 before anything trains."""
     root = plan.out / "checkpoints"
-    chosen = None
-    if world.is_root:
-        names = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-        chosen = {n: e for n in names if (e := CheckpointSeries(root, n, plan.config.digest()).latest_entry()) is not None}
-    plan.resume_from = comm.bcast(world, chosen, "choosing the checkpoints to resume from")
+    plan.resume_from = comm.bcast(world, checkpointed(plan) if world.is_root else None,
+                                  "choosing the checkpoints to resume from")
     strategy = plan.config.run.strategy
     mine = [f"sub_{k}" for k in subnets_of_rank(world.rank, world.size, plan.partitions)] + ["global"]
     mine = (mine if strategy != "random" else []) + (["random"] if strategy != "ddc" else [])
@@ -351,12 +391,13 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         except comm.Preempted as stop:  # told to everyone at the first collective, in compose
             preempted = str(stop)
             break
+        release(wrapped)
         if writer:
             save_torch(_model_file(job.module, plan, plan.tiles[k]), plan.out / f"subnet_{k}.pt")
             trained[k] = (job.module, history, job.optimizer_state)
     comm.leave_sub_group(local)
     return {"trained": trained, "seconds": time.perf_counter() - tic, "preempted": preempted,
-            "collectives": world.collectives["sub"], "reach": local.size,
+            "reach": local.size,
             "elapsed_start": started, "elapsed_end": plan.clock()}
 
 
@@ -365,7 +406,7 @@ def _model_file(module: torch.nn.Module, plan: Plan, tile=None) -> dict:
     shape of the samples it was trained on)."""
     return {"spec": getattr(module, "ddc_spec", None), "state_dict": module.state_dict(),
             "mean": plan.data.mean, "tile": tile, "config": plan.config.to_dict(),
-            "sample_shape": plan.data.train.image_shape}
+            "sample_shape": plan.data.train.image_shape, "source": plan.source}
 
 
 ARRIVAL_SLACK = 2  # the slowest rank may take this many times the longest sub epoch measured here, per epoch
@@ -404,7 +445,7 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
     summaries = comm.allgather(world, {"histories": {k: sub["trained"][k][1] for k in mine},
                                        "steps": {k: _adam_steps(sub["trained"][k][2]) for k in mine if carry},
                                        "seconds": sub["seconds"], "preempted": sub["preempted"],
-                                       "collectives": sub["collectives"], "reach": sub["reach"],
+                                       "reach": sub["reach"],
                                        "elapsed_start": sub["elapsed_start"], "elapsed_end": sub["elapsed_end"]},
                                "gathering sub-network metrics")
     tic = time.perf_counter()  # the slowest sub-network has arrived: its wait is the sub phase's imbalance
@@ -414,7 +455,7 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
                              "every sub-network is checkpointed")
     gathered = comm.gatherv(world, flat)
     info = {"seconds_sub": max(s["seconds"] for s in summaries), "histories": {},
-            "collectives_per_rank": [s["collectives"] for s in summaries], "reach_per_rank": [s["reach"] for s in summaries],
+            "reach_per_rank": [s["reach"] for s in summaries],
             "imbalance_seconds": max(s["seconds"] for s in summaries) - min(s["seconds"] for s in summaries),
             "sub_elapsed": (min(s["elapsed_start"] for s in summaries), max(s["elapsed_end"] for s in summaries))}
     steps = {}
@@ -517,6 +558,7 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
         tic = time.perf_counter() - setup
     started = plan.clock()
     timed["history"] = run_job(job, world, name, plan)
+    release(ddp)
     if world.is_root:
         save_torch(_model_file(job.module, plan), plan.out / ("model.pt" if name == "global" else "random_model.pt"))
     return timed | {"seconds": time.perf_counter() - tic, "elapsed_start": started, "elapsed_end": plan.clock()}
@@ -680,7 +722,7 @@ def budget_record(made: dict, elapsed: dict[str, float]) -> dict:
 
 def pipeline(args: argparse.Namespace) -> None:
     world = comm.init_world()
-    stamp = comm.bcast(world, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), "choosing the run name")
+    args.out = args.out or str(default_out(args))
     finished, error = None, None
     if world.is_root:  # one reader decides for all, before anything is written
         try:
@@ -692,13 +734,15 @@ def pipeline(args: argparse.Namespace) -> None:
         raise comm.collective_error(error)
     if finished is not None:
         if world.is_root:
+            table = report.table(finished["results"], args.out)
+            names = [text for name, text in report.NAMES.items() if name in table]
             print(f"{args.out} finished earlier (results.json written {finished['when']}); nothing was trained "
-                  f"or rewritten. Its results:\n{report.table(finished['results'], args.out)}\n"
-                  "To train again, choose a new --out.", flush=True)
+                  f"or rewritten. Its results:\n{table}\n" + "".join(f"  {name}\n" for name in names)
+                  + "To train again, choose a new --out.", flush=True)
         return
     plan, error = None, None
     try:
-        plan = prepare(args, stamp)
+        plan = prepare(args)
     except BadInput as err:
         error = err
     comm.raise_first_bad_input(world, error)
@@ -730,7 +774,7 @@ def pipeline(args: argparse.Namespace) -> None:
     results = Results(strategy=cfg.run.strategy, world_size=world.size, partitions=plan.partitions,
                       model=cfg.model.name, dataset=cfg.data.source, threads=threads, device=str(world.device),
                       precision=cfg.run.precision, resumed=plan.resume, slurm_restarts=comm.restart_count(),
-                      metric=plan.task.metric, backend=plan.backend)
+                      metric=plan.task.metric, backend=plan.backend, source=plan.source)
     elapsed = {}  # each strategy's seconds on the job clock
     if "ddc" in plan.strategies:
         started = plan.clock()
@@ -754,9 +798,18 @@ def pipeline(args: argparse.Namespace) -> None:
         print(report.table(results, plan.out), flush=True)
 
 
+def resumable(args: argparse.Namespace) -> None:
+    """The pipeline; a stop (every rank at once) says where the checkpoints are and how to resume."""
+    try:
+        pipeline(args)
+    except comm.Preempted as stop:
+        raise comm.Preempted(f"{stop}; the checkpoints are in {args.out}: run the same command again (it uses "
+                             f"--out {args.out}) to resume") from None
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    comm.run_guarded(lambda: pipeline(args), debug=args.debug)
+    comm.run_guarded(lambda: resumable(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,20 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or Inf: the phase stops, the last good checkpoint stays."""
 
 
+# fp16 only: this many non-finite losses in a row stop the phase. GradScaler skips a step whose
+# gradients overflowed and lowers its scale, which recovers from a backward overflow within a few
+# steps; a forward that overflows step after step (loss scaling cannot help it) does not recover.
+NONFINITE_FP16_STEPS = 20
+
+
+def nonfinite_streak(finite: bool, scaled: bool, streak: int) -> tuple[int, bool]:
+    """(non-finite losses in a row after this step, whether the phase must stop). Without loss
+    scaling (fp32, bf16) the first non-finite loss stops it: the weights would take that step. With
+    fp16's GradScaler the step is skipped instead, so only NONFINITE_FP16_STEPS in a row stop it."""
+    streak = 0 if finite else streak + 1
+    return streak, streak >= (NONFINITE_FP16_STEPS if scaled else 1)
+
+
 @dataclass(frozen=True)
 class Task:
     """What is learned: the loss, the validation metrics, and which metric decides 'better'."""
@@ -224,36 +238,70 @@ def evaluate(model: nn.Module, data: PhaseData, device: torch.device, task: Task
             "val_rmse": math.sqrt(second / max(elements, 1)), "val_samples": int(samples)}
 
 
+def combine_moments(parts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(count, mean, M2) of the union of disjoint parts given as (count, mean, M2) each, M2 being the
+    sum of squared deviations from the part's mean (per channel): Chan, Golub and LeVeque's
+    parallel formula, M2 = sum_i M2_i + sum_i n_i (mean_i - mean)^2, exact where averaging the
+    parts' variances would drop the spread of their means."""
+    counts = torch.stack([torch.as_tensor(n, dtype=torch.float64) for n, _, _ in parts])
+    means = torch.stack([m.double() for _, m, _ in parts])
+    count = counts.sum(0)
+    mean = (counts.reshape(-1, *[1] * (means.dim() - 1)) * means).sum(0) / count
+    spread = (counts.reshape(-1, *[1] * (means.dim() - 1)) * (means - mean) ** 2).sum(0)
+    return count, mean, torch.stack([m2.double() for _, _, m2 in parts]).sum(0) + spread
+
+
+def _batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(count, mean, M2) per channel (dim 1) of one BatchNorm input, in float64."""
+    x = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)
+    mean = x.mean(1)
+    return torch.tensor(float(x.shape[1]), dtype=torch.float64), mean, ((x - mean[:, None]) ** 2).sum(1)
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, data: PhaseData, device: torch.device, batches: int, batch_size: int,
                    seed: int = 0, group=None, precision: str = "fp32") -> bool:
-    """Replace every BatchNorm's running statistics by their plain average over `batches` training
-    batches (train-mode BN, no augmentation, no gradient), averaged over the group's peers: the
-    statistics of the current weights on this phase's inputs, not an EMA of earlier weights (a few
-    steps an epoch) or of the tiles the sub-networks saw. Weights are untouched. Pass the bare
-    network, not a data-parallel wrapper. Returns False when the network has no BatchNorm."""
+    """Replace every BatchNorm's running statistics by the exact mean and (unbiased) variance of its
+    input over `batches` training batches of every peer of the group (train-mode BN, no
+    augmentation, no gradient): the statistics of the current weights on this phase's inputs, not
+    an EMA of earlier weights (a few steps an epoch) or of the tiles the sub-networks saw. Batches
+    and ranks are combined by combine_moments: the same statistics as one rank reading all the
+    batches as one. Weights are untouched. Pass the bare network, not a data-parallel wrapper.
+    Returns False when the network has no BatchNorm."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms or batches <= 0:
         return False
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
+    moments: dict[nn.Module, tuple] = {}
+
+    def record(module, args):
+        seen = _batch_moments(args[0])
+        moments[module] = seen if module not in moments else combine_moments([moments[module], seen])
+
+    hooks = [m.register_forward_pre_hook(record) for m in norms]
     was_training = model.training
     model.train()
     order = epoch_order(len(data.train), seed, 0, group)
     torch.manual_seed(seed)  # dropout, should the network have any
-    for b in range(min(batches, math.ceil(len(order) / batch_size))):
-        images, _ = data.train.read(np.asarray(order[b * batch_size : (b + 1) * batch_size]))
-        with autocast(device, precision):  # the statistics of the forward that evaluates
-            model(to_device(make_batch(images, mean=data.mean, tile=data.tile, augment=False, generator=None), device))
-    model.train(was_training)
-    peers = comm.group_size(group)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-        if peers > 1:
-            for buffer in (m.running_mean, m.running_var):
-                buffer.copy_(comm.all_reduce_sum(buffer.double(), group).div_(peers))
+    ran = min(batches, math.ceil(len(order) / batch_size))
+    try:
+        for b in range(ran):
+            images, _ = data.train.read(np.asarray(order[b * batch_size : (b + 1) * batch_size]))
+            with autocast(device, precision):  # the statistics of the forward that evaluates
+                model(to_device(make_batch(images, mean=data.mean, tile=data.tile, augment=False, generator=None),
+                                device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    for m in norms:
+        count, mean, m2 = moments.get(m, (torch.zeros((), dtype=torch.float64), torch.zeros(m.num_features,
+                                          dtype=torch.float64), torch.zeros(m.num_features, dtype=torch.float64)))
+        total = comm.all_reduce_sum(torch.cat([count.reshape(1), count * mean]), group)  # a rank may have no batch
+        overall = total[1:] / total[0]
+        m2 = comm.all_reduce_sum(m2 + count * (mean - overall) ** 2, group)  # combine_moments over the ranks
+        m.running_mean.copy_(overall)
+        m.running_var.copy_(m2 / (total[0] - 1).clamp(min=1))  # unbiased, as BatchNorm keeps it
+        m.num_batches_tracked.fill_(ran)
     return True
 
 
@@ -267,25 +315,24 @@ def step_batch(job: Job, indices, seed: int, device: torch.device) -> tuple[torc
 
 
 def train_step(job: Job, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, x: torch.Tensor,
-               labels: torch.Tensor, lr: float, where: str, poison: bool = False) -> torch.Tensor:
-    """One optimizer step at `lr` (fit's, and what calibration times); the detached loss.
-
-    `where` names the step in the error a non-finite loss raises; `poison` makes the loss NaN
-    (the DDC_NAN_AT test hook)."""
+               labels: torch.Tensor, lr: float, check: Callable[[torch.Tensor], None],
+               poison: bool = False) -> tuple[torch.Tensor, bool]:
+    """One optimizer step at `lr` (fit's, and what calibration times): (the detached loss, whether
+    fp16's GradScaler skipped the step). `check(loss)` sees the loss before the backward pass and
+    raises to stop; `poison` makes the loss NaN (the DDC_NAN_AT test hook)."""
     with autocast(x.device, job.precision):
         loss = job.task.criterion(job.model(x), job.task.target(x, labels)).float()
     if poison:
         loss = loss * float("nan")
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"{where}: the loss is {loss.item()}; lower {job.name.split('_')[0]}.lr or check the "
-                            "data (the last good checkpoint is kept)")
+    check(loss)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     for group in optimizer.param_groups:
         group["lr"] = lr
+    scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
     scaler.update()
-    return loss.detach()
+    return loss.detach(), scale is not None and scaler.get_scale() < scale  # the scale drops only on a skip
 
 
 def time_steps(job: Job, device: torch.device, steps: int, warmup: int, barrier: Callable[[], None]) -> float:
@@ -301,7 +348,7 @@ def time_steps(job: Job, device: torch.device, steps: int, warmup: int, barrier:
             tic = time.perf_counter()
         indices = [(i * job.config.batch_size + j) % n for j in range(job.config.batch_size)]
         x, labels = step_batch(job, indices, i, device)
-        train_step(job, optimizer, scaler, x, labels, job.config.lr, where=f"calibrating {job.name}")
+        train_step(job, optimizer, scaler, x, labels, job.config.lr, check=lambda loss: None)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - tic
@@ -387,6 +434,18 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
 
     length = len(order_of(0))
     steps = steps_per_epoch(cfg, length)
+    streak = 0  # non-finite losses in a row, across epochs
+
+    def check(loss: torch.Tensor) -> None:  # before the backward pass of epoch `epoch`, step `step`
+        nonlocal streak
+        streak, stop = nonfinite_streak(bool(torch.isfinite(loss)), scaler.is_enabled(), streak)
+        if stop:
+            raise NonFiniteLoss(
+                f"phase {job.name}, epoch {epoch + 1}, step {step + 1}, rank {job.rank}: "
+                f"the loss is {loss.item()}" + (f" for {streak} steps in a row (fp16: GradScaler skipped them "
+                                               "and did not recover)" if scaler.is_enabled() else "")
+                + f"; lower {job.name.split('_')[0]}.lr or check the data (the last good checkpoint is kept)")
+
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         tic = time.perf_counter()
@@ -394,6 +453,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         loss_sum = torch.tensor(partial["loss"][peer] if resumed else 0.0, dtype=torch.float64)
         seen = partial["seen"][peer] if resumed else 0
         earlier_seconds = partial["seconds"] if resumed else 0.0
+        skipped = partial.get("skipped", 0) if resumed else 0  # fp16 steps GradScaler skipped this epoch
         first_step = start_step if epoch == start_epoch else 0
         progress = _Progress(job, epoch, steps, first_step, seen, tic)
         for step in range(first_step, steps):
@@ -401,21 +461,22 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
             torch.manual_seed(seed)  # dropout and any other global-RNG use
             x, labels = step_batch(job, batch_indices(order_of, length, epoch, step, cfg.batch_size,
                                                       cfg.steps_per_epoch), seed, device)
-            loss = train_step(job, optimizer, scaler, x, labels, lr_at(cfg, epoch, step, steps) * cfg.plateau_factor ** cuts,
-                              where=f"phase {job.name}, epoch {epoch + 1}, step {step + 1}, rank {job.rank}",
-                              poison=comm.nan_point(job.name, epoch + 1, step + 1))
-            loss_sum += loss.double().cpu() * len(labels)
-            seen += len(labels)
+            loss, was_skipped = train_step(job, optimizer, scaler, x, labels,
+                                           lr_at(cfg, epoch, step, steps) * cfg.plateau_factor ** cuts, check,
+                                           poison=comm.nan_point(job.name, epoch + 1, step + 1))
+            skipped += was_skipped
+            if bool(torch.isfinite(loss)):  # a skipped step's loss is not part of the epoch's mean
+                loss_sum += loss.double().cpu() * len(labels)
+                seen += len(labels)
             progress(step, seen)
             comm.signal_point(job.name, epoch + 1, step + 1)
             if comm.stop_requested() if lone else comm.any_stop_requested(job.group):
                 partial = {"loss": comm.all_gather_float(loss_sum.item(), job.group),
                            "seen": [int(n) for n in comm.all_gather_float(seen, job.group)],
-                           "seconds": earlier_seconds + time.perf_counter() - tic}
+                           "seconds": earlier_seconds + time.perf_counter() - tic, "skipped": skipped}
                 save(epoch, step + 1)
-                raise comm.Preempted(
-                    f"stop signal in phase {job.name} at epoch {epoch + 1}, step {step + 1}: "
-                    "checkpoint written; run again with the same --out to resume")
+                raise comm.Preempted(f"stop signal in phase {job.name} at epoch {epoch + 1}, step {step + 1}: "
+                                     "checkpoint written")
         progress.close()
         train_seconds = earlier_seconds + time.perf_counter() - tic
         metrics = {}
@@ -429,7 +490,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         row = {"phase": job.name, "epoch": epoch + 1, "loss": totals[0].item() / max(samples, 1), **metrics,
                "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds, "train_samples": samples,
                "seconds": earlier_seconds + time.perf_counter() - tic, "elapsed": job.clock(),
-               "images_per_second": samples / max(train_seconds, 1e-9)}
+               "images_per_second": samples / max(train_seconds, 1e-9), "skipped_steps": skipped}
         job.history.append(row)
         if cfg.plateau_patience and metrics:
             before = optimizer.param_groups[0]["lr"]

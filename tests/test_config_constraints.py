@@ -186,7 +186,7 @@ def test_a_config_is_refused_before_any_work_or_it_trains(settings_, tmp_path_fa
     args = argparse.Namespace(config=None, set=overrides, out=str(tmp_path_factory.getbasetemp() / "never"),
                               resume=False, dry_run=True, debug=False)
     try:
-        plan = prepare(args, "stamp")
+        plan = prepare(args)
     except BadInput as err:
         assert str(err).strip(), overrides
         return

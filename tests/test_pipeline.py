@@ -33,8 +33,9 @@ def test_pipeline_completes_with_every_promised_key(ranks, tmp_path, request):
     assert r["world_size"] == ranks and r["partitions"] == 4
     assert len(r["sub"]["per_subnet_val_accuracy"]) == 4
     assert r["compose"]["max_abs_error"] <= 1e-4
-    # every rank trained alone: its sub-phase world reached no one, and it ran no world collective
-    assert r["sub"]["collectives_per_rank"] == [0] * ranks and r["sub"]["reach_per_rank"] == [1] * ranks
+    # every rank trained alone: its sub-phase world reached no one (a collective on the world there
+    # would have ended the job: the DDC_STRAY tests below)
+    assert r["sub"]["reach_per_rank"] == [1] * ranks
     for name in ("model.pt", "random_model.pt", "composed_model.pt", "metrics.csv", "config.toml",
                  "accuracy.png", "phase_seconds.png", *(f"subnet_{k}.pt" for k in range(4))):
         assert (out / name).exists(), name
@@ -108,7 +109,7 @@ def test_more_ranks_than_subnetworks_train_in_groups(tmp_path):
     r = results(out)
     assert r["partitions"] == 2 and len(r["sub"]["per_subnet_val_accuracy"]) == 2
     # only allreduces inside each sub-network's own group of 2 ranks, none on the world
-    assert r["sub"]["collectives_per_rank"] == [0] * 4 and r["sub"]["reach_per_rank"] == [2] * 4
+    assert r["sub"]["reach_per_rank"] == [2] * 4
     assert r["compose"]["max_abs_error"] <= 1e-4
 
 

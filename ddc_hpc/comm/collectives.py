@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 import pickle
@@ -103,9 +102,7 @@ def gatherv(world: World, flat: np.ndarray, root: int = 0) -> np.ndarray | None:
 def data_parallel_world(world: World, ranks: list[int] | None = None) -> World:
     """This world on a private communicator over `ranks` (default all): only members call this.
 
-    The engine's nonblocking collectives then never interleave with the pipeline's own; they are
-    counted in the new world's own `collectives` (as DDP's traffic is not counted in the world's:
-    a sub phase trained data parallel inside groups still shows no world collective).
+    The engine's nonblocking collectives then never interleave with the pipeline's own.
     """
     if ranks is None or list(ranks) == list(range(world.size)):
         private, request = world.comm.Idup()
@@ -116,8 +113,7 @@ def data_parallel_world(world: World, ranks: list[int] | None = None) -> World:
         private = world.comm.Create_group(subset, tag=7)  # collective over the members only
         subset.Free()
         members.Free()
-    return dataclasses.replace(world, comm=private, rank=private.Get_rank(), size=private.Get_size(),
-                               collectives=collections.Counter())
+    return dataclasses.replace(world, comm=private, rank=private.Get_rank(), size=private.Get_size())
 
 
 def start_allreduce(world: World, buffer: np.ndarray) -> state.MPI.Request:
@@ -155,7 +151,6 @@ def wait_all(world: World, requests: list, what: str, timeout: float | None = No
         raise StrayCollective(f"{what}: a collective in the sub phase, on a communicator of {world.size} rank(s) "
                               "that is not a sub-network's group (the sub phase has no communication between "
                               "sub-networks)")
-    world.collectives[phase] += len(requests)
     timeout = world.timeout if timeout is None else timeout
     start = time.monotonic()
     deadline = start + timeout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import datetime
 import fcntl
@@ -167,8 +166,7 @@ def enter_sub_group(world: World, backend: str, ranks: list[int]) -> World:
     and no world-wide one exists until leave_sub_group has ended it.
     """
     if list(ranks) == [world.rank]:
-        return dataclasses.replace(world, comm=state.MPI.COMM_SELF, rank=0, size=1,
-                                   collectives=collections.Counter())
+        return dataclasses.replace(world, comm=state.MPI.COMM_SELF, rank=0, size=1)
     group = dataclasses.replace(data_parallel_world(world, ranks), subnet_group=True)
     init_distributed(group, backend)
     return group

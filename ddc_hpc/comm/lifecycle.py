@@ -147,9 +147,10 @@ def run_guarded(main, debug: bool = False, log=None) -> None:
             print(f"{prefix}{err}", file=sys.stderr, flush=True)
         if debug:
             traceback.print_exc()
-    except Preempted as err:
+    except Preempted as err:  # raised on every rank at once (they agree to stop): said once
         code, abort = EXIT_PREEMPTED, False
-        print(f"rank {rank}: {err}", file=sys.stderr, flush=True)
+        if rank == 0:
+            print(f"stopped: {err}", file=sys.stderr, flush=True)
         _leave_after_stop(comm, rank)
     except BaseException as err:  # noqa: BLE001 - the whole point is to catch everything
         code = 130 if isinstance(err, KeyboardInterrupt) else 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -22,8 +21,6 @@ class World:
     device: torch.device
     timeout: float = 300.0
     comm: state.MPI.Comm = field(default_factory=lambda: state.MPI.COMM_WORLD, repr=False, compare=False)
-    # Collectives this rank took part in, by phase: the evidence that the sub phase talks to no one.
-    collectives: collections.Counter = field(default_factory=collections.Counter, repr=False, compare=False)
     # A sub-network's data-parallel group (R > K, enter_sub_group): the only world the sub phase may use.
     subnet_group: bool = False
 

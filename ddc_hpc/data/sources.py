@@ -197,6 +197,60 @@ def parse_source(source: str) -> tuple[str, str, dict[str, str]]:
     return kind, arg, options
 
 
+def resolve_source(source: str, base: str | Path | None) -> str:
+    """`source` with a relative path made absolute against `base` (the directory the run that
+    named it started in), so it names the same data from any working directory."""
+    kind, arg, _ = parse_source(source)
+    if not arg or base is None or Path(arg).is_absolute():
+        return source
+    return source.strip().replace(arg, str(Path(base, arg).resolve()), 1)
+
+
+DIGEST_CONTENT_LIMIT = 1 << 30  # bytes: a folder holding more is identified by its file names and sizes
+
+
+def source_identity(source: str, base: str | Path | None = None) -> dict:
+    """What data `source` names, however it is written: kind, options, the resolved path (relative
+    paths start at `base`, default the working directory) and a digest of the content (an HDF5
+    file's recorded content checksum; an npz file's bytes; a folder's files, or for folders above
+    DIGEST_CONTENT_LIMIT their names and sizes; None for synthetic sets, which their options fix)."""
+    import hashlib
+
+    kind, arg, options = parse_source(source)
+    path = Path(base or ".", arg).resolve() if arg else None
+    digest = None
+    if path is not None and path.is_file():
+        recorded = H5Meta(path).attrs.get("checksum") if kind == "h5" else None
+        digest = str(recorded) if recorded else _file_digest(hashlib.sha256(), path)
+    elif path is not None and path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        hashed = hashlib.sha256()
+        content = sum(p.stat().st_size for p in files) <= DIGEST_CONTENT_LIMIT
+        for file in files:
+            hashed.update(f"{file.relative_to(path)}\0{file.stat().st_size}\0".encode())
+            if content:
+                _file_digest(hashed, file)
+        digest = ("sha256:" if content else "sha256-names-sizes:") + hashed.hexdigest()
+    return {"kind": kind, "path": None if path is None else str(path), "options": options, "digest": digest}
+
+
+def _file_digest(hashed, path: Path) -> str:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            hashed.update(block)
+    return "sha256:" + hashed.hexdigest()
+
+
+def same_data(a: dict, b: dict) -> bool:
+    """Whether two source identities name the same data: same kind and options, and the same
+    content digest (a copy elsewhere is the same data), or the same path where there is none."""
+    if (a["kind"], a["options"]) != (b["kind"], b["options"]):
+        return False
+    if a["digest"] is not None and b["digest"] is not None:
+        return a["digest"] == b["digest"]
+    return a["path"] == b["path"]
+
+
 def _int_option(options, key, source):
     if key not in options:
         return None
@@ -480,13 +534,34 @@ def open_cifar(root, kind: str, download: bool = False) -> RawData:
     return RawData(names, load(train_files), load([test_file]), f"{kind}:{root}")
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR's python batches hold (dicts, lists, strings, numbers and numpy arrays)
+    and nothing else: pickle.load calls any function a file names, so a crafted data file would
+    run code. Only the functions that rebuild a numpy array are found (numpy 1's and 2's module
+    names; protocol 2's byte strings go through _codecs.encode, protocol 5's arrays through
+    _frombuffer)."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of the CIFAR format (refused: a pickle "
+                                         "that names it could run code)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, kind: str) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            content = _CifarUnpickler(f, encoding="latin1").load()
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as exc:
         raise BadInput(f"cannot read {path} as a {kind} pickle ({type(exc).__name__}: {exc}); "
-                       "the file is truncated or corrupt") from None
+                       "the file is truncated or corrupt, or not a CIFAR batch") from None
+    if not isinstance(content, dict):
+        raise BadInput(f"{path} is not a {kind} batch: it holds a {type(content).__name__}, not a dict")
+    return content
 
 
 def _download_hint(kind: str, root: Path) -> str:

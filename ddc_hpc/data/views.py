@@ -8,8 +8,6 @@ oneDNN corrupts the heap on such inputs with torch 2.14 on AVX2 CPUs: docs/PLATF
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -118,14 +116,11 @@ def make_batch(images_uint8: torch.Tensor, *, mean: torch.Tensor, tile: tuple[sl
 
 
 def batches(images, indices: Sequence[int], batch_size: int, *, mean, tile=None, augment=False,
-            generator=None, drop_last=False, max_shift: int = 4, prefetch: bool = False,
+            generator=None, drop_last=False, max_shift: int = 4,
             std=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches of ``images`` (a SampleSet) in the order of ``indices``; one ``read`` each.
 
     The caller chooses the order (its own seeded permutation or a DistributedSampler shard).
-    ``prefetch=True`` prepares the next batch in a background thread while the caller trains on
-    the current one (the generator is then used by that thread only, in batch order, so results
-    are identical to ``prefetch=False``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -138,48 +133,5 @@ def batches(images, indices: Sequence[int], batch_size: int, *, mean, tile=None,
         return make_batch(pixels, mean=mean, tile=tile, augment=augment, generator=generator,
                           max_shift=max_shift, std=std), labels
 
-    starts = range(0, stop, batch_size)
-    if not prefetch:
-        for start in starts:
-            yield produce(start)
-        return
-    yield from _prefetched(produce, starts)
-
-
-def _prefetched(produce, starts) -> Iterator:
-    """Run produce(start) for each start one step ahead in a daemon thread; errors re-raised here."""
-    slots: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
-    done = object()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def worker():
-        try:
-            for start in starts:
-                if not put(("ok", produce(start))):
-                    return
-            put(("ok", done))
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(("error", exc))
-
-    thread = threading.Thread(target=worker, name="ddc-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, item = slots.get()
-            if kind == "error":
-                raise item
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+    for start in range(0, stop, batch_size):
+        yield produce(start)
