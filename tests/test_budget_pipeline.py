@@ -11,7 +11,7 @@ import pytest
 
 from conftest import results, run_pipeline
 
-BUDGET = 12  # seconds per strategy: the tiny job calibrates in ~2 s on a quiet machine, well under it at load 8
+BUDGET = 25  # seconds per strategy: the tiny job calibrates in ~2 s quiet, ~8 s at 1 rank with the cores shared
 ANNEALED = ["sub.schedule=linear", "global.schedule=cosine", "random.schedule=linear", f"run.budget={BUDGET}"]
 
 
@@ -39,7 +39,7 @@ def trained_as_planned(result: dict, budget: dict, phase: str, history: list[dic
     assert history[-1]["lr"] == 0.0  # annealed at the last step
 
 
-@pytest.mark.parametrize("ranks, strategy", [(1, "both"), (2, "ddc"), (4, "ddc")])
+@pytest.mark.parametrize("ranks, strategy", [(1, "ddc"), (2, "random"), (4, "both")])
 def test_a_budgeted_run_plans_before_training_and_ends_annealed(ranks, strategy, tmp_path):
     out = tmp_path / "run"
     done = run_pipeline(ranks, out, *ANNEALED, f"run.strategy={strategy}", "global.eval_every=0")
@@ -66,8 +66,8 @@ def test_a_budgeted_run_plans_before_training_and_ends_annealed(ranks, strategy,
 
 def test_a_resumed_budgeted_run_keeps_the_recorded_plan(tmp_path):
     out = tmp_path / "run"
-    args = (*ANNEALED, "run.strategy=ddc")
-    stopped = run_pipeline(2, out, *args, env={"DDC_STOP_AT": "global:1:2"})
+    args = (*ANNEALED, "run.strategy=random")
+    stopped = run_pipeline(2, out, *args, env={"DDC_STOP_AT": "random:1:2"})
     assert stopped.returncode == 75, stopped.stderr + stopped.stdout
     recorded = (out / "plan.json").read_bytes()
     resumed = run_pipeline(2, out, *args)
@@ -76,7 +76,7 @@ def test_a_resumed_budgeted_run_keeps_the_recorded_plan(tmp_path):
     log = (out / "logs" / "rank0.log").read_text()
     assert log.count("[budget] calibrating") == 1 and "[budget] the recorded plan" in log
     assert results(out)["budget"]["phases"] == json.loads(recorded)["phases"]
-    assert results(out)["global"]["history"][-1]["lr"] == 0.0
+    assert results(out)["random"]["history"][-1]["lr"] == 0.0
 
 
 def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
