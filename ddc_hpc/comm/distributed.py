@@ -22,13 +22,16 @@ from .world import World
 def resolve_backend(backend: str, device: str) -> str:
     """The data-parallel backend for run.backend on a 'cuda' or 'cpu' device.
 
+    'auto' is NCCL on CUDA devices even when torch has an MPI backend: that one would reduce CUDA
+    gradients only through a CUDA-aware MPI, which few sites build torch against; 'mpi' only when
+    asked. On CPUs 'auto' is torch's MPI backend where it exists, else gloo.
     'mpi4py' is the toolkit's own MPI engine for gradients (ddc_hpc.engine); torch.distributed
     then runs over gloo for the small bookkeeping reductions (metrics, stop flags).
     """
     if backend == "auto":
-        if dist.is_mpi_available():
-            return "mpi"
-        return "nccl" if device == "cuda" else "gloo"
+        if device == "cuda":
+            return "nccl"
+        return "mpi" if dist.is_mpi_available() else "gloo"
     if backend == "mpi" and not dist.is_mpi_available():
         raise BadInput(
             "run.backend = 'mpi' but this torch has no MPI backend (PyPI wheels never do); use "
