@@ -36,7 +36,7 @@ from .models import build_model, input_options, model_defaults, model_names, mod
 from .partition import (default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd,
                         validate_layout)
 from .engine import MPIDataParallel
-from .train import Clock, Job, PhaseData, Task, evaluate, fit, recalibrate_bn
+from .train import Clock, Job, PhaseData, Task, evaluate, fit, recalibrate_bn, to_cuda_layout
 
 THEOREM_RTOL = 1e-4  # composed logits vs sum of sub-network logits, relative to max |logit|
 
@@ -239,8 +239,8 @@ def data_parallel(model: torch.nn.Module, world: comm.World, backend: str,
     engine for `run.backend = "mpi4py"`. Both start from rank 0's weights (the composed net in the
     global phase)."""
     model = model.to(world.device)
-    if world.device.type == "cuda":  # batches are channels_last there too (train.to_device)
-        model = model.to(memory_format=torch.channels_last)
+    if world.device.type == "cuda":  # batches take the same layouts there (train.to_device)
+        model = to_cuda_layout(model)
     if compile_backend:  # before DDP wraps it, as torch's docs recommend
         model.compile(backend=compile_backend)
     if comm.group_size() == 1:
