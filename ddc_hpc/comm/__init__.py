@@ -37,11 +37,13 @@ from .collectives import (
 from .distributed import (
     all_gather_float,
     all_reduce_sum,
+    choose_rendezvous,
     enter_sub_group,
     group_rank,
     group_size,
     init_distributed,
     leave_sub_group,
+    named_interfaces,
     rendezvous_host,
     resolve_backend,
     shutdown_distributed,
