@@ -293,15 +293,22 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         cuts = resume["plateau_cuts"]
         job.clock.resume_at(resume["elapsed"])
 
+    lone = comm.group_size(job.group) == 1
+
     def save(epoch: int, step: int, finished: bool = False) -> None:
+        """The group's writer saves; its peers wait until the checkpoint is published, so that none
+        runs ahead into a fault whose MPI Abort would kill the writer mid-write (and, after a stop
+        signal, none leaves before the stop checkpoint exists)."""
         if job.slot is not None:
             state = {"model": job.module.state_dict(), "optimizer": optimizer.state_dict(),
                      "plateau": plateau.state_dict(), "plateau_cuts": cuts, "elapsed": job.clock(),
                      "scaler": scaler.state_dict(), "history": job.history, "epoch": epoch, "step": step, "partial": partial,
                      "finished": finished}
+            comm.slow_write_point()
             job.slot.save(state, epoch=epoch, step=step, finished=finished)
+        if not lone:
+            comm.wait_for_peers(job.group)
 
-    lone = comm.group_size(job.group) == 1
     phase_start = time.perf_counter()
     orders: dict[int, list[int]] = {}
 

@@ -47,8 +47,9 @@ from .distributed import (
     rendezvous_host,
     resolve_backend,
     shutdown_distributed,
+    wait_for_peers,
 )
-from .faults import nan_point, signal_point, stray_point
+from .faults import nan_point, signal_point, slow_write_point, stray_point
 from .lifecycle import (
     Preempted,
     any_stop_requested,

@@ -255,6 +255,11 @@ def all_gather_float(value: float, group=None) -> list[float]:
     return [p.item() for p in parts]
 
 
+def wait_for_peers(group=None) -> None:
+    """Return once every peer of the group has come here (one tiny all_reduce; nothing alone)."""
+    all_reduce_sum(torch.zeros(1), group)
+
+
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
