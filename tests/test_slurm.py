@@ -209,3 +209,33 @@ def test_scaling_submit_runs_and_collects_on_slurm(slurm, tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["scaling"], r["unit"], r["nodes"], r["ranks"]) for r in rows] == [("strong", "ranks", "1", "2")]
     assert (study / "scaling_speedup.png").exists() and (study / "n1" / "results.json").exists()
+
+
+def test_the_step_ends_only_after_a_slow_stop_checkpoint_and_the_requeue(slurm, tmp_path):
+    """Issue 21 item 4: under `srun --kill-on-bad-exit=1` the first rank to exit 75 ends the step. Rank
+    0's stop checkpoint took longer than the 60 s the other ranks waited to leave (DDC_SLOW_WRITE: a
+    large network on a slow parallel file system), so srun killed rank 0 in the middle of it, and the
+    requeue was lost with it. The others now leave only after rank 0 has published it and requeued."""
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    env = dict(slurm, DDC_STOP_AT="random:1:2", DDC_SLOW_WRITE="0:70")
+    job = submit(env, "--ntasks-per-node=2", "--cpus-per-task=1", f"--output={log}", "slurm/cpu.sbatch",
+                 "jobs/quickstart.toml", str(out),
+                 *sets(*TINY, "run.strategy=random", "random.epochs=1", "random.batch_size=32"))
+    try:
+        deadline = time.monotonic() + 300
+        info = job_info(slurm, job)
+        while (info.get("Restarts", "0") == "0" and info.get("JobState") not in FINAL_STATES
+               and time.monotonic() < deadline):
+            time.sleep(1)
+            info = job_info(slurm, job)
+        text = log.read_text() if log.exists() else ""
+        assert info.get("Restarts") not in (None, "0"), f"{info.get('JobState')}: {text[-3000:]}"
+        assert f"requeued SLURM job {job}" in text, text[-3000:]
+        manifest = json.loads((out / "checkpoints" / "random" / "manifest.json").read_text())
+        assert [(e["epoch"], e["step"]) for e in manifest["checkpoints"]] == [(0, 2)]  # the stop checkpoint
+    finally:
+        for _ in range(120):  # the requeued job is not wanted: cancel it, pending or running again
+            if job_info(slurm, job).get("JobState") in FINAL_STATES:
+                break
+            subprocess.run(["scancel", job], env=slurm, capture_output=True)
+            time.sleep(1)
