@@ -251,16 +251,38 @@ def data_parallel(model: torch.nn.Module, world: comm.World, backend: str,
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
+def rank_count_refusal(out: Path, entries: dict[str, dict], ranks: int) -> str | None:
+    """Why a run of `ranks` ranks must not resume from `entries` (slot name -> manifest entry), or None.
+
+    A run resumes at the rank count its checkpoints were written at: the sample partition of every
+    epoch, the sub-networks' placement and a partial epoch's per-rank state all depend on it.
+    (Checkpoints written before the count was recorded carry none and are not judged.)"""
+    before = sorted({e["ranks"] for e in entries.values() if e.get("ranks") not in (None, ranks)})
+    if not before:
+        return None
+    slots = sorted(name for name, e in entries.items() if e.get("ranks") in before)
+    return (f"{out} holds checkpoints written by a run of {' and '.join(map(str, before))} rank(s) ({', '.join(slots)}), "
+            f"but this run has {ranks}: a run resumes only at the rank count it started with (its sample partition "
+            f"and sub-network placement depend on it). Run it again with {before[0]} rank(s) (mpiexec -n {before[0]}, "
+            f"srun --ntasks={before[0]}) to resume, or choose a new --out to start afresh at {ranks}")
+
+
 def choose_resume(plan: Plan, world: comm.World) -> None:
     """Rank 0 picks each slot's checkpoint (file, epoch, step, sha256) and every rank resumes from
     exactly that one: ranks reading their own newest could resume different epochs and hang. A rank
-    whose view of --out lacks one it will read stops the job with exit 2 before anything trains."""
+    whose view of --out lacks one it will read, or a rank count other than the checkpoints', stops
+    the job with exit 2 before anything trains. Hashing large checkpoints on a slow file system
+    takes its time: the collectives wait run.collective_timeout."""
+    world = dataclasses.replace(world, timeout=plan.config.run.collective_timeout)
     root = plan.out / "checkpoints"
-    chosen = None
+    chosen, refusal = None, None
     if world.is_root:
         names = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
         chosen = {n: e for n in names if (e := CheckpointSeries(root, n, plan.config.digest()).latest_entry()) is not None}
-    plan.resume_from = comm.bcast(world, chosen, "choosing the checkpoints to resume from")
+        refusal = rank_count_refusal(plan.out, chosen, world.size)
+    plan.resume_from, refusal = comm.bcast(world, (chosen, refusal), "choosing the checkpoints to resume from")
+    if refusal is not None:
+        raise comm.collective_error(refusal)
     strategy = plan.config.run.strategy
     mine = [f"sub_{k}" for k in subnets_of_rank(world.rank, world.size, plan.partitions)] + ["global"]
     mine = (mine if strategy != "random" else []) + (["random"] if strategy != "ddc" else [])
@@ -309,7 +331,8 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
     for k in mine:
         model = build(cfg, K, plan.tile_sample_shape, cfg.run.seed * 1000 + k + 1)
         writer = subnet_owner(k, world.size, K) == world.rank
-        slot = CheckpointSeries(plan.out / "checkpoints", f"sub_{k}", cfg.digest()) if writer else None
+        slot = (CheckpointSeries(plan.out / "checkpoints", f"sub_{k}", cfg.digest(), ranks=world.size) if writer
+                else None)
         wrapped = data_parallel(model, local, plan.backend, cfg.sub.compile)
         job = Job(name=f"sub_{k}", model=wrapped, config=cfg.sub, task=plan.task,
                   data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
@@ -420,7 +443,7 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
     comm.init_distributed(world, plan.backend)
     phase_cfg = cfg.global_ if name == "global" else dataclasses.replace(cfg.random, epochs=cfg.random_epochs)
     ddp = data_parallel(model, world, plan.backend, phase_cfg.compile)
-    slot = CheckpointSeries(plan.out / "checkpoints", name, cfg.digest()) if world.is_root else None
+    slot = CheckpointSeries(plan.out / "checkpoints", name, cfg.digest(), ranks=world.size) if world.is_root else None
     job = Job(name=name, model=ddp, config=phase_cfg, data=phase_data(plan, None), slot=slot, task=plan.task,
               seed=cfg.run.seed + (1 if name == "global" else 2), rank=world.rank, group=None,
               checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
