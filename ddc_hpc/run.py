@@ -90,11 +90,12 @@ def build(config: Config, partitions: int, sample_shape: tuple[int, ...], seed: 
                        **input_options(config.model.name, sample_shape[:-1], sample_shape[-1]))
 
 
-def prepare(args: argparse.Namespace, stamp: str) -> Plan:
-    """Parse and check everything; raises BadInput before any work is done."""
+def prepare(args: argparse.Namespace, stamp: str, ranks_per_node: int = 1) -> Plan:
+    """Parse and check everything; raises BadInput before any work is done. Each of the
+    `ranks_per_node` ranks of this node loads its own copy of the data."""
     config = load_config(args.config, args.set)
     d = config.decompose
-    data = load_from_config(config, metadata_only=args.dry_run)
+    data = load_from_config(config, metadata_only=args.dry_run, copies_per_node=ranks_per_node)
     if config.model.name not in model_names():
         close = difflib.get_close_matches(config.model.name, model_names(), n=3)
         raise BadInput(f"unknown model.name {config.model.name!r}" + (f" (did you mean {', '.join(close)}?)" if close
@@ -489,13 +490,13 @@ def pipeline(args: argparse.Namespace) -> None:
         return
     plan, error = None, None
     try:
-        plan = prepare(args, stamp)
+        plan = prepare(args, stamp, world.local_size)
     except BadInput as err:
         error = err
     comm.raise_first_bad_input(world, error)
     cfg = plan.config
     comm.agree(world, (cfg.full_digest(), code_version()), "the configuration and code version")
-    if not args.dry_run:  # still under the startup deadline, not run.collective_timeout
+    if not args.dry_run:
         choose_resume(plan, world)
     determinism = comm.configure_determinism(cfg.run.deterministic, comm.device_type(cfg.run.device))
     plan.clock.resume_at(0.0)  # every rank leaves the startup collectives together: the job's clock starts
