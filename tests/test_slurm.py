@@ -212,12 +212,14 @@ def test_scaling_submit_runs_and_collects_on_slurm(slurm, tmp_path):
 
 
 def test_the_step_ends_only_after_a_slow_stop_checkpoint_and_the_requeue(slurm, tmp_path):
-    """Issue 21 item 4: under `srun --kill-on-bad-exit=1` the first rank to exit 75 ends the step. Rank
-    0's stop checkpoint took longer than the 60 s the other ranks waited to leave (DDC_SLOW_WRITE: a
-    large network on a slow parallel file system), so srun killed rank 0 in the middle of it, and the
-    requeue was lost with it. The others now leave only after rank 0 has published it and requeued."""
+    """Issue 21 item 4: under `srun --kill-on-bad-exit=1` the first rank to exit 75 ends the step (SIGKILL
+    KillWait = 5 s later: the ranks catch SIGTERM). The other ranks left while rank 0 might still be
+    writing a stop checkpoint slower than their 60 s wait (DDC_SLOW_WRITE: a large network on a slow
+    parallel file system; MPICH's MPI_Finalize happens to hold them here, other MPIs do not) or be in
+    `scontrol requeue` (DDC_SLOW_REQUEUE: a busy slurmctld, here longer than KillWait): the requeue was
+    lost. The others now leave only after rank 0 has published the checkpoint and requeued."""
     out, log = tmp_path / "run", tmp_path / "job.out"
-    env = dict(slurm, DDC_STOP_AT="random:1:2", DDC_SLOW_WRITE="0:70")
+    env = dict(slurm, DDC_STOP_AT="random:1:2", DDC_SLOW_WRITE="0:70", DDC_SLOW_REQUEUE="15")
     job = submit(env, "--ntasks-per-node=2", "--cpus-per-task=1", f"--output={log}", "slurm/cpu.sbatch",
                  "jobs/quickstart.toml", str(out),
                  *sets(*TINY, "run.strategy=random", "random.epochs=1", "random.batch_size=32"))

@@ -1,4 +1,4 @@
-"""The test fault hooks: the one place that reads DDC_FAULT, DDC_STRAY, DDC_*_AT, DDC_SLOW_WRITE and DDC_NCCL_STANDIN."""
+"""The test fault hooks: the one place that reads DDC_FAULT, DDC_STRAY, DDC_*_AT, DDC_SLOW_* and DDC_NCCL_STANDIN."""
 
 from __future__ import annotations
 
@@ -74,6 +74,14 @@ def slow_write_point() -> None:
     `seconds` longer, as a large network on a slow parallel file system does."""
     rank, _, seconds = os.environ.get("DDC_SLOW_WRITE", "").partition(":")
     if seconds and _is_my_rank(rank):
+        time.sleep(float(seconds))
+
+
+def slow_requeue_point() -> None:
+    """DDC_SLOW_REQUEUE=<seconds>: rank 0's `scontrol requeue` takes `seconds` longer, as it does when
+    slurmctld is busy."""
+    seconds = os.environ.get("DDC_SLOW_REQUEUE")
+    if seconds:
         time.sleep(float(seconds))
 
 

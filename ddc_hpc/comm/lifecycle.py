@@ -65,6 +65,7 @@ def requeue() -> bool:
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return False
+    faults.slow_requeue_point()
     result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     if result.returncode:
         print(f"rank 0: scontrol requeue {job} failed: {result.stderr.strip()}", file=sys.stderr, flush=True)
