@@ -50,11 +50,12 @@ def _sha256(path: Path) -> str:
 class CheckpointSeries:
     """The checkpoints of one trainable thing (a sub-network, the global net, the baseline)."""
 
-    def __init__(self, root: Path, name: str, config_digest: str, keep: int = 2):
+    def __init__(self, root: Path, name: str, config_digest: str, keep: int = 2, ranks: int | None = None):
         self.dir = Path(root) / name
         self.name = name
         self.config_digest = config_digest
         self.keep = keep
+        self.ranks = ranks  # the job's rank count, recorded with each checkpoint: a resume must match it
 
     def _entries(self) -> list[dict]:
         try:
@@ -75,7 +76,8 @@ class CheckpointSeries:
         path = self.dir / f"ckpt-{number:06d}.pt"
         sha = save_torch(state, path)
         entries.append(dict(number=number, file=path.name, sha256=sha, epoch=epoch, step=step,
-                            finished=finished, config=self.config_digest))
+                            finished=finished, config=self.config_digest,
+                            **({} if self.ranks is None else {"ranks": self.ranks})))
         stale, entries = entries[: -self.keep], entries[-self.keep :]
         atomic_write(self.dir / MANIFEST, json.dumps({"checkpoints": entries}, indent=1).encode())
         for entry in stale:

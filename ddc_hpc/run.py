@@ -39,7 +39,7 @@ from .partition import (default_grid, subnet_group, subnet_owner, subnets_of_ran
                         validate_layout)
 from .engine import MPIDataParallel
 from .train import (Clock, Job, PhaseData, Task, evaluate, fit, make_optimizer, recalibrate_bn, steps_per_epoch,
-                    time_evaluation, time_steps)
+                    time_evaluation, time_steps, to_cuda_layout)
 
 THEOREM_RTOL = 1e-4  # composed logits vs sum of sub-network logits, relative to max |logit|
 SHRINK_PERTURB_SEED_OFFSET = 104729  # global.perturb's fresh initialisation: run.seed + this
@@ -132,11 +132,12 @@ def default_out(args: argparse.Namespace) -> Path:
     return Path("runs") / name
 
 
-def prepare(args: argparse.Namespace) -> Plan:
-    """Parse and check everything; raises BadInput before any work is done."""
+def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
+    """Parse and check everything; raises BadInput before any work is done. Each of the
+    `ranks_per_node` ranks of this node loads its own copy of the data."""
     config = load_config(args.config, args.set)
     d = config.decompose
-    data = load_from_config(config, metadata_only=args.dry_run)
+    data = load_from_config(config, metadata_only=args.dry_run, copies_per_node=ranks_per_node)
     if not len(data.val):  # nothing to score, and the Theorem 2.1 check's probe batch comes from it
         raise BadInput(f"{config.data.source}: data.val_fraction = {config.data.val_fraction} of "
                        f"{len(data.train)} samples leaves no validation sample; raise data.val_fraction")
@@ -305,8 +306,8 @@ def data_parallel(model: torch.nn.Module, world: comm.World, backend: str,
     engine for `run.backend = "mpi4py"`. Both start from rank 0's weights (the composed net in the
     global phase)."""
     model = model.to(world.device)
-    if world.device.type == "cuda":  # batches are channels_last there too (train.to_device)
-        model = model.to(memory_format=torch.channels_last)
+    if world.device.type == "cuda":  # batches take the same layouts there (train.to_device)
+        model = to_cuda_layout(model)
     if compile_backend:  # before DDP wraps it, as torch's docs recommend
         model.compile(backend=compile_backend)
     if comm.group_size() == 1:
@@ -324,13 +325,35 @@ def release(model: torch.nn.Module) -> None:
         model.close()
 
 
+def rank_count_refusal(out: Path, entries: dict[str, dict], ranks: int) -> str | None:
+    """Why a run of `ranks` ranks must not resume from `entries` (slot name -> manifest entry), or None.
+
+    A run resumes at the rank count its checkpoints were written at: the sample partition of every
+    epoch, the sub-networks' placement and a partial epoch's per-rank state all depend on it.
+    (Checkpoints written before the count was recorded carry none and are not judged.)"""
+    before = sorted({e["ranks"] for e in entries.values() if e.get("ranks") not in (None, ranks)})
+    if not before:
+        return None
+    slots = sorted(name for name, e in entries.items() if e.get("ranks") in before)
+    return (f"{out} holds checkpoints written by a run of {' and '.join(map(str, before))} rank(s) ({', '.join(slots)}), "
+            f"but this run has {ranks}: a run resumes only at the rank count it started with (its sample partition "
+            f"and sub-network placement depend on it). Run it again with {before[0]} rank(s) (mpiexec -n {before[0]}, "
+            f"srun --ntasks={before[0]}) to resume, or choose a new --out to start afresh at {ranks}")
+
+
 def choose_resume(plan: Plan, world: comm.World) -> None:
     """Rank 0 picks each slot's checkpoint (file, epoch, step, sha256) and every rank resumes from
     exactly that one: ranks reading their own newest could resume different epochs and hang. A rank
-    whose view of --out lacks one it will read stops the job with exit 2 before anything trains."""
+    whose view of --out lacks one it will read, or a rank count other than the checkpoints', stops
+    the job with exit 2 before anything trains. Hashing large checkpoints on a slow file system
+    takes its time: the collectives wait run.collective_timeout."""
+    world = dataclasses.replace(world, timeout=plan.config.run.collective_timeout)
     root = plan.out / "checkpoints"
-    plan.resume_from = comm.bcast(world, checkpointed(plan) if world.is_root else None,
-                                  "choosing the checkpoints to resume from")
+    chosen = checkpointed(plan) if world.is_root else None
+    refusal = rank_count_refusal(plan.out, chosen, world.size) if world.is_root else None
+    plan.resume_from, refusal = comm.bcast(world, (chosen, refusal), "choosing the checkpoints to resume from")
+    if refusal is not None:
+        raise comm.collective_error(refusal)
     strategy = plan.config.run.strategy
     mine = [f"sub_{k}" for k in subnets_of_rank(world.rank, world.size, plan.partitions)] + ["global"]
     mine = (mine if strategy != "random" else []) + (["random"] if strategy != "ddc" else [])
@@ -380,7 +403,8 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
     for k in mine:
         model = build(cfg, K, plan.tile_sample_shape, cfg.run.seed * 1000 + k + 1)
         writer = subnet_owner(k, world.size, K) == world.rank
-        slot = CheckpointSeries(plan.out / "checkpoints", f"sub_{k}", cfg.digest()) if writer else None
+        slot = (CheckpointSeries(plan.out / "checkpoints", f"sub_{k}", cfg.digest(), ranks=world.size) if writer
+                else None)
         wrapped = data_parallel(model, local, plan.backend, cfg.sub.compile)
         job = Job(name=f"sub_{k}", model=wrapped, config=plan.phase("sub"), task=plan.task,
                   data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
@@ -535,7 +559,7 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
     ddp = data_parallel(model, world, plan.backend, phase_cfg.compile)
     if name == "global" and cfg.global_.carry_optimizer:
         optimizer_state = comm.bcast(world, optimizer_state, "broadcasting GNet-T's composed optimizer state")
-    slot = CheckpointSeries(plan.out / "checkpoints", name, cfg.digest()) if world.is_root else None
+    slot = CheckpointSeries(plan.out / "checkpoints", name, cfg.digest(), ranks=world.size) if world.is_root else None
     job = Job(name=name, model=ddp, config=phase_cfg, data=phase_data(plan, None), slot=slot, task=plan.task,
               seed=cfg.run.seed + (1 if name == "global" else 2), rank=world.rank, group=None,
               checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
@@ -742,13 +766,13 @@ def pipeline(args: argparse.Namespace) -> None:
         return
     plan, error = None, None
     try:
-        plan = prepare(args)
+        plan = prepare(args, world.local_size)
     except BadInput as err:
         error = err
     comm.raise_first_bad_input(world, error)
     cfg = plan.config
     comm.agree(world, (cfg.full_digest(), code_version()), "the configuration and code version")
-    if not args.dry_run:  # still under the startup deadline, not run.collective_timeout
+    if not args.dry_run:
         choose_resume(plan, world)
     determinism = comm.configure_determinism(cfg.run.deterministic, comm.device_type(cfg.run.device))
     plan.clock.resume_at(0.0)  # every rank leaves the startup collectives together: the job's clock starts

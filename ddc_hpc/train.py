@@ -133,15 +133,31 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision in AUTOCAST_DTYPES)
 
 
+def memory_format(ndim: int) -> torch.memory_format:
+    """The layout of cuDNN's tensor-core convolutions for a tensor of `ndim` axes: channels_last for
+    4-D images and Conv2d weights, channels_last_3d for 5-D volumes and Conv3d weights, the plain
+    layout for any other (torch refuses channels_last on a tensor that is not 4-D)."""
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(ndim, torch.contiguous_format)
+
+
+def to_cuda_layout(module: nn.Module) -> nn.Module:
+    """Every parameter and buffer of `module` in the layout of its own rank (memory_format), in
+    place: one model may hold 4-D and 5-D weights, which `module.to(memory_format=...)` cannot serve.
+    For CUDA only (see to_device)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        tensor.data = tensor.data.contiguous(memory_format=memory_format(tensor.ndim))
+    return module
+
+
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host batch on `device`. On CUDA it goes through pinned memory without blocking (the copy
-    overlaps kernels already queued) and image batches become channels_last, the layout of
-    cuDNN's tensor-core convolutions. Never channels_last on the CPU: oneDNN corrupts the heap on
-    narrow channels_last convolutions with torch 2.14.1 on AVX2 CPUs (docs/PLATFORM.md)."""
+    overlaps kernels already queued) and image and volume batches take the layout of cuDNN's
+    tensor-core convolutions (memory_format). Never channels_last on the CPU: oneDNN corrupts the
+    heap on narrow channels_last convolutions with torch 2.14.1 on AVX2 CPUs (docs/PLATFORM.md)."""
     if device.type != "cuda":
         return batch.to(device)
     batch = batch.pin_memory().to(device, non_blocking=True)
-    return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
+    return batch.contiguous(memory_format=memory_format(batch.ndim))
 
 
 def make_optimizer(params, config: PhaseConfig) -> torch.optim.Optimizer:
@@ -413,15 +429,22 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         cuts = resume["plateau_cuts"]
         job.clock.resume_at(resume["elapsed"])
 
+    lone = comm.group_size(job.group) == 1
+
     def save(epoch: int, step: int, finished: bool = False) -> None:
+        """The group's writer saves; its peers wait until the checkpoint is published, so that none
+        runs ahead into a fault whose MPI Abort would kill the writer mid-write (and, after a stop
+        signal, none leaves before the stop checkpoint exists)."""
         if job.slot is not None:
             state = {"model": job.module.state_dict(), "optimizer": optimizer.state_dict(),
                      "plateau": plateau.state_dict(), "plateau_cuts": cuts, "elapsed": job.clock(),
                      "scaler": scaler.state_dict(), "history": job.history, "epoch": epoch, "step": step, "partial": partial,
                      "finished": finished}
+            comm.slow_write_point()
             job.slot.save(state, epoch=epoch, step=step, finished=finished)
+        if not lone:
+            comm.wait_for_peers(job.group)
 
-    lone = comm.group_size(job.group) == 1
     phase_start = time.perf_counter()
     orders: dict[int, list[int]] = {}
 

@@ -16,6 +16,7 @@ import torch
 from conftest import REPO
 
 SCRIPT = REPO / "tools" / "gpu_check.sh"
+FAMILIES = ("resnet18", "cnn11", "vgg11", "cnn3d", "resnet3d", "cnn1d", "mlp", "gru")  # the script's order
 
 
 def _run(out: Path, *args: str, budget: str = "420", timeout: float = 400) -> subprocess.CompletedProcess:
@@ -36,7 +37,8 @@ def test_cpu_smoke_runs_a_check_and_writes_the_report(tmp_path):
     assert done.returncode == 1, done.stderr[-3000:]  # the checks after the budget are not passes
     assert "CPU smoke: plumbing only, no GPU numbers" in report
     assert "| 1rank-bf16 | 1 | 0 |" in report
-    assert "skipped (time budget spent): 1rank-fp32, 2rank-gloo, ratio-fp32" in report
+    families = ", ".join(f"family-{m}" for m in FAMILIES)
+    assert f"skipped (time budget spent): 1rank-fp32, {families}, 2rank-gloo, ratio-fp32" in report
     r = json.loads((tmp_path / "1rank-bf16.results.json").read_text())
     assert r["precision"] == "bf16" and r["device"] == "cpu"
 
@@ -47,3 +49,19 @@ def test_gpu_mode_without_cuda_measures_nothing(tmp_path):
     assert done.returncode == 1
     assert "torch.cuda.is_available()` is False" in (tmp_path / "report.md").read_text()
     assert not list(tmp_path.glob("*.results.json"))
+
+
+def test_cpu_smoke_runs_one_model_of_every_family(tmp_path):
+    """Issue 21 item 1: cnn3d crashed on CUDA (channels_last on 5-D weights) and no GPU check ran a 3-D
+    model. The checks (cifar_resnet20 and one model of each other family) cover every family of the
+    registry; --only picks checks by name."""
+    from ddc_hpc.models import _REGISTRY
+
+    done = _run(tmp_path, "--cpu-smoke", "--only", "family-*")
+    report = (tmp_path / "report.md").read_text() if (tmp_path / "report.md").exists() else ""
+    assert done.returncode == 0, done.stderr[-3000:] + report
+    ran = [json.loads((tmp_path / f"family-{m}.results.json").read_text()) for m in FAMILIES]
+    assert [r["model"] for r in ran] == list(FAMILIES) and all(r["compose"]["max_rel_error"] <= 1e-4 for r in ran)
+    assert "1rank-" not in report and "2rank-" not in report  # --only left the others out
+    covered = {_REGISTRY[name].family for name in (*FAMILIES, "cifar_resnet20")}
+    assert covered == {entry.family for entry in _REGISTRY.values()}

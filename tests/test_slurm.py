@@ -225,3 +225,35 @@ def test_a_slurm_budget_shares_the_jobs_time_left_between_the_strategies(slurm, 
     budgets = [float(s) for s in re.findall(r"budget (?:DDC|GNet-R) (\d+) s: calibration", text)]
     assert len(budgets) == 2 and budgets[0] == budgets[1] and 45 <= budgets[0] <= 60, text[-3000:]
     assert not out.exists()
+
+
+def test_the_step_ends_only_after_a_slow_stop_checkpoint_and_the_requeue(slurm, tmp_path):
+    """Issue 21 item 4: under `srun --kill-on-bad-exit=1` the first rank to exit 75 ends the step (SIGKILL
+    KillWait = 5 s later: the ranks catch SIGTERM). The other ranks left while rank 0 might still be
+    writing a stop checkpoint slower than their 60 s wait (DDC_SLOW_WRITE: a large network on a slow
+    parallel file system; MPICH's MPI_Finalize happens to hold them here, other MPIs do not) or be in
+    `scontrol requeue` (DDC_SLOW_REQUEUE: a busy slurmctld, here longer than KillWait): the requeue was
+    lost. The others now leave only after rank 0 has published the checkpoint and requeued."""
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    env = dict(slurm, DDC_STOP_AT="random:1:2", DDC_SLOW_WRITE="0:70", DDC_SLOW_REQUEUE="15")
+    job = submit(env, "--ntasks-per-node=2", "--cpus-per-task=1", f"--output={log}", "slurm/cpu.sbatch",
+                 "jobs/quickstart.toml", str(out),
+                 *sets(*TINY, "run.strategy=random", "random.epochs=1", "random.batch_size=32"))
+    try:
+        deadline = time.monotonic() + 300
+        info = job_info(slurm, job)
+        while (info.get("Restarts", "0") == "0" and info.get("JobState") not in FINAL_STATES
+               and time.monotonic() < deadline):
+            time.sleep(1)
+            info = job_info(slurm, job)
+        text = log.read_text() if log.exists() else ""
+        assert info.get("Restarts") not in (None, "0"), f"{info.get('JobState')}: {text[-3000:]}"
+        assert f"requeued SLURM job {job}" in text, text[-3000:]
+        manifest = json.loads((out / "checkpoints" / "random" / "manifest.json").read_text())
+        assert [(e["epoch"], e["step"]) for e in manifest["checkpoints"]] == [(0, 2)]  # the stop checkpoint
+    finally:
+        for _ in range(120):  # the requeued job is not wanted: cancel it, pending or running again
+            if job_info(slurm, job).get("JobState") in FINAL_STATES:
+                break
+            subprocess.run(["scancel", job], env=slurm, capture_output=True)
+            time.sleep(1)

@@ -3,10 +3,14 @@
 #
 #   tools/gpu_check.sh [--out DIR]        on a machine with a GPU; DIR defaults to $OUT, else runs/gpu-check-<time>
 #   tools/gpu_check.sh --cpu-smoke [--out DIR]   the same plumbing on the CPU, tiny jobs: no GPU numbers
+#   tools/gpu_check.sh --only 'family-*' ...     only the checks whose name matches the pattern
 #
-# Checks: (1) the pipeline at 1 rank on cuda in fp32, bf16 and fp16; (2) 2 ranks sharing the GPU with
+# Checks: (1) the pipeline at 1 rank on cuda in fp32, bf16 and fp16 (cifar_resnet20, a 2-D CIFAR ResNet);
+# (2) one model of every other family of the registry at 1 rank (family-<model>: 2-D ImageNet ResNet and
+# CNN11, 3-D cnn3d and resnet3d, 1-D cnn1d, mlp, vgg11, the recurrent gru), whose layouts and kernels
+# differ on the GPU; (3) 2 ranks sharing the GPU with
 # NCCL, and when NCCL refuses (one device for two ranks) the same with gloo, said so in the report; the
-# toolkit's own MPI engine (run.backend=mpi4py) at 2 ranks; (3) the sub/global phase time ratio on the
+# toolkit's own MPI engine (run.backend=mpi4py) at 2 ranks; (4) the sub/global phase time ratio on the
 # GPU (cifar_resnet32 width 64, K=4, 640 images, fp32 and bf16) from results.json. Writes DIR/report.md,
 # DIR/<check>.log and DIR/<check>.results.json. Exit 0 when every check passed, 1 otherwise.
 # DDC_CHECK_BUDGET (default 420): no check starts after that many seconds of checks (it is reported
@@ -21,11 +25,13 @@ repo=$PWD
 
 smoke=0
 out=${OUT:-}
+only='*'
 while [[ $# -gt 0 ]]; do
   case $1 in
     --cpu-smoke) smoke=1 ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --only) only=$2; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -87,10 +93,27 @@ else
 fi
 started=$SECONDS
 
+# One model of each family beside cifar_resnet20 (the checks above), on data of its own shape: the
+# overrides after the tiny job's. VGG needs tiles of 32 px or more (five pools), 3-D volumes of 8^3
+# voxels are cut in 8 octants, 1-D signals are not shifted.
+declare -A family=(
+  [resnet18]="model.name=resnet18 data.source=synthetic:n=96"
+  [cnn11]="model.name=cnn11 data.source=synthetic:n=96"
+  [vgg11]="model.name=vgg11 data.source=synthetic:n=96,size=64"
+  [cnn3d]="model.name=cnn3d data.source=synthetic3d:n=96,size=8 decompose.partitions=8 data.max_shift=1"
+  [resnet3d]="model.name=resnet3d data.source=synthetic3d:n=96,size=8 decompose.partitions=8 data.max_shift=1"
+  [cnn1d]="model.name=cnn1d data.source=synthetic1d:n=96"
+  [mlp]="model.name=mlp data.source=synthetic1d:n=96 data.augment=false"
+  [gru]="model.name=gru data.source=synthetic1d:n=96 data.augment=false"
+)
+
 # check NAME RANKS OVERRIDE...: one pipeline run; its log, exit code and results.json land in $out.
+# A check whose name does not match --only is left out (not run, not reported).
 check() {
   local name=$1 ranks=$2; shift 2
   local args=() o rc tic limit
+  # shellcheck disable=SC2053  # $only is a glob pattern
+  [[ $name == $only ]] || return 0
   for o in "$@"; do args+=(--set "$o"); done
   limit=$(( deadline - (SECONDS - started) ))
   (( limit > 240 )) && limit=240
@@ -117,6 +140,11 @@ check() {
 
 for p in "${precisions[@]}"; do
   check "1rank-$p" 1 "${tiny[@]}" "run.precision=$p"
+done
+
+for model in resnet18 cnn11 vgg11 cnn3d resnet3d cnn1d mlp gru; do
+  read -ra overrides <<< "${family[$model]}"
+  check "family-$model" 1 "${tiny[@]}" "${overrides[@]}"
 done
 
 if [[ $smoke == 1 ]]; then
@@ -149,8 +177,8 @@ lines.append(f"- python {platform.python_version()} ({python}), torch {torch.__v
 if torch.cuda.is_available():
     for i in range(torch.cuda.device_count()):
         lines.append(f"- GPU {i}: {torch.cuda.get_device_name(i)}")
-lines += ["", "| check | ranks | exit | seconds | precision | backend | device | compose max rel. error | global val acc |",
-          "|---|---|---|---|---|---|---|---|---|"]
+lines += ["", "| check | ranks | exit | seconds | precision | backend | device | compose max rel. error | global val acc | model |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
 failed = []
 for name, rc, seconds, ranks in rows:
     path = out / f"{name}.results.json"
@@ -160,7 +188,7 @@ for name, rc, seconds, ranks in rows:
     acc = r.get("global", {}).get("val_accuracy")
     lines.append(f"| {name} | {ranks} | {rc} | {seconds} | {r.get('precision', '-')} | {r.get('backend', '-')} | "
                  f"{r.get('device', '-')} | {'-' if err is None else f'{err:.2g}'} | "
-                 f"{'-' if acc is None else f'{acc:.3f}'} |")
+                 f"{'-' if acc is None else f'{acc:.3f}'} | {r.get('model', '-')} |")
     if rc != "0":
         failed.append(name)
 

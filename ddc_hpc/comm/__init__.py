@@ -37,16 +37,19 @@ from .collectives import (
 from .distributed import (
     all_gather_float,
     all_reduce_sum,
+    choose_rendezvous,
     enter_sub_group,
     group_rank,
     group_size,
     init_distributed,
     leave_sub_group,
+    named_interfaces,
     rendezvous_host,
     resolve_backend,
     shutdown_distributed,
+    wait_for_peers,
 )
-from .faults import nan_point, signal_point, stray_point
+from .faults import nan_point, signal_point, slow_write_point, stray_point
 from .lifecycle import (
     Preempted,
     any_stop_requested,

@@ -21,13 +21,16 @@ from .world import World
 def resolve_backend(backend: str, device: str) -> str:
     """The data-parallel backend for run.backend on a 'cuda' or 'cpu' device.
 
+    'auto' is NCCL on CUDA devices even when torch has an MPI backend: that one would reduce CUDA
+    gradients only through a CUDA-aware MPI, which few sites build torch against; 'mpi' only when
+    asked. On CPUs 'auto' is torch's MPI backend where it exists, else gloo.
     'mpi4py' is the toolkit's own MPI engine for gradients (ddc_hpc.engine); torch.distributed
     then runs over gloo for the small bookkeeping reductions (metrics, stop flags).
     """
     if backend == "auto":
-        if dist.is_mpi_available():
-            return "mpi"
-        return "nccl" if device == "cuda" else "gloo"
+        if device == "cuda":
+            return "nccl"
+        return "mpi" if dist.is_mpi_available() else "gloo"
     if backend == "mpi" and not dist.is_mpi_available():
         raise BadInput(
             "run.backend = 'mpi' but this torch has no MPI backend (PyPI wheels never do); use "
@@ -73,33 +76,81 @@ def route_source(destination: str) -> str | None:
         return s.getsockname()[0]
 
 
+def named_interfaces(interfaces: dict[str, str], gloo_ifname: str | None, nccl_ifname: str | None) -> list[str] | None:
+    """The addresses of the interfaces the user named for the job's traffic, or None when none is named.
+
+    GLOO_SOCKET_IFNAME first (comma-separated exact names, as gloo reads it), else NCCL_SOCKET_IFNAME
+    as NCCL reads it: comma-separated name prefixes, `=` before the list for exact names, `^` for
+    prefixes to exclude. An empty list: names given, but none of them is an IPv4 interface here.
+    """
+    if gloo_ifname:
+        wanted = [n.strip() for n in gloo_ifname.split(",") if n.strip()]
+        return [interfaces[n] for n in wanted if n in interfaces]
+    if not nccl_ifname:
+        return None
+    spec = nccl_ifname.strip()
+    exclude, exact = spec.startswith("^"), spec.lstrip("^").startswith("=")
+    names = [n.strip() for n in spec.lstrip("^").lstrip("=").split(",") if n.strip()]
+
+    def matches(name: str) -> bool:
+        return any(name == n if exact else name.startswith(n) for n in names)
+
+    return [address for name, address in sorted(interfaces.items()) if matches(name) != exclude]
+
+
+def choose_rendezvous(mine: list[str], peers: list[list[str]], route, master_addr: str | None = None,
+                      named: list[str] | None = None, hostname: str = "localhost") -> str:
+    """The address rank 0 offers for the rendezvous (pure: every input explicit).
+
+    `mine`: rank 0's IPv4 addresses; `peers`: every other rank's; `route(address)`: the local
+    address the routing table picks to reach `address` (None: no route); `master_addr`: MASTER_ADDR;
+    `named`: the addresses of the interfaces the user named (named_interfaces), None if none.
+
+    MASTER_ADDR wins, then a named interface. On one host 127.0.0.1. Across nodes, rank 0's own
+    address on its route to a peer of another node, never an address that rank 0 shares with such a
+    peer: a bridge that every node has (docker0 172.17.0.1, virbr0 192.168.122.1) routes back to
+    the node itself, so a peer would connect to its own bridge.
+    """
+    if master_addr:
+        return master_addr
+    others = [set(addresses) for addresses in peers if set(addresses) != set(mine)]
+    if named is not None:
+        if not named:
+            raise RuntimeError("GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME name no interface with an IPv4 address on rank "
+                               f"0's node (its addresses: {sorted(mine)}); name one of its interfaces, or set MASTER_ADDR")
+        if len(named) == 1 or not others:
+            return named[0]
+    if not mine:  # no IPv4 address here (IPv6-only): the host name is all there is
+        return hostname
+    if not others:  # one host
+        return "127.0.0.1"
+    shared = set(mine) & set().union(*others)
+    usable = set(named or mine) - shared
+    for addresses in others:
+        for peer in sorted(addresses - set(mine)):
+            if (source := route(peer)) in usable:
+                return source
+    raise RuntimeError(f"rank 0 finds no route from its addresses {sorted(usable)} to the ranks on other nodes "
+                       f"({sorted(set().union(*others) - set(mine))})" + (f"; {sorted(shared)} are on every node "
+                       "(bridges) and are not used" if shared else "") + "; set MASTER_ADDR to an address of rank "
+                       "0's node that every node reaches, and GLOO_SOCKET_IFNAME to the interface that carries it")
+
+
 def rendezvous_host(world: World, master_addr: str | None) -> str | None:
     """Collective over `world`: the address its rank 0 offers for torch.distributed's rendezvous
-    (None on the other ranks).
+    (None on the other ranks), chosen by choose_rendezvous from every rank's addresses.
 
-    `master_addr` (MASTER_ADDR) when given; 127.0.0.1 when every rank has this host's addresses;
-    across nodes, rank 0's own address on its route to a rank of another node. Never rank 0's host
-    name when it can be avoided: Debian-style /etc/hosts map it to 127.0.1.1 on that host, an
-    address other hosts cannot reach.
+    Never rank 0's host name when it can be avoided: Debian-style /etc/hosts map it to 127.0.1.1
+    on that host, an address other hosts cannot reach.
     """
     seen = allgather(world, sorted(ipv4_interfaces().values()), "exchanging network addresses")
     if not world.is_root:
         return None
-    if master_addr:
-        return master_addr
-    mine = set(seen[0])
-    others = [addresses for addresses in seen[1:] if set(addresses) != mine]
-    if not mine:  # no IPv4 address here (IPv6-only): the host name is all there is
-        return socket.gethostname()
-    if not others:  # one host
-        return "127.0.0.1"
-    for addresses in others:
-        for peer in addresses:
-            if (source := route_source(peer)) in mine:
-                return source
-    raise RuntimeError(f"rank 0 finds no route from its addresses {sorted(mine)} to the ranks on other nodes "
-                       f"({sorted({a for s in seen for a in s} - mine)}); set MASTER_ADDR to an address of rank "
-                       "0's node that every node reaches, and GLOO_SOCKET_IFNAME to the interface that carries it")
+    named = None
+    if os.environ.get("GLOO_SOCKET_IFNAME") or os.environ.get("NCCL_SOCKET_IFNAME"):
+        named = named_interfaces(ipv4_interfaces(), os.environ.get("GLOO_SOCKET_IFNAME"),
+                                 os.environ.get("NCCL_SOCKET_IFNAME"))
+    return choose_rendezvous(seen[0], seen[1:], route_source, master_addr, named, socket.gethostname())
 
 
 def gloo_interface(host: str) -> str | None:
@@ -200,6 +251,11 @@ def all_gather_float(value: float, group=None) -> list[float]:
     parts = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, torch.tensor([float(value)], dtype=torch.float64), group=group)
     return [p.item() for p in parts]
+
+
+def wait_for_peers(group=None) -> None:
+    """Return once every peer of the group has come here (one tiny all_reduce; nothing alone)."""
+    all_reduce_sum(torch.zeros(1), group)
 
 
 def shutdown_distributed() -> None:

@@ -1,4 +1,4 @@
-"""The test fault hooks: the one place that reads DDC_FAULT, DDC_STRAY, DDC_*_AT and DDC_NCCL_STANDIN."""
+"""The test fault hooks: the one place that reads DDC_FAULT, DDC_STRAY, DDC_*_AT, DDC_SLOW_* and DDC_NCCL_STANDIN."""
 
 from __future__ import annotations
 
@@ -61,8 +61,28 @@ def signal_point(job: str, epoch: int, step: int) -> None:
 
 
 def nan_point(job: str, epoch: int, step: int) -> bool:
-    """DDC_NAN_AT=<job>:<epoch>:<step>: make that step's loss NaN (numerical-fault tests)."""
-    return os.environ.get("DDC_NAN_AT") == f"{job}:{epoch}:{step}"
+    """DDC_NAN_AT=<job>:<epoch>:<step>[:<rank>]: make that step's loss NaN (numerical-fault tests),
+    on every rank or on that one."""
+    where, rank = os.environ.get("DDC_NAN_AT", ""), ""
+    if where.count(":") == 3:
+        where, _, rank = where.rpartition(":")
+    return where == f"{job}:{epoch}:{step}" and _is_my_rank(rank)
+
+
+def slow_write_point() -> None:
+    """DDC_SLOW_WRITE=<rank>:<seconds> ('*' for every rank): each checkpoint that rank writes takes
+    `seconds` longer, as a large network on a slow parallel file system does."""
+    rank, _, seconds = os.environ.get("DDC_SLOW_WRITE", "").partition(":")
+    if seconds and _is_my_rank(rank):
+        time.sleep(float(seconds))
+
+
+def slow_requeue_point() -> None:
+    """DDC_SLOW_REQUEUE=<seconds>: rank 0's `scontrol requeue` takes `seconds` longer, as it does when
+    slurmctld is busy."""
+    seconds = os.environ.get("DDC_SLOW_REQUEUE")
+    if seconds:
+        time.sleep(float(seconds))
 
 
 def nccl_standin() -> str:

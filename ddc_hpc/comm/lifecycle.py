@@ -65,6 +65,7 @@ def requeue() -> bool:
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return False
+    faults.slow_requeue_point()
     result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     if result.returncode:
         print(f"rank 0: scontrol requeue {job} failed: {result.stderr.strip()}", file=sys.stderr, flush=True)
@@ -73,17 +74,23 @@ def requeue() -> bool:
     return result.returncode == 0
 
 
+LEAVE_SECONDS = 60  # how long a rank waits for the others (and rank 0's requeue) before it leaves anyway
+
+
 def _leave_after_stop(comm: state.MPI.Comm, rank: int) -> None:
-    """Every rank stopped at the same point: leave MPI cleanly, then rank 0 requeues — but only
-    for SIGUSR1 (the --signal warning before the time limit); SIGTERM is a user's scancel."""
+    """Every rank stopped at the same point, after the stop checkpoints were published (a writer's
+    peers wait for it in train.fit): rank 0 requeues first (only for SIGUSR1, the --signal warning
+    before the time limit; SIGTERM is a user's scancel), then all leave MPI together. Under
+    `srun --kill-on-bad-exit=1` the first rank to exit 75 ends the step, so no rank may exit before
+    rank 0's `scontrol requeue` has returned."""
     shutdown_distributed()
-    request, deadline = comm.Ibarrier(), time.monotonic() + 60
+    if rank == 0 and _stop_signal == signal.SIGUSR1:
+        requeue()
+    request, deadline = comm.Ibarrier(), time.monotonic() + LEAVE_SECONDS
     while not request.Test() and time.monotonic() < deadline:
         time.sleep(0.01)
     if request.Test():
         state.MPI.Finalize()
-    if rank == 0 and _stop_signal == signal.SIGUSR1:
-        requeue()
 
 
 def restart_count() -> int:

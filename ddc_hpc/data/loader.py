@@ -156,15 +156,16 @@ def channel_std(images: SampleSet, seed: int = 0, max_samples: int | None = MEAN
 
 def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, seed: int,
                  limit: int | None = None, in_memory: bool = True, val_limit: int | None = None,
-                 task: str = "classification", metadata_only: bool = False) -> Splits:
+                 task: str = "classification", metadata_only: bool = False, copies_per_node: int = 1) -> Splits:
     """Open ``source`` and split it into training and validation sets.
 
     The validation set is the source's own test split when it has one (HDF5 ``test`` group,
     npz ``x_test``, CIFAR's test batch, Food-101's test list, ImageFolder's test/ or val/),
     else a seeded stratified ``val_fraction`` of the training split.  ``limit`` keeps a seeded
     stratified choice of that many training samples (``val_limit`` likewise for validation).
-    ``in_memory``: hold npz/HDF5/CIFAR data in memory (HDF5 only if it takes at most a quarter of
-    the available memory); otherwise every process reads only the samples it asks for.
+    ``in_memory``: hold npz/HDF5/CIFAR data in memory (HDF5 only if the ``copies_per_node``
+    processes of this node that each hold one take at most a quarter of the available memory
+    together); otherwise every process reads only the samples it asks for.
 
     ``task``: "classification" (labels are class indices in 0..num_classes-1), "regression"
     (labels are finite float32 targets (N, *target_shape) with num_classes values per sample;
@@ -185,7 +186,8 @@ def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, s
     check_task(task)
     if task == "autoencoder":
         num_classes = None  # the model reconstructs its input: the labels are not its outputs
-    raw = open_raw(source, in_memory=in_memory and not metadata_only, num_classes=num_classes, task=task)
+    raw = open_raw(source, in_memory=in_memory and not metadata_only, num_classes=num_classes, task=task,
+                   copies_per_node=copies_per_node)
     classes = list(raw.classes)
     if len(raw.train) == 0:
         raise BadInput(f"{raw.description}: the dataset is empty (no training samples)")

@@ -270,8 +270,9 @@ def _no_more_options(options, source):
 
 
 def open_raw(source: str, *, in_memory: bool = True, num_classes: int | None = None, size: int | None = None,
-             download: bool = False, workers: int = 1, task: str | None = None) -> RawData:
-    """Open any source; ``size`` (file sources only) overrides a '?size=' option.
+             download: bool = False, workers: int = 1, task: str | None = None, copies_per_node: int = 1) -> RawData:
+    """Open any source; ``size`` (file sources only) overrides a '?size=' option; ``copies_per_node``:
+    the processes of this node that open it too (each holds its own copy of what is held in memory).
 
     ``task``: how to take labels that do not say what they are (npz, HDF5 files without a ``task``
     attribute): "classification" (class indices), "regression" (float targets), "autoencoder"
@@ -288,7 +289,7 @@ def open_raw(source: str, *, in_memory: bool = True, num_classes: int | None = N
         return open_npz(arg, num_classes, task, in_memory)
     if kind == "h5":
         _no_more_options(options, source)
-        return open_h5_source(arg, in_memory, task)
+        return open_h5_source(arg, in_memory, task, copies_per_node)
     if kind in ("cifar10", "cifar100"):
         _no_more_options(options, source)
         return open_cifar(arg, kind, download)
@@ -465,13 +466,14 @@ def open_npz(path, num_classes: int | None = None, task: str | None = None, in_m
     return RawData(names, stores["train"], stores.get("test"), f"npz:{path}", task)
 
 
-def open_h5_source(path, in_memory: bool, task: str | None = None) -> RawData:
+def open_h5_source(path, in_memory: bool, task: str | None = None, copies_per_node: int = 1) -> RawData:
     meta = H5Meta(path, task)
     stores = {}
+    nbytes = sum(int(np.prod((len(labels), *shape))) for _, shape, labels in meta.splits.values())
+    held = in_memory and fits_in_memory(nbytes, copies_per_node, _available_memory())
     for split, (_, shape, labels) in meta.splits.items():
         store = H5Store(meta.path, split, labels, shape)
-        if in_memory and _fits_in_memory(sum(int(np.prod((len(labels), *shape))) for _, shape, labels in
-                                             meta.splits.values())):
+        if held:
             store = ArrayStore(store.read_all(), labels, store.description)
         stores[split] = store
     return RawData(meta.classes, stores["train"], stores.get("test"), f"h5:{meta.path}", meta.task)
@@ -491,10 +493,11 @@ def _available_memory() -> int:
         return 1 << 62
 
 
-def _fits_in_memory(nbytes: int) -> bool:
-    """Held in memory only if it takes at most a quarter of the available memory (several ranks
-    per node each hold a copy)."""
-    return nbytes <= _available_memory() // 4
+def fits_in_memory(nbytes: int, copies: int, available: int) -> bool:
+    """Whether `copies` processes of one node may each hold `nbytes` in memory: together at most a
+    quarter of the `available` memory (the rest is for the networks, their activations and the
+    system). Every rank of a node decides at the same moment, each seeing the same free memory."""
+    return nbytes * max(copies, 1) <= available // 4
 
 
 _CIFAR = {
