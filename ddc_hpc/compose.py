@@ -32,6 +32,7 @@ import itertools
 import math
 import re
 from collections.abc import Sequence
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -608,4 +609,23 @@ def unflatten_state(module: nn.Module, flat: torch.Tensor) -> None:
             tensor.copy_(values if tensor.is_floating_point() else values.round())
 
 
-__all__ = ["compose", "theorem_error", "flatten_fc_layers", "input_tiled_layers", "output_tiled_layers", "field_origins", "flatten_state", "unflatten_state", "state_numel", "TASKS"]
+def with_parameters(module: nn.Module, values: Sequence[torch.Tensor]) -> nn.Module:
+    """A copy of `module` whose parameters hold `values` (in parameters() order; buffers kept): an
+    optimizer's per-parameter moments in the shape of the network, to be flattened, gathered and
+    composed exactly like its weights."""
+    copy = deepcopy(module)
+    with torch.no_grad():
+        for parameter, value in zip(copy.parameters(), values, strict=True):
+            parameter.copy_(value)
+    return copy
+
+
+def shrink_perturb(net: nn.Module, fresh: nn.Module, shrink: float, perturb: float) -> None:
+    """w <- shrink * w + perturb * w_fresh for every parameter (Ash & Adams, "On warm-starting
+    neural network training", NeurIPS 2020): a composed net moved towards a fresh initialisation."""
+    with torch.no_grad():
+        for w, w_fresh in zip(net.parameters(), fresh.parameters(), strict=True):
+            w.mul_(shrink).add_(w_fresh, alpha=perturb)
+
+
+__all__ = ["compose", "with_parameters", "shrink_perturb", "theorem_error", "flatten_fc_layers", "input_tiled_layers", "output_tiled_layers", "field_origins", "flatten_state", "unflatten_state", "state_numel", "TASKS"]

@@ -12,12 +12,14 @@ import hashlib
 import json
 import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
 
+from .budget import parse_budget
 from .errors import BadInput
 
 STRATEGIES = ("ddc", "random", "both")
@@ -37,12 +39,109 @@ COMPILE_BACKENDS = ("", "inductor", "eager", "aot_eager")
 
 
 @dataclass(frozen=True)
+class Check:
+    """The constraint of one config key, declared beside the key with `key()`; `validate` walks every
+    key of every section and applies its Check, so a key cannot skip validation (a field declared
+    without one is refused when the class is defined). Bounds hold for numbers and for each element
+    of a list; floats must also be finite. Relations between keys are `@relation` functions below.
+    """
+
+    at_least: float | None = None  # value >= at_least
+    above: float | None = None  # value > above
+    at_most: float | None = None  # value <= at_most
+    below: float | None = None  # value < below
+    choices: tuple[str, ...] | typing.Callable[[], typing.Sequence[str]] = ()  # a callable: read when checked
+    text: typing.Callable[[str], None] | None = None  # reads a string value (`float | str` keys), raises BadInput
+    unit: str = ""  # e.g. " seconds", after the range in messages
+    note: str = ""  # what special values mean, e.g. "0 = all samples"
+
+    def range_text(self) -> str:
+        low = ("[", self.at_least) if self.at_least is not None else ("(", self.above)
+        high = ("]", self.at_most) if self.at_most is not None else (")", self.below)
+        if low[1] is None:
+            return "" if high[1] is None else f"{'<=' if high[0] == ']' else '<'} {_number(high[1])}"
+        if high[1] is None:
+            return f"{'>=' if low[0] == '[' else '>'} {_number(low[1])}"
+        return f"in {low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
+
+    def problem(self, where: str, value) -> str | None:
+        """What is wrong with `value` (already of the key's type), or None."""
+        if isinstance(value, tuple):
+            bad = next((i for i, v in enumerate(value) if self.problem(where, v)), None)
+            return None if bad is None else (f"{self.problem(where, value[bad])} (element {bad} of {list(value)}; "
+                                             "every element must be)")
+        if isinstance(value, str):
+            choices = self.choices() if callable(self.choices) else self.choices
+            if choices and value not in choices:
+                return (f"{where} = {value!r} is not one of {', '.join(c or repr(c) for c in choices)}"
+                        f"{_did_you_mean(value, choices)}")
+            if self.text is not None:
+                self.text(value)
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if finite and ((self.at_least is None or value >= self.at_least) and (self.above is None or value > self.above)
+                       and (self.at_most is None or value <= self.at_most) and (self.below is None or value < self.below)):
+            return None
+        wanted = " ".join(filter(None, ["" if finite else "a finite number", self.range_text()]))
+        return f"{where} must be {wanted}{self.unit}{f' ({self.note})' if self.note else ''}, got {value}"
+
+
+def _number(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+_CHECK = "ddc_check"
+
+
+def key(default, **constraint):
+    """A config key: its default and its Check, one line beside the field."""
+    return field(default=default, metadata={_CHECK: Check(**constraint)})
+
+
+def _checked(cls):
+    """A frozen config section whose every key declares its Check (a key added without one is
+    refused at import, not left unchecked)."""
+    cls = dataclass(frozen=True)(cls)
+    missing = [f.name for f in dataclasses.fields(cls) if _CHECK not in f.metadata]
+    if missing:
+        raise TypeError(f"{cls.__name__}: config keys {missing} declare no Check; define them with key(...)")
+    return cls
+
+
+def _model_names() -> list[str]:
+    from .models import model_names  # the registry (imports torch): read only when a name is checked
+
+    return model_names()
+
+
+def _source_text(source: str) -> None:
+    from .data.sources import parse_source  # the kinds and the KIND:PATH?options syntax
+
+    parse_source(source)
+
+
+def _budget_text(text: str) -> None:
+    if text:  # "": no budget
+        try:
+            parse_budget(text)
+        except ValueError as err:
+            raise BadInput(f"run.budget: {err}") from None
+
+
+SEED_MAX = 2**32 - 1  # seeds become seed * 1000 + k and torch / numpy seeds: keep them far from 2**63
+TIMEOUT_MAX = 30 * 24 * 3600.0  # seconds; longer than any allocation, well inside timedelta and int64 ms
+COUNT_MAX = 4096  # partitions and threads: default_grid factors K, torch takes the thread count as an int32
+
+
+@_checked
 class ModelConfig:
-    name: str = "cifar_resnet20"
-    width: int = 32
-    num_classes: int = 10  # for regression: the number of targets
-    task: str = "classification"
-    loss: str = "auto"  # cross_entropy for classification, mse otherwise
+    name: str = key("cifar_resnet20", choices=_model_names)
+    width: int = key(32, at_least=1)
+    num_classes: int = key(10, at_least=1)  # for regression: the number of targets
+    task: str = key("classification", choices=TASKS)
+    loss: str = key("auto", choices=LOSSES)  # cross_entropy for classification, mse otherwise
 
     @property
     def loss_name(self) -> str:
@@ -51,64 +150,88 @@ class ModelConfig:
         return "cross_entropy" if self.task == "classification" else "mse"
 
 
-@dataclass(frozen=True)
+@_checked
 class DecomposeConfig:
-    partitions: int = 4
-    grid: tuple[int, ...] = ()  # empty: the most nearly square grid of `partitions` tiles
-    overlap: int = 0
-    crop: int = 0
+    partitions: int = key(4, at_least=1, at_most=COUNT_MAX)
+    grid: tuple[int, ...] = key((), at_least=1)  # empty: the most nearly square grid of `partitions` tiles
+    overlap: int = key(0, at_least=0)
+    crop: int = key(0, at_least=0)
 
 
-@dataclass(frozen=True)
+@_checked
 class DataConfig:
-    source: str = "synthetic"
-    val_fraction: float = 0.2
-    limit: int = 0  # 0: every training sample
-    val_limit: int = 0  # 0: the whole validation split; N: a stratified N of it (quick tuning trials)
-    in_memory: bool = True
-    augment: bool = True
-    max_shift: int = 2  # pixels; the paper's random shift, kept small for 16x16 tiles
+    source: str = key("synthetic", text=_source_text)
+    val_fraction: float = key(0.2, above=0.0, below=1.0)
+    limit: int = key(0, at_least=0, note="0 = all samples")  # 0: every training sample
+    # 0: the whole validation split; N: a stratified N of it (quick tuning trials)
+    val_limit: int = key(0, at_least=0, note="0 = the whole split")
+    in_memory: bool = key(True)
+    augment: bool = key(True)
+    max_shift: int = key(2, at_least=0)  # pixels; the paper's random shift, kept small for 16x16 tiles
 
 
-@dataclass(frozen=True)
+@_checked
 class PhaseConfig:
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    gammas: tuple[float, ...] = ()  # one factor per milestone (the paper's /10 and /2); empty: gamma at each
-    plateau_patience: int = 0  # 0: off; the paper divides the lr by sqrt(10) after 5 flat epochs
-    plateau_factor: float = 1 / math.sqrt(10)
-    schedule: str = "step"  # step: milestones; cosine / linear: decay to zero over the phase, per step
-    warmup_epochs: float = 0.0  # linear warm-up from lr / warm-up steps to lr; fractions of an epoch allowed
-    steps_per_epoch: int = 0  # 0: an epoch is one pass; N: N steps, the data continuing across epochs
-    bn_recalibrate_batches: int = 0  # 0: off; N: BatchNorm statistics from N batches before each evaluation
+    epochs: int = key(3, at_least=0)
+    batch_size: int = key(64, at_least=1)
+    lr: float = key(1e-3, above=0.0)
+    optimizer: str = key("adam", choices=OPTIMIZERS)
+    momentum: float = key(0.9, at_least=0.0, below=1.0)  # SGD's; torch refuses < 0, >= 1 never forgets
+    weight_decay: float = key(0.0, at_least=0.0)
+    milestones: tuple[int, ...] = key((), at_least=1)
+    gamma: float = key(0.1, above=0.0, at_most=1.0)
+    # one factor per milestone (the paper's /10 and /2); empty: gamma at each
+    gammas: tuple[float, ...] = key((), above=0.0, at_most=1.0)
+    # 0: off; the paper divides the lr by sqrt(10) after 5 flat epochs
+    plateau_patience: int = key(0, at_least=0, note="0 = off")
+    plateau_factor: float = key(1 / math.sqrt(10), above=0.0, below=1.0)  # torch's ReduceLROnPlateau needs < 1
+    # step: milestones; cosine / linear: decay to zero over the phase, per step
+    schedule: str = key("step", choices=SCHEDULES)
+    # linear warm-up from lr / warm-up steps to lr; fractions of an epoch allowed; finite here, its range
+    # (0 to the phase's epochs) is the relation _warmup_within_phase
+    warmup_epochs: float = key(0.0)
+    # 0: an epoch is one pass; N: N steps, the data continuing across epochs
+    steps_per_epoch: int = key(0, at_least=0, note="0 = one pass over the data")
+    # 0: off; N: BatchNorm statistics from N batches before each evaluation
+    bn_recalibrate_batches: int = key(0, at_least=0, note="0 = off")
     # [global] only: also score the composed net with the tiles' BN statistics, before recalibrating
-    evaluate_before_recalibration: bool = True
-    compile: str = ""  # "": eager; a torch.compile backend (COMPILE_BACKENDS) compiles the network
+    evaluate_before_recalibration: bool = key(True)
+    # "": eager; a torch.compile backend (COMPILE_BACKENDS) compiles the network
+    compile: str = key("", choices=COMPILE_BACKENDS)
+    # epochs between validation scores; 0: only after the phase's last epoch (GNet-T: not as composed either)
+    eval_every: int = key(1, at_least=0, note="0 = only after the phase's last epoch")
+    # [global] only, levers at composition: carry the sub-networks' Adam moments into GNet-T's
+    # optimizer (composed block-diagonally like the weights, step counts kept); shrink and perturb
+    # the composed weights (Ash & Adams 2020): w <- shrink * w + perturb * w_init, w_init a fresh init.
+    carry_optimizer: bool = key(False)
+    shrink: float = key(1.0, above=0.0, at_most=1.0)
+    perturb: float = key(0.0, at_least=0.0)
 
     @property
     def milestone_factors(self) -> tuple[float, ...]:
         return self.gammas or (self.gamma,) * len(self.milestones)
 
 
-@dataclass(frozen=True)
+@_checked
 class RunConfig:
-    strategy: str = "both"
-    seed: int = 0
-    backend: str = "auto"
-    device: str = "auto"
-    threads: int = 0  # 0: cores of this node / ranks on this node
-    deterministic: bool = False
+    strategy: str = key("both", choices=STRATEGIES)
+    seed: int = key(0, at_least=0, at_most=SEED_MAX)
+    backend: str = key("auto", choices=BACKENDS)
+    device: str = key("auto", choices=DEVICES)
+    threads: int = key(0, at_least=0, at_most=COUNT_MAX, note="0 = automatic")  # 0: cores of this node / ranks on it
+    deterministic: bool = key(False)
     # Autocast dtype of forward and loss; parameters, optimizer state and composition stay fp32.
-    precision: str = "fp32"
-    checkpoint_every: int = 1  # epochs; 0: only on signals and at phase ends
-    collective_timeout: float = 300.0  # seconds a collective may wait before the job is ended
-    progress_seconds: float = 30.0  # at most one progress line per this many seconds within an epoch; 0: none
+    precision: str = key("fp32", choices=PRECISIONS)
+    checkpoint_every: int = key(1, at_least=0, note="0 = only on signals and at phase ends")  # epochs
+    # seconds a collective may wait before the job is ended
+    collective_timeout: float = key(300.0, above=0.0, at_most=TIMEOUT_MAX, unit=" seconds")
+    # at most one progress line per this many seconds within an epoch; 0: none
+    progress_seconds: float = key(30.0, at_least=0.0, note="0 = no progress lines within an epoch")
+    # A wall-time budget for each strategy: "" none (epochs decide), seconds (600), "20min", "1h", or
+    # "slurm" (the job's remaining time less a margin, shared by the strategies). The planner
+    # (budget.py) then sets every phase's steps; a resume keeps the recorded plan.
+    budget: float | str = key("", above=0.0, text=_budget_text, unit=" seconds")
+    sub_share: float = key(0.3, above=0.0, below=1.0)  # with a budget: the sub phase's share of DDC's training time
 
 
 @dataclass(frozen=True)
@@ -187,22 +310,23 @@ def _coerce(where: str, value, annotation):
             raise BadInput(f"{where} must be a list such as [1, 2], got {value!r}; in a job file write "
                            f"{where.split('.')[-1]} = [1, 2], on the command line --set {where}=[1,2]")
         return tuple(_coerce(f"{where}[{i}]", v, typing.get_args(annotation)[0]) for i, v in enumerate(value))
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, annotation)
-    if not ok:
-        example = {int: "5", float: "0.001", bool: "true", str: '"text"'}.get(annotation, "...")
-        key = where.split("[")[0]
-        if key != where:  # an element of a list
-            example = f"[{example}, {example}]"
-        raise BadInput(f"{where} must be {_KIND_NAMES.get(annotation, annotation.__name__)}, got "
-                       f"{type(value).__name__} {value!r}; values use TOML syntax: in a job file "
-                       f"{key.split('.')[-1]} = {example} under [{key.split('.')[0]}], on the command line "
-                       f"--set {key}={example.strip(chr(34)).replace(' ', '')}")
-    return value
+    kinds = typing.get_args(annotation) if origin is types.UnionType else (annotation,)  # e.g. float | str
+    for kind in kinds:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if kind is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif isinstance(value, kind):
+            return value
+    example = {int: "5", float: "0.001", bool: "true", str: '"text"'}.get(kinds[0], "...")
+    key = where.split("[")[0]
+    if key != where:  # an element of a list
+        example = f"[{example}, {example}]"
+    raise BadInput(f"{where} must be {' or '.join(_KIND_NAMES.get(k, k.__name__) for k in kinds)}, got "
+                   f"{type(value).__name__} {value!r}; values use TOML syntax: in a job file "
+                   f"{key.split('.')[-1]} = {example} under [{key.split('.')[0]}], on the command line "
+                   f"--set {key}={example.strip(chr(34)).replace(' ', '')}")
 
 
 def _build(raw: dict) -> Config:
@@ -270,70 +394,120 @@ def _require(ok: bool, message: str) -> None:
         raise BadInput(message)
 
 
-def _one_of(where: str, value: str, choices) -> None:
-    _require(value in choices, f"{where} = {value!r} is not one of {', '.join(choices)}{_did_you_mean(value, choices)}")
+RELATIONS: list[typing.Callable[[Config], None]] = []
 
 
-def validate(config: Config) -> None:
-    """Ranges and choices that need no data and no model; raises BadInput on the first problem."""
-    m, d, r = config.model, config.decompose, config.run
-    _require(m.num_classes >= 1, f"model.num_classes must be >= 1, got {m.num_classes}")
-    _require(m.width >= 1, f"model.width must be >= 1, got {m.width}")
-    _one_of("model.task", m.task, TASKS)
-    _one_of("model.loss", m.loss, LOSSES)
+def relation(check: typing.Callable[[Config], None]) -> typing.Callable[[Config], None]:
+    """Register a constraint between keys (checked by validate after every key's own Check)."""
+    RELATIONS.append(check)
+    return check
+
+
+def phases(config: Config) -> list[tuple[str, PhaseConfig, int]]:
+    """(section name, settings, epochs it trains) of the three training phases."""
+    return [("sub", config.sub, config.sub.epochs), ("global", config.global_, config.global_.epochs),
+            ("random", config.random, config.random_epochs)]
+
+
+@relation
+def _loss_fits_task(config: Config) -> None:
+    m = config.model
     _require((m.loss_name == "cross_entropy") == (m.task == "classification"),
              f"model.loss = {m.loss!r} does not fit model.task = {m.task!r}: classification uses "
              "cross_entropy, regression and autoencoder use mse or l1")
-    _require(d.partitions >= 1, f"decompose.partitions must be >= 1, got {d.partitions}")
-    _require(d.overlap >= 0 and d.crop >= 0, "decompose.overlap and decompose.crop must be >= 0")
-    if d.grid:
-        _require(
-            all(g >= 1 for g in d.grid) and math.prod(d.grid) == d.partitions,
-            f"decompose.grid = {list(d.grid)} has {math.prod(d.grid)} tiles but decompose.partitions = "
-            f"{d.partitions}; the grid must have exactly one tile per sub-network",
-        )
-    data = config.data
-    _require(0.0 < data.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {data.val_fraction}")
-    _require(data.limit >= 0, f"data.limit must be >= 0 (0 = all samples), got {data.limit}")
-    _require(data.val_limit >= 0, f"data.val_limit must be >= 0 (0 = the whole split), got {data.val_limit}")
-    _require(data.max_shift >= 0, f"data.max_shift must be >= 0, got {data.max_shift}")
-    for name in ("sub", "global", "random"):
-        p = getattr(config, name if name != "global" else "global_")
-        _require(p.epochs >= 0, f"{name}.epochs must be >= 0, got {p.epochs}")
-        _require(p.batch_size >= 1, f"{name}.batch_size must be >= 1, got {p.batch_size}")
-        _require(math.isfinite(p.lr) and p.lr > 0, f"{name}.lr must be a positive number, got {p.lr}")
-        _one_of(f"{name}.optimizer", p.optimizer, OPTIMIZERS)
-        _require(0 < p.gamma <= 1 and 0 < p.plateau_factor <= 1, f"{name}.gamma and plateau_factor must be in (0, 1]")
-        _require(p.plateau_patience >= 0, f"{name}.plateau_patience must be >= 0")
-        _require(list(p.milestones) == sorted(set(p.milestones)) and all(x > 0 for x in p.milestones),
+
+
+@relation
+def _one_tile_per_subnetwork(config: Config) -> None:
+    d = config.decompose
+    _require(not d.grid or math.prod(d.grid) == d.partitions,
+             f"decompose.grid = {list(d.grid)} has {math.prod(d.grid)} tiles but decompose.partitions = "
+             f"{d.partitions}; the grid must have exactly one tile per sub-network")
+
+
+@relation
+def _milestones_increase(config: Config) -> None:
+    for name, p, _ in phases(config):
+        _require(list(p.milestones) == sorted(set(p.milestones)),
                  f"{name}.milestones must be increasing positive epochs, got {list(p.milestones)}")
-        _one_of(f"{name}.schedule", p.schedule, SCHEDULES)
+
+
+@relation
+def _one_gamma_per_milestone(config: Config) -> None:
+    for name, p, _ in phases(config):
         _require(not p.gammas or len(p.gammas) == len(p.milestones),
                  f"{name}.gammas has {len(p.gammas)} factors for {len(p.milestones)} milestones: give one factor "
                  "per milestone (e.g. milestones = [20, 40, 60], gammas = [0.1, 0.1, 0.5]), or none to use gamma")
-        _require(all(0 < g <= 1 for g in p.gammas), f"{name}.gammas must be in (0, 1], got {list(p.gammas)}")
+
+
+@relation
+def _milestones_need_a_step_schedule(config: Config) -> None:
+    for name, p, _ in phases(config):
         _require(p.schedule == "step" or not p.milestones,
                  f"{name}.milestones are for schedule = \"step\"; a {p.schedule} schedule decays to zero over "
                  f"the whole phase: remove {name}.milestones or set {name}.schedule = \"step\"")
-        epochs = config.random_epochs if name == "random" else p.epochs
-        _require(math.isfinite(p.warmup_epochs) and 0 <= p.warmup_epochs <= max(epochs, 0),
-                 f"{name}.warmup_epochs must be between 0 and the phase's {epochs} epochs, got {p.warmup_epochs}")
-        _require(p.steps_per_epoch >= 0, f"{name}.steps_per_epoch must be >= 0 (0 = one pass over the data), "
-                 f"got {p.steps_per_epoch}")
-        _require(p.bn_recalibrate_batches >= 0, f"{name}.bn_recalibrate_batches must be >= 0 (0 = off), got "
-                 f"{p.bn_recalibrate_batches}")
-        _one_of(f"{name}.compile", p.compile, COMPILE_BACKENDS)
+
+
+@relation
+def _warmup_within_phase(config: Config) -> None:
+    for name, p, epochs in phases(config):
+        if config.run.budget:  # the plan sets the epochs; the warm-up counts passes, at most half the phase
+            _require(p.warmup_epochs >= 0, f"{name}.warmup_epochs must be >= 0, got {p.warmup_epochs}")
+        else:
+            _require(0 <= p.warmup_epochs <= epochs,
+                     f"{name}.warmup_epochs must be between 0 and the phase's {epochs} epochs, got {p.warmup_epochs}")
+
+
+@relation
+def _recalibration_choice_is_global(config: Config) -> None:
+    for name, p, _ in phases(config):
         _require(name == "global" or p.evaluate_before_recalibration,
                  f"{name}.evaluate_before_recalibration is a [global] setting (GNet-T as composed): remove it "
                  f"from [{name}]")
-    _one_of("run.strategy", r.strategy, STRATEGIES)
-    _one_of("run.backend", r.backend, BACKENDS)
-    _one_of("run.device", r.device, DEVICES)
-    _one_of("run.precision", r.precision, PRECISIONS)
-    _require(r.threads >= 0, f"run.threads must be >= 0 (0 = automatic), got {r.threads}")
-    _require(r.checkpoint_every >= 0, f"run.checkpoint_every must be >= 0, got {r.checkpoint_every}")
-    _require(r.collective_timeout > 0, f"run.collective_timeout must be > 0 seconds, got {r.collective_timeout}")
-    _require(r.progress_seconds >= 0, f"run.progress_seconds must be >= 0 (0 = no progress lines within an epoch), "
-             f"got {r.progress_seconds}")
-    if r.strategy != "random":
-        _require(config.sub.epochs >= 1, "sub.epochs must be >= 1 when the strategy trains sub-networks")
+
+
+@relation
+def _composition_levers_are_global(config: Config) -> None:
+    default = PhaseConfig()
+    for name, p, _ in phases(config):
+        for key in ("carry_optimizer", "shrink", "perturb"):
+            _require(name == "global" or getattr(p, key) == getattr(default, key),
+                     f"{name}.{key} is a [global] setting (GNet-T's start from the composed net): remove it "
+                     f"from [{name}]")
+
+
+@relation
+def _carried_moments_are_adams(config: Config) -> None:
+    _require(not config.global_.carry_optimizer or config.global_.optimizer == config.sub.optimizer == "adam",
+             "global.carry_optimizer composes the sub-networks' Adam moments: it needs sub.optimizer and "
+             "global.optimizer = \"adam\"")
+
+
+@relation
+def _sub_networks_train(config: Config) -> None:
+    _require(config.run.strategy == "random" or config.run.budget or config.sub.epochs >= 1,
+             "sub.epochs must be >= 1 when the strategy trains sub-networks")
+
+
+@relation
+def _budgets_anneal(config: Config) -> None:
+    if not config.run.budget:
+        return
+    planned = {"ddc": ("sub", "global"), "random": ("random",), "both": ("sub", "global", "random")}[config.run.strategy]
+    for name, p, _ in phases(config):
+        _require(name not in planned or p.schedule != "step",
+                 f"run.budget plans phases that end annealed (lr at zero at the budget's end), but {name}.schedule = "
+                 f"\"step\": set {name}.schedule = \"linear\" (robust for budgets, Li et al. 2020) or \"cosine\"")
+
+
+def validate(config: Config) -> None:
+    """Every key's Check, then every relation; raises BadInput on the first problem. Pure: needs no
+    data, no model and no device, so every rank reaches the same verdict before any collective."""
+    for name, section in SECTIONS.items():
+        values = getattr(config, section.name)
+        for f in dataclasses.fields(values):
+            problem = f.metadata[_CHECK].problem(f"{name}.{f.name}", getattr(values, f.name))
+            if problem:
+                raise BadInput(problem)
+    for check in RELATIONS:
+        check(config)

@@ -23,6 +23,7 @@ import textwrap
 import tomllib
 from pathlib import Path
 
+from . import budget
 from .errors import BadInput, run_serial
 from .files import atomic_write
 from .partition import subnets_of_rank, tile_shape
@@ -49,9 +50,11 @@ def plan_text(plan, world, threads: int) -> str:
         f"  {world.size} rank(s), {threads} thread(s) each, device {world.device}, precision {cfg.run.precision}; "
         "rank -> sub-networks: "
         + ", ".join(f"{r}:{ks}" for r, ks in owners.items()),
-        f"  epochs: sub {cfg.sub.epochs}, global {cfg.global_.epochs}, random {cfg.random_epochs}"
-        + ("  (resuming from checkpoints)" if plan.resume else ""),
+        f"  epochs: sub {plan.phase('sub').epochs}, global {plan.phase('global').epochs}, random "
+        f"{plan.phase('random').epochs}" + ("  (resuming from checkpoints)" if plan.resume else ""),
     ]
+    if plan.budget is not None:
+        lines += budget.describe(plan.budget)
     return "\n".join(lines)
 
 
@@ -88,6 +91,11 @@ def epoch_times(history: list[dict], origin: float | None, offset: float = 0.0) 
     return seconds
 
 
+def scored(history: list[dict], metric: str) -> list[dict]:
+    """The epochs a phase was scored after (eval_every may skip some)."""
+    return [row for row in history if row.get(metric) is not None]
+
+
 def ddc_curve(results: Results) -> tuple[list[float], list[float], list[float]]:
     """(epochs, wall seconds since the sub phase began, val accuracy) of GNet-T, starting at the
     composed net before training as the global phase starts from it (BN statistics recalibrated
@@ -100,17 +108,19 @@ def ddc_curve(results: Results) -> tuple[list[float], list[float], list[float]]:
     origin = sub.elapsed_start
     start = (glob.elapsed_start - origin if origin is not None and glob.elapsed_start is not None
              else sub.seconds + results.compose.seconds)
-    epochs = [sub.epochs] + [sub.epochs + row["epoch"] for row in glob.history]
-    seconds = [start] + epoch_times(glob.history, origin, start)
+    history = scored(glob.history, metric)
     recalibrated = results.compose.recalibrated(metric)
     start_value = results.compose.init(metric) if recalibrated is None else recalibrated
-    return epochs, seconds, [start_value] + [row[metric] for row in glob.history]
+    first = [] if start_value is None else [(sub.epochs, start, start_value)]  # None: not scored (eval_every 0)
+    points = first + list(zip([sub.epochs + row["epoch"] for row in history], epoch_times(history, origin, start),
+                              [row[metric] for row in history]))
+    return tuple(list(axis) for axis in zip(*points)) if points else ([], [], [])
 
 
 def random_curve(results: Results) -> tuple[list[float], list[float], list[float]]:
     """(epochs, wall seconds since GNet-R's phase began, val accuracy) of GNet-R (report and
     benchmarks/time_to_accuracy.py)."""
-    history = results.random.history
+    history = scored(results.random.history, results.metric)
     seconds = epoch_times(history, results.random.elapsed_start)
     return [r["epoch"] for r in history], seconds, [r[results.metric] for r in history]
 
@@ -118,8 +128,9 @@ def random_curve(results: Results) -> tuple[list[float], list[float], list[float
 def sub_curves(results: Results) -> list[tuple[list[float], list[float], list[float]]]:
     """(epochs, wall seconds, val accuracy) of every sub-network on its own tile."""
     sub = results.sub
+    histories = [scored(history, results.metric) for history in sub.histories] if sub else []
     return [([r["epoch"] for r in history], epoch_times(history, sub.elapsed_start),
-             [r[results.metric] for r in history]) for history in sub.histories] if sub else []
+             [r[results.metric] for r in history]) for history in histories]
 
 
 def plot(out: Path, results: Results) -> None:
@@ -350,7 +361,8 @@ def accuracy_figure(runs: list[dict], path: Path, axis: int = 0) -> None:
             curve = ddc_curve(r)
             ax.plot(curve[axis], [scale * a for a in curve[2]], marker="o", ms=3, color="C0",
                     label="GNet-T (composed)")
-            ax.axvline(curve[axis][0], color="C0", ls=":", lw=0.8)
+            if curve[axis]:
+                ax.axvline(curve[axis][0], color="C0", ls=":", lw=0.8)
         if r.random:
             curve = random_curve(r)
             ax.plot(curve[axis], [scale * a for a in curve[2]], marker="s", ms=3, color="C3",

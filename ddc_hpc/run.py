@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import difflib
 import hashlib
-import math
+import io
+import json
 import os
 import platform
 import time
@@ -25,20 +25,25 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import comm, report
+from . import budget, comm, report
 from .checkpoint import CheckpointSeries, atomic_write, existing_digests, save_torch
-from .compose import compose, flatten_fc_layers, flatten_state, state_numel, theorem_error, unflatten_state
-from .config import RANDOM_INIT_SEED_OFFSET, Config, load_config
-from .data import Splits, check_tiles, load_from_config, make_batch
+from .compose import (compose, flatten_fc_layers, flatten_state, shrink_perturb, state_numel, theorem_error,
+                      unflatten_state, with_parameters)
+from .config import RANDOM_INIT_SEED_OFFSET, Config, PhaseConfig, load_config
+from .data import SampleSet, Splits, check_tiles, load_from_config, make_batch
+from .data.sources import ArrayStore
 from .errors import BadInput
 from .results import Phase, Results, ddc_sections, load_results
-from .models import build_model, input_options, model_defaults, model_names, model_options
+from .models import build_model, input_options, model_defaults, model_options
 from .partition import (default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd,
                         validate_layout)
 from .engine import MPIDataParallel
-from .train import Clock, Job, PhaseData, Task, evaluate, fit, recalibrate_bn
+from .train import (Clock, Job, PhaseData, Task, evaluate, fit, make_optimizer, recalibrate_bn, steps_per_epoch,
+                    time_evaluation, time_steps)
 
 THEOREM_RTOL = 1e-4  # composed logits vs sum of sub-network logits, relative to max |logit|
+SHRINK_PERTURB_SEED_OFFSET = 104729  # global.perturb's fresh initialisation: run.seed + this
+PLAN_FILE = "plan.json"  # a budgeted run's plan, written before training: a resume keeps it
 
 
 @dataclasses.dataclass
@@ -54,10 +59,33 @@ class Plan:
     # slot name -> manifest entry of the checkpoint it resumes from, as rank 0 chose (choose_resume)
     resume_from: dict[str, dict] = dataclasses.field(default_factory=dict)
     clock: Clock = dataclasses.field(default_factory=Clock)  # restarted when every rank has the plan
+    budget: dict | None = None  # run.budget's plan (budget.plan_budget, as recorded in plan.json)
 
     @property
     def partitions(self) -> int:
         return self.config.decompose.partitions
+
+    @property
+    def strategies(self) -> list[str]:
+        return {"both": ["ddc", "random"]}.get(self.config.run.strategy, [self.config.run.strategy])
+
+    def phase(self, name: str) -> PhaseConfig:
+        """What phase `name` ("sub", "global", "random") trains: its config section, with the epochs,
+        steps per epoch and warm-up of the budget's plan when the run has one."""
+        cfg = self.config
+        section = {"sub": cfg.sub, "global": cfg.global_,
+                   "random": dataclasses.replace(cfg.random, epochs=cfg.random_epochs)}[name]
+        if self.budget is None or name not in self.budget["phases"]:  # no plan, or a phase this strategy skips
+            return section
+        planned = budget.phase_plan(self.budget, name)
+        return dataclasses.replace(section, epochs=planned.epochs, steps_per_epoch=planned.steps_per_epoch,
+                                   warmup_epochs=planned.warmup_epochs)
+
+    def pass_steps(self, name: str, ranks: int) -> int:
+        """Steps of one epoch as configured (one pass, or steps_per_epoch) on each of `ranks`
+        data-parallel peers."""
+        section = {"sub": self.config.sub, "global": self.config.global_, "random": self.config.random}[name]
+        return steps_per_epoch(section, -(-len(self.data.train) // ranks))
 
     @property
     def tile_sample_shape(self) -> tuple[int, ...]:
@@ -95,10 +123,6 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     config = load_config(args.config, args.set)
     d = config.decompose
     data = load_from_config(config, metadata_only=args.dry_run)
-    if config.model.name not in model_names():
-        close = difflib.get_close_matches(config.model.name, model_names(), n=3)
-        raise BadInput(f"unknown model.name {config.model.name!r}" + (f" (did you mean {', '.join(close)}?)" if close
-                       else "") + f"; models: {', '.join(model_names())}")
     spatial = data.train.image_shape[:-1]
     model_dims = model_defaults(config.model.name)["dims"]
     if "dims" not in model_options(config.model.name) and model_dims != len(spatial):
@@ -116,6 +140,10 @@ def prepare(args: argparse.Namespace, stamp: str) -> Plan:
     except ValueError as err:
         raise BadInput(f"the tile layout does not fit the {spatial} images: {err}") from None
     check_tiles(data.train.image_shape, tiles)
+    side = min(tile_shape(tiles))
+    if config.data.augment and config.data.max_shift > side:  # beyond a tile it only costs memory (padding)
+        raise BadInput(f"data.max_shift = {config.data.max_shift} px is larger than the {side} px tiles; give a "
+                       "shift of a few pixels (the paper's random shift), or data.augment = false")
     if config.run.strategy != "random":
         try:
             validate_layout(comm.MPI.COMM_WORLD.Get_size(), d.partitions)
@@ -189,15 +217,16 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
     labels = plan.data.train.labels
     checked = (f"{len(plan.data.classes)} classes, labels {labels.min()}..{labels.max()}"
                if cfg.model.task == "classification" and len(labels) else f"targets {plan.data.train.target_shape}")
+    sub, glob, rand = plan.phase("sub"), plan.phase("global"), plan.phase("random")
     per_group = max(world.size // K, 1)
-    steps = {"sub": math.ceil(n / per_group / cfg.sub.batch_size), "global": math.ceil(n / world.size / cfg.global_.batch_size),
-             "random": math.ceil(n / world.size / cfg.random.batch_size)}
+    steps = {"sub": steps_per_epoch(sub, -(-n // per_group)), "global": steps_per_epoch(glob, -(-n // world.size)),
+             "random": steps_per_epoch(rand, -(-n // world.size))}
     todo = []
     if cfg.run.strategy in ("ddc", "both"):
-        todo += [f"train {K} sub-networks {cfg.sub.epochs} epoch(s) of {steps['sub']} steps on their tiles, compose "
-                 f"them (one Gatherv), train GNet-T {cfg.global_.epochs} epoch(s) of {steps['global']} steps"]
+        todo += [f"train {K} sub-networks {sub.epochs} epoch(s) of {steps['sub']} steps on their tiles, compose "
+                 f"them (one Gatherv), train GNet-T {glob.epochs} epoch(s) of {steps['global']} steps"]
     if cfg.run.strategy in ("random", "both"):
-        todo += [f"train GNet-R {cfg.random_epochs} epoch(s) of {steps['random']} steps"]
+        todo += [f"train GNet-R {rand.epochs} epoch(s) of {steps['random']} steps"]
     return (f"  data checked from its metadata: {n} train / {len(plan.data.val)} val samples, {checked}\n"
             f"dry run: nothing trained, nothing written. The run would {'; then '.join(todo)}; and write "
             f"{plan.out}/ (results.json, metrics.csv, models, plots, logs).")
@@ -226,8 +255,9 @@ class Logger:
             print(message, flush=True)
 
 
-def phase_data(plan: Plan, tile) -> PhaseData:
-    return PhaseData(train=plan.data.train, val=plan.data.val, mean=plan.data.mean, tile=tile,
+def phase_data(plan: Plan, tile, data: Splits | None = None) -> PhaseData:
+    data = data or plan.data
+    return PhaseData(train=data.train, val=data.val, mean=data.mean, tile=tile,
                      augment=plan.config.data.augment, max_shift=plan.config.data.max_shift)
 
 
@@ -284,6 +314,7 @@ def run_job(job: Job, world: comm.World, slot_name: str, plan: Plan) -> list[dic
                                                          plan.config.digest()).load(entry)
     if saved is not None and saved["finished"]:
         job.module.load_state_dict(saved["model"])
+        job.optimizer_state = saved["optimizer"]
         job.clock.resume_at(saved["elapsed"])
         job.log(f"[{job.name}] finished earlier; loaded from checkpoint")
         return list(saved["history"])
@@ -311,7 +342,7 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         writer = subnet_owner(k, world.size, K) == world.rank
         slot = CheckpointSeries(plan.out / "checkpoints", f"sub_{k}", cfg.digest()) if writer else None
         wrapped = data_parallel(model, local, plan.backend, cfg.sub.compile)
-        job = Job(name=f"sub_{k}", model=wrapped, config=cfg.sub, task=plan.task,
+        job = Job(name=f"sub_{k}", model=wrapped, config=plan.phase("sub"), task=plan.task,
                   data=phase_data(plan, plan.tiles[k]), slot=slot, seed=cfg.run.seed * 1000 + k,
                   rank=world.rank, checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
                   progress_seconds=cfg.run.progress_seconds, log=log, clock=plan.clock)
@@ -322,7 +353,7 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
             break
         if writer:
             save_torch(_model_file(job.module, plan, plan.tiles[k]), plan.out / f"subnet_{k}.pt")
-            trained[k] = (job.module, history)
+            trained[k] = (job.module, history, job.optimizer_state)
     comm.leave_sub_group(local)
     return {"trained": trained, "seconds": time.perf_counter() - tic, "preempted": preempted,
             "collectives": world.collectives["sub"], "reach": local.size,
@@ -349,9 +380,9 @@ def arrival_allowance(plan: Plan, world: comm.World, sub: dict) -> tuple[float, 
     Never less than run.collective_timeout (all that is left without a measured epoch).
     """
     def epochs(rank: int) -> int:
-        return len(subnets_of_rank(rank, world.size, plan.partitions)) * plan.config.sub.epochs
+        return len(subnets_of_rank(rank, world.size, plan.partitions)) * plan.phase("sub").epochs
 
-    measured = [row["seconds"] for _, history in sub["trained"].values() for row in history]
+    measured = [row["seconds"] for _, history, _ in sub["trained"].values() for row in history]
     epoch = max(measured + [sub["seconds"] / epochs(world.rank)])
     most = max(epochs(r) for r in range(world.size))
     timeout = plan.config.run.collective_timeout
@@ -366,9 +397,12 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
     allowed, why = arrival_allowance(plan, world, sub)
     comm.arrive(world, "finish the sub phase", allowed, time.monotonic() - sub["seconds"], why)
     cfg, K = plan.config, plan.partitions
+    carry = cfg.global_.carry_optimizer
     mine = sorted(sub["trained"])
-    flat = np.concatenate([np.zeros(0, np.float32)] + [flatten_state(sub["trained"][k][0]).cpu().numpy() for k in mine])
+    flat = np.concatenate([np.zeros(0, np.float32)] + [flatten_state(net).cpu().numpy() for k in mine
+                                                      for net in _payload(*sub["trained"][k], carry)])
     summaries = comm.allgather(world, {"histories": {k: sub["trained"][k][1] for k in mine},
+                                       "steps": {k: _adam_steps(sub["trained"][k][2]) for k in mine if carry},
                                        "seconds": sub["seconds"], "preempted": sub["preempted"],
                                        "collectives": sub["collectives"], "reach": sub["reach"],
                                        "elapsed_start": sub["elapsed_start"], "elapsed_end": sub["elapsed_end"]},
@@ -383,21 +417,26 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
             "collectives_per_rank": [s["collectives"] for s in summaries], "reach_per_rank": [s["reach"] for s in summaries],
             "imbalance_seconds": max(s["seconds"] for s in summaries) - min(s["seconds"] for s in summaries),
             "sub_elapsed": (min(s["elapsed_start"] for s in summaries), max(s["elapsed_end"] for s in summaries))}
+    steps = {}
     for s in summaries:
         info["histories"].update(s["histories"])
+        steps.update(s["steps"])
     if not world.is_root:
         return info | {"seconds": time.perf_counter() - tic}, None
-    subnets, offset = [], 0
+    offset = 0
     owners = sorted(range(K), key=lambda k: (subnet_owner(k, world.size, K), k))
     by_k = {}
     for k in owners:
-        net = build(cfg, K, plan.tile_sample_shape, 0)
-        n = state_numel(net)
-        unflatten_state(net, torch.from_numpy(gathered[offset : offset + n]))
-        by_k[k], offset = net, offset + n
-    subnets = [by_k[k].eval() for k in range(K)]
+        by_k[k] = []
+        for _ in range(3 if carry else 1):  # the weights, then Adam's two moments in the same layout
+            net = build(cfg, K, plan.tile_sample_shape, 0)
+            n = state_numel(net)
+            unflatten_state(net, torch.from_numpy(gathered[offset : offset + n]))
+            by_k[k], offset = by_k[k] + [net], offset + n
+    subnets = [by_k[k][0].eval() for k in range(K)]
     global_net = build(cfg, 1, plan.data.train.image_shape, 0)
-    compose(subnets, global_net, task=cfg.model.task, tiles=plan.tiles, input_size=plan.data.train.image_shape[:-1]).eval()
+    placement = dict(task=cfg.model.task, tiles=plan.tiles, input_size=plan.data.train.image_shape[:-1])
+    compose(subnets, global_net, **placement).eval()
     probe_images, _ = plan.data.val.read(np.arange(min(16, len(plan.data.val))))
     probe = make_batch(probe_images, mean=plan.data.mean, tile=None, augment=False, generator=None)
     error = theorem_error(global_net, subnets, probe, task=cfg.model.task, tiles=plan.tiles)
@@ -408,35 +447,72 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
         raise RuntimeError(f"the composed network does not equal the sum of its sub-networks: relative "
                            f"error {error['max_rel']:.3g} > {THEOREM_RTOL:g}")
     save_torch(_model_file(global_net, plan), plan.out / "composed_model.pt")
+    if carry:
+        moments = [compose([by_k[k][i] for k in range(K)], build(cfg, 1, plan.data.train.image_shape, 0), **placement)
+                   for i in (1, 2)]
+        info["optimizer_state"] = _composed_adam_state(global_net, *moments, max(steps.values()), plan.phase("global"))
+    if cfg.global_.shrink != 1 or cfg.global_.perturb:
+        fresh = build(cfg, 1, plan.data.train.image_shape, cfg.run.seed + SHRINK_PERTURB_SEED_OFFSET)
+        shrink_perturb(global_net, fresh, cfg.global_.shrink, cfg.global_.perturb)
     info.update(max_abs_error=error["max_abs"], max_rel_error=error["max_rel"], bytes_gathered=gathered.nbytes)
     return info | {"seconds": time.perf_counter() - tic}, global_net
 
 
-def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Module, log: Logger) -> dict:
-    """Data-parallel training of a global network over all ranks (GNet-T or the GNet-R baseline)."""
+def _payload(module: torch.nn.Module, history: list, optimizer_state: dict | None, carry: bool) -> list:
+    """What a trained sub-network sends to compose: its weights, and with global.carry_optimizer
+    Adam's first and second moments in the network's own layout (compose places them alike)."""
+    if not carry:
+        return [module]
+    state = optimizer_state["state"]
+    return [module] + [with_parameters(module, [state[i][key] for i in range(len(state))])
+                       for key in ("exp_avg", "exp_avg_sq")]
+
+
+def _adam_steps(optimizer_state: dict) -> int:
+    return int(max(float(s["step"]) for s in optimizer_state["state"].values()))
+
+
+def _composed_adam_state(global_net: torch.nn.Module, exp_avg: torch.nn.Module, exp_avg_sq: torch.nn.Module,
+                         steps: int, config: PhaseConfig) -> dict:
+    """GNet-T's Adam state from the composed moments (zeros across blocks), the sub-networks'
+    step count kept for Adam's bias correction; the param groups of GNet-T's own optimizer."""
+    groups = make_optimizer(global_net.parameters(), config).state_dict()["param_groups"]
+    state = {i: {"step": torch.tensor(float(steps)), "exp_avg": m.detach().clone(), "exp_avg_sq": v.detach().clone()}
+             for i, (m, v) in enumerate(zip(exp_avg.parameters(), exp_avg_sq.parameters()))}
+    return {"state": state, "param_groups": groups}
+
+
+def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Module, log: Logger,
+                 optimizer_state: dict | None = None) -> dict:
+    """Data-parallel training of a global network over all ranks (GNet-T or the GNet-R baseline),
+    its optimizer starting from rank 0's `optimizer_state` when one is given."""
     comm.set_phase(name)
     cfg = plan.config
     tic = time.perf_counter()
     comm.init_distributed(world, plan.backend)
-    phase_cfg = cfg.global_ if name == "global" else dataclasses.replace(cfg.random, epochs=cfg.random_epochs)
+    phase_cfg = plan.phase(name)
     ddp = data_parallel(model, world, plan.backend, phase_cfg.compile)
+    if name == "global" and cfg.global_.carry_optimizer:
+        optimizer_state = comm.bcast(world, optimizer_state, "broadcasting GNet-T's composed optimizer state")
     slot = CheckpointSeries(plan.out / "checkpoints", name, cfg.digest()) if world.is_root else None
     job = Job(name=name, model=ddp, config=phase_cfg, data=phase_data(plan, None), slot=slot, task=plan.task,
               seed=cfg.run.seed + (1 if name == "global" else 2), rank=world.rank, group=None,
               checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
-              progress_seconds=cfg.run.progress_seconds, log=log, clock=plan.clock)
+              progress_seconds=cfg.run.progress_seconds, log=log, clock=plan.clock, optimizer_state=optimizer_state)
     timed = {"history": [], "initial": None, "recalibrated": None, "init_eval_seconds": 0.0,
              "recalibrate_seconds": 0.0}
     if name == "global":  # GNet-T before training: timed apart, not part of compose or global seconds
         setup, tic = time.perf_counter() - tic, time.perf_counter()
-        if phase_cfg.evaluate_before_recalibration or not phase_cfg.bn_recalibrate_batches:
+        scored = phase_cfg.eval_every != 0  # 0: GNet-T is scored only after its last epoch
+        if scored and (phase_cfg.evaluate_before_recalibration or not phase_cfg.bn_recalibrate_batches):
             timed["initial"] = evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
         timed["init_eval_seconds"] = time.perf_counter() - tic
         if phase_cfg.bn_recalibrate_batches:  # statistics of full images, not the tiles' (measured both)
             tic = time.perf_counter()
             recalibrate_bn(job.module, job.data, world.device, phase_cfg.bn_recalibrate_batches,
                            phase_cfg.batch_size, job.seed, precision=cfg.run.precision)
-            timed["recalibrated"] = evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
+            if scored:
+                timed["recalibrated"] = evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
             timed["recalibrate_seconds"] = time.perf_counter() - tic
         tic = time.perf_counter() - setup
     started = plan.clock()
@@ -444,6 +520,162 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
     if world.is_root:
         save_torch(_model_file(job.module, plan), plan.out / ("model.pt" if name == "global" else "random_model.pt"))
     return timed | {"seconds": time.perf_counter() - tic, "elapsed_start": started, "elapsed_end": plan.clock()}
+
+
+CALIBRATION_STEPS, CALIBRATION_WARMUP = 3, 1  # timed and untimed training steps per phase
+CALIBRATION_SCORED = 64  # validation samples per rank a calibration scores (the time scaled to the split)
+
+
+def _calibration_data(plan: Plan) -> Splits:
+    """What calibration trains on: the run's data, or in a dry run (which reads no sample) random
+    samples of its shape in memory."""
+    if plan.data.mean is not None:
+        return plan.data
+    shape, n = plan.data.train.image_shape, 2 * max(plan.config.sub.batch_size, plan.config.global_.batch_size,
+                                                     plan.config.random.batch_size, 256)
+    images = np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
+    labels = np.zeros((n, *plan.data.train.target_shape), plan.data.train.labels.dtype)
+    samples = SampleSet(ArrayStore(images, labels, "calibration samples"))
+    return dataclasses.replace(plan.data, train=samples, val=samples, mean=torch.zeros(shape[-1]))
+
+
+def _calibration_job(plan: Plan, name: str, model: torch.nn.Module, config: PhaseConfig, data: PhaseData,
+                     world: comm.World, log: Logger) -> Job:
+    return Job(name=name, model=model, config=config, data=data, slot=None, seed=0, task=plan.task,
+               rank=world.rank, precision=plan.config.run.precision, log=log)
+
+
+def _time_compose(plan: Plan) -> float:
+    """Seconds rank 0 spends composing: building the nets, composing, the Theorem 2.1 check and
+    saving the composed model (throwaway sub-networks)."""
+    tic = time.perf_counter()
+    cfg = plan.config
+    subnets = [build(cfg, plan.partitions, plan.tile_sample_shape, k).eval() for k in range(plan.partitions)]
+    global_net = build(cfg, 1, plan.data.train.image_shape, 0)
+    compose(subnets, global_net, task=cfg.model.task, tiles=plan.tiles, input_size=plan.data.train.image_shape[:-1])
+    probe = torch.zeros(min(16, max(len(plan.data.val), 1)), *plan.data.train.image_shape).movedim(-1, 1)
+    theorem_error(global_net.eval(), subnets, probe, task=cfg.model.task, tiles=plan.tiles)
+    torch.save(_model_file(global_net, plan), io.BytesIO())
+    return time.perf_counter() - tic
+
+
+def calibrate_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
+    """Time each phase's training step and score on the real ranks, with throwaway networks on the
+    run's batches and the phase's own data parallelism, all ranks at once (so they contend for the
+    cores as in the run): the rates, fixed costs and calibration seconds budget.plan_budget plans with.
+    The slowest rank's figures count. Torch.distributed is shut down again before the sub phase."""
+    comm.set_phase("calibrate")
+    cfg, K = plan.config, plan.partitions
+    data = _calibration_data(plan)
+
+    def barrier():
+        comm.barrier(world, "timing the calibration")
+
+    mine, seconds = {}, {}
+    if "ddc" in plan.strategies:
+        tic = time.perf_counter()
+        owned = subnets_of_rank(world.rank, world.size, K)
+        local = comm.enter_sub_group(world, plan.backend, subnet_group(owned[0], world.size, K))
+        model = data_parallel(build(cfg, K, plan.tile_sample_shape, 0), local, plan.backend, cfg.sub.compile)
+        job = _calibration_job(plan, "sub", model, cfg.sub, phase_data(plan, plan.tiles[owned[0]], data), world, log)
+        mine["sub_step"] = time_steps(job, world.device, CALIBRATION_STEPS, CALIBRATION_WARMUP, barrier) * len(owned)
+        recalibration, scoring = time_evaluation(job, world.device, len(plan.data.val), barrier, CALIBRATION_SCORED)
+        mine["sub_evaluation"] = (recalibration + scoring) * len(owned)
+        comm.leave_sub_group(local)
+        mine["compose"] = _time_compose(plan) if world.is_root else 0.0
+        seconds["sub"] = time.perf_counter() - tic
+    timed = {}  # what makes a data-parallel step cost what it does -> the phase measured with it
+    for name in [n for n, s in (("global", "ddc"), ("random", "random")) if s in plan.strategies]:
+        config = plan.phase(name)
+        key = (config.batch_size, config.compile, config.optimizer, config.bn_recalibrate_batches)
+        if key in timed:
+            for what in ("step", "evaluation", "recalibration", "setup"):
+                mine[f"{name}_{what}"] = mine[f"{timed[key]}_{what}"]
+            continue
+        tic = time.perf_counter()
+        comm.init_distributed(world, plan.backend)
+        model = data_parallel(build(cfg, 1, plan.data.train.image_shape, 0), world, plan.backend, config.compile)
+        mine[f"{name}_setup"] = time.perf_counter() - tic
+        job = _calibration_job(plan, name, model, config, phase_data(plan, None, data), world, log)
+        mine[f"{name}_step"] = time_steps(job, world.device, CALIBRATION_STEPS, CALIBRATION_WARMUP, barrier)
+        recalibration, scoring = time_evaluation(job, world.device, len(plan.data.val), barrier, CALIBRATION_SCORED)
+        mine[f"{name}_evaluation"], mine[f"{name}_recalibration"] = recalibration + scoring, recalibration
+        comm.shutdown_distributed()
+        seconds[name], timed[key] = time.perf_counter() - tic, name
+    mine |= {f"seconds_{k}": v for k, v in seconds.items()}
+    every = comm.allgather(world, mine, "gathering the calibration")
+    return {key: max(rank[key] for rank in every) for key in mine}
+
+
+def _budget_costs(plan: Plan, measured: dict, world: comm.World) -> tuple[dict, dict, dict]:
+    """(calibration seconds, fixed seconds, budget.PhaseRates) per strategy or phase from what
+    calibrate_phase measured. GNet-T's start costs its BN recalibration and the scores of the
+    composed net (none with global.eval_every = 0); a shared data-parallel calibration is charged
+    to both strategies in full (each pays what it alone would)."""
+    calibration, fixed, rates = {}, {}, {}
+    per_group = max(world.size // plan.partitions, 1)
+    if "ddc" in plan.strategies:
+        glob = plan.phase("global")
+        scores = 0 if glob.eval_every == 0 else ((glob.evaluate_before_recalibration or not glob.bn_recalibrate_batches)
+                                                 + bool(glob.bn_recalibrate_batches))
+        scoring = measured["global_evaluation"] - measured["global_recalibration"]
+        calibration["ddc"] = measured["seconds_sub"] + measured.get("seconds_global", 0.0)
+        fixed["ddc"] = (measured["compose"] + measured["global_setup"] + measured["global_recalibration"]
+                        + scores * scoring)
+        rates["sub"] = budget.PhaseRates(measured["sub_step"], measured["sub_evaluation"], plan.pass_steps("sub", per_group))
+        rates["global"] = budget.PhaseRates(measured["global_step"], measured["global_evaluation"],
+                                            plan.pass_steps("global", world.size))
+    if "random" in plan.strategies:
+        calibration["random"] = measured.get("seconds_random", measured.get("seconds_global", 0.0))
+        fixed["random"] = measured["random_setup"]
+        rates["random"] = budget.PhaseRates(measured["random_step"], measured["random_evaluation"],
+                                            plan.pass_steps("random", world.size))
+    return calibration, fixed, rates
+
+
+def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = False) -> dict:
+    """run.budget's plan: the one recorded in the out dir (a resume never plans anew), or a new one
+    from a calibration, written to plan.json before any training. A budget too small for the
+    calibration, the fixed costs and one step of each phase stops the job with exit 2."""
+    recorded = None
+    if world.is_root and (plan.out / PLAN_FILE).exists():
+        recorded = json.loads((plan.out / PLAN_FILE).read_text())
+    recorded = comm.bcast(world, recorded, "reading the recorded budget plan")
+    if recorded is not None:
+        plan.clock.resume_at(recorded["calibration_end"])
+        log(f"[budget] the recorded plan ({plan.out / PLAN_FILE}); no new calibration")
+        return recorded
+    slurm = budget.parse_budget(plan.config.run.budget) == budget.SLURM
+    left = budget.parse_slurm_time(comm.slurm_time_left() or "") if slurm else None  # before calibrating
+    log(f"[budget] calibrating: {CALIBRATION_WARMUP} + {CALIBRATION_STEPS} steps and one score per phase "
+        "(on the clock, charged to the budgets)")
+    measured = calibrate_phase(plan, world, log)
+    made, error = None, None
+    if world.is_root:
+        calibration, fixed, rates = _budget_costs(plan, measured, world)
+        phases = [n for n in ("sub", "global", "random") if n in rates]
+        try:
+            budgets = budget.budgets_per_strategy(plan.config.run.budget, plan.strategies, left)
+            made = budget.plan_budget(budgets, calibration, fixed, rates,
+                                      {n: plan.phase(n).eval_every for n in phases},
+                                      {n: plan.phase(n).warmup_epochs for n in phases}, plan.config.run.sub_share)
+            made |= {"spec": plan.config.run.budget, "measured": measured, "calibration_end": plan.clock()}
+        except ValueError as err:
+            error = f"run.budget = {plan.config.run.budget!r}: {err}"
+    made, error = comm.bcast(world, (made, error), "sharing the budget plan")
+    if error is not None:
+        raise comm.collective_error(error)
+    if world.is_root and not dry_run:
+        atomic_write(plan.out / PLAN_FILE, json.dumps(made, indent=1).encode())
+    return made
+
+
+def budget_record(made: dict, elapsed: dict[str, float]) -> dict:
+    """results.json's `budget`: the plan, each strategy's real seconds (its calibration charge plus
+    its phases on the job clock, evaluation included) and how far it landed from its budget."""
+    spent = {s: made["calibration_seconds"][s] + seconds for s, seconds in elapsed.items()}
+    return made | {"elapsed_seconds": spent,
+                   "landed": {s: spent[s] / made["budget_seconds"][s] for s in spent}}
 
 
 def pipeline(args: argparse.Namespace) -> None:
@@ -479,6 +711,8 @@ def pipeline(args: argparse.Namespace) -> None:
     world = comm.configure_world(world, cfg.run.device, cfg.run.collective_timeout)
     threads = comm.configure_threads(world, cfg.run.threads, cfg.run.deterministic)
     if args.dry_run:
+        if cfg.run.budget:
+            plan.budget = budget_phase(plan, world, print if world.is_root else lambda _: None, dry_run=True)
         if world.is_root:
             print(f"{report.plan_text(plan, world, threads)}\n{dry_run_text(plan, world)}", flush=True)
         return
@@ -489,24 +723,33 @@ def pipeline(args: argparse.Namespace) -> None:
         log(determinism)
     if world.is_root:
         atomic_write(plan.out / "config.toml", cfg.to_toml().encode())
-    log(report.plan_text(plan, world, threads))
     comm.install_stop_handlers()
+    if cfg.run.budget:
+        plan.budget = budget_phase(plan, world, log)
+    log(report.plan_text(plan, world, threads))
     results = Results(strategy=cfg.run.strategy, world_size=world.size, partitions=plan.partitions,
                       model=cfg.model.name, dataset=cfg.data.source, threads=threads, device=str(world.device),
                       precision=cfg.run.precision, resumed=plan.resume, slurm_restarts=comm.restart_count(),
                       metric=plan.task.metric, backend=plan.backend)
-    if cfg.run.strategy in ("ddc", "both"):
+    elapsed = {}  # each strategy's seconds on the job clock
+    if "ddc" in plan.strategies:
+        started = plan.clock()
         sub = sub_phase(plan, world, log)
         compose_info, global_net = compose_phase(plan, world, sub, log)
         model = global_net if world.is_root else build(cfg, 1, plan.data.train.image_shape, 0)
-        trained = global_phase(plan, world, "global", model, log)
+        trained = global_phase(plan, world, "global", model, log, compose_info.pop("optimizer_state", None))
+        elapsed["ddc"] = plan.clock() - started
         if world.is_root:  # only rank 0 holds the composed net's check and every sub history
             results.sub, results.compose, results.global_ = ddc_sections(
-                compose_info, trained, plan.task.metric, cfg.sub.epochs)
-    if cfg.run.strategy in ("random", "both"):
+                compose_info, trained, plan.task.metric, plan.phase("sub").epochs)
+    if "random" in plan.strategies:
+        started = plan.clock()
         baseline = build(cfg, 1, plan.data.train.image_shape, cfg.run.seed + RANDOM_INIT_SEED_OFFSET)
         results.random = Phase.from_trained(global_phase(plan, world, "random", baseline, log))
+        elapsed["random"] = plan.clock() - started
     if world.is_root:
+        if plan.budget is not None:
+            results.budget = budget_record(plan.budget, elapsed)
         report.write(plan.out, results)
         print(report.table(results, plan.out), flush=True)
 

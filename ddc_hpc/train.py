@@ -7,6 +7,7 @@ step), so a run stopped at a step boundary and resumed follows exactly the unint
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -27,6 +28,7 @@ from .partition import shard_range
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+EVAL_BATCH = 256  # samples per rank in one forward pass of evaluate
 
 
 class NonFiniteLoss(RuntimeError):
@@ -102,6 +104,9 @@ class Job:
     log: Callable[[str], None] = print
     history: list[dict] = field(default_factory=list)
     clock: Clock = field(default_factory=Clock)
+    # The optimizer state fit starts from when not resuming (None: a fresh optimizer; GNet-T: the
+    # sub-networks' Adam moments composed, global.carry_optimizer); fit leaves its final state here.
+    optimizer_state: dict | None = None
 
     @property
     def module(self) -> nn.Module:
@@ -138,7 +143,8 @@ def steps_per_epoch(config: PhaseConfig, samples: int) -> int:
 
 def lr_at(config: PhaseConfig, epoch: int, step: int, steps: int) -> float:
     """The lr of a step (pure): linear warm-up over `warmup_epochs`, then the milestone factors
-    (schedule "step"), or a cosine or linear decay towards zero over the rest of the phase."""
+    (schedule "step"), or a cosine or linear decay over the rest of the phase that reaches zero at
+    its last step (annealed at the end, as budgeted training wants it)."""
     t, warm = epoch * steps + step, round(config.warmup_epochs * steps)
     lr = config.lr
     if t < warm:
@@ -148,7 +154,7 @@ def lr_at(config: PhaseConfig, epoch: int, step: int, steps: int) -> float:
             if epoch >= milestone:
                 lr *= factor
         return lr
-    progress = (t - warm) / max(config.epochs * steps - warm, 1)
+    progress = min((t - warm) / max(config.epochs * steps - warm - 1, 1), 1.0)  # 1 at the last step: lr 0
     return lr * (0.5 * (1 + math.cos(math.pi * progress)) if config.schedule == "cosine" else 1 - progress)
 
 
@@ -183,7 +189,7 @@ def epoch_order(n: int, seed: int, epoch: int, group) -> list[int]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: PhaseData, device: torch.device, task: Task = Task(), group=None,
-             batch_size: int = 256, precision: str = "fp32") -> dict:
+             batch_size: int = EVAL_BATCH, precision: str = "fp32") -> dict:
     """Validation metrics, split over the group's ranks: top-1/top-5 for classification, MAE and
     RMSE for regression and autoencoders; the mean loss for all. The forward pass runs in
     `precision`, the metrics in fp32."""
@@ -251,12 +257,95 @@ def recalibrate_bn(model: nn.Module, data: PhaseData, device: torch.device, batc
     return True
 
 
+def step_batch(job: Job, indices, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch of `indices` on `device`, augmented with the step's own generator."""
+    data = job.data
+    images, labels = data.train.read(np.asarray(indices))
+    x = make_batch(images, mean=data.mean, tile=data.tile, augment=data.augment,
+                   generator=torch.Generator().manual_seed(seed), max_shift=data.max_shift)
+    return to_device(x, device), to_device(labels, device)
+
+
+def train_step(job: Job, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, x: torch.Tensor,
+               labels: torch.Tensor, lr: float, where: str, poison: bool = False) -> torch.Tensor:
+    """One optimizer step at `lr` (fit's, and what calibration times); the detached loss.
+
+    `where` names the step in the error a non-finite loss raises; `poison` makes the loss NaN
+    (the DDC_NAN_AT test hook)."""
+    with autocast(x.device, job.precision):
+        loss = job.task.criterion(job.model(x), job.task.target(x, labels)).float()
+    if poison:
+        loss = loss * float("nan")
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"{where}: the loss is {loss.item()}; lower {job.name.split('_')[0]}.lr or check the "
+                            "data (the last good checkpoint is kept)")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
+    scaler.update()
+    return loss.detach()
+
+
+def time_steps(job: Job, device: torch.device, steps: int, warmup: int, barrier: Callable[[], None]) -> float:
+    """Seconds per training step of `job` (a throwaway network: its weights change), timed
+    between `barrier()` calls after `warmup` untimed steps, so ranks that time together contend
+    for the cores as they will in the phase."""
+    optimizer, scaler = make_optimizer(job.model.parameters(), job.config), make_scaler(job, device)
+    job.model.train()
+    n = len(job.data.train)
+    for i in range(warmup + steps):
+        if i == warmup:
+            barrier()
+            tic = time.perf_counter()
+        indices = [(i * job.config.batch_size + j) % n for j in range(job.config.batch_size)]
+        x, labels = step_batch(job, indices, i, device)
+        train_step(job, optimizer, scaler, x, labels, job.config.lr, where=f"calibrating {job.name}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - tic
+    barrier()
+    return seconds / max(steps, 1)
+
+
+def time_evaluation(job: Job, device: torch.device, val_samples: int, barrier: Callable[[], None],
+                    samples_per_peer: int = EVAL_BATCH) -> tuple[float, float]:
+    """(seconds of the BN recalibration fit does before a score, seconds of one score of
+    `val_samples` validation samples), the score timed on `samples_per_peer` a peer and scaled."""
+    part = min(len(job.data.val), samples_per_peer * comm.group_size(job.group))
+    sample = dataclasses.replace(job.data, val=job.data.val.subset(np.arange(part)))
+    barrier()
+    tic = time.perf_counter()
+    if job.config.bn_recalibrate_batches:
+        recalibrate_bn(job.module, job.data, device, job.config.bn_recalibrate_batches, job.config.batch_size,
+                       job.seed, job.group, precision=job.precision)
+    recalibration = time.perf_counter() - tic
+    evaluate(job.model, sample, device, job.task, job.group, precision=job.precision)
+    scoring = time.perf_counter() - tic - recalibration
+    barrier()
+    return recalibration, scoring * val_samples / max(part, 1)
+
+
+def make_scaler(job: Job, device: torch.device) -> torch.amp.GradScaler:
+    """fp16 only: scale the loss so small gradients do not flush to zero (bf16 has fp32's range)."""
+    return torch.amp.GradScaler(device.type, enabled=job.precision == "fp16")
+
+
+def evaluates_after(config: PhaseConfig, epoch: int) -> bool:
+    """Whether the phase scores the network after `epoch` (0-based): every `eval_every` epochs and
+    after the last (eval_every 0: after the last only)."""
+    last = epoch + 1 == config.epochs
+    return last or bool(config.eval_every and (epoch + 1) % config.eval_every == 0)
+
+
 def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict]:
     """Train `job.config.epochs` epochs (continuing from `resume`); returns the per-epoch history."""
     cfg, data, model = job.config, job.data, job.model
     optimizer = make_optimizer(model.parameters(), cfg)
-    # fp16 only: scale the loss so small gradients do not flush to zero (bf16 has fp32's range).
-    scaler = torch.amp.GradScaler(device.type, enabled=job.precision == "fp16")
+    if resume is None and job.optimizer_state is not None:
+        optimizer.load_state_dict(job.optimizer_state)
+    scaler = make_scaler(job, device)
     # The lr of every step is lr_at(...) times plateau_factor once per cut of the plateau rule, whose
     # counters ReduceLROnPlateau keeps; a cut shows as a lower lr after its step() call.
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -310,27 +399,12 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         for step in range(first_step, steps):
             seed = step_seed(job.seed, epoch, step, peer)
             torch.manual_seed(seed)  # dropout and any other global-RNG use
-            images, labels = data.train.read(np.asarray(batch_indices(order_of, length, epoch, step, cfg.batch_size,
-                                                                      cfg.steps_per_epoch)))
-            x = make_batch(images, mean=data.mean, tile=data.tile, augment=data.augment,
-                           generator=torch.Generator().manual_seed(seed), max_shift=data.max_shift)
-            x, labels = to_device(x, device), to_device(labels, device)
-            with autocast(device, job.precision):
-                loss = job.task.criterion(model(x), job.task.target(x, labels)).float()
-            if comm.nan_point(job.name, epoch + 1, step + 1):
-                loss = loss * float("nan")
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"phase {job.name}, epoch {epoch + 1}, step {step + 1}, rank {job.rank}: "
-                    f"the loss is {loss.item()}; lower {job.name.split('_')[0]}.lr or check the data "
-                    "(the last good checkpoint is kept)")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, epoch, step, steps) * cfg.plateau_factor ** cuts
-            scaler.step(optimizer)  # skips the step if fp16 gradients overflowed, then lowers the scale
-            scaler.update()
-            loss_sum += loss.detach().double().cpu() * len(labels)
+            x, labels = step_batch(job, batch_indices(order_of, length, epoch, step, cfg.batch_size,
+                                                      cfg.steps_per_epoch), seed, device)
+            loss = train_step(job, optimizer, scaler, x, labels, lr_at(cfg, epoch, step, steps) * cfg.plateau_factor ** cuts,
+                              where=f"phase {job.name}, epoch {epoch + 1}, step {step + 1}, rank {job.rank}",
+                              poison=comm.nan_point(job.name, epoch + 1, step + 1))
+            loss_sum += loss.double().cpu() * len(labels)
             seen += len(labels)
             progress(step, seen)
             comm.signal_point(job.name, epoch + 1, step + 1)
@@ -344,10 +418,12 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                     "checkpoint written; run again with the same --out to resume")
         progress.close()
         train_seconds = earlier_seconds + time.perf_counter() - tic
-        if cfg.bn_recalibrate_batches:
-            recalibrate_bn(job.module, data, device, cfg.bn_recalibrate_batches, cfg.batch_size, job.seed, job.group,
-                           precision=job.precision)
-        metrics = evaluate(model, data, device, job.task, job.group, precision=job.precision)
+        metrics = {}
+        if evaluates_after(cfg, epoch):
+            if cfg.bn_recalibrate_batches:
+                recalibrate_bn(job.module, data, device, cfg.bn_recalibrate_batches, cfg.batch_size, job.seed,
+                               job.group, precision=job.precision)
+            metrics = evaluate(model, data, device, job.task, job.group, precision=job.precision)
         totals = comm.all_reduce_sum(torch.tensor([loss_sum.item(), seen], dtype=torch.float64), job.group)
         samples = int(totals[1].item())
         row = {"phase": job.name, "epoch": epoch + 1, "loss": totals[0].item() / max(samples, 1), **metrics,
@@ -355,7 +431,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                "seconds": earlier_seconds + time.perf_counter() - tic, "elapsed": job.clock(),
                "images_per_second": samples / max(train_seconds, 1e-9)}
         job.history.append(row)
-        if cfg.plateau_patience:
+        if cfg.plateau_patience and metrics:
             before = optimizer.param_groups[0]["lr"]
             plateau.step(metrics[job.task.metric])
             cuts += optimizer.param_groups[0]["lr"] < before
@@ -363,6 +439,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         last = epoch + 1 == cfg.epochs
         if last or (job.checkpoint_every and (epoch + 1) % job.checkpoint_every == 0):
             save(epoch + 1, 0, finished=last)
+    job.optimizer_state = optimizer.state_dict()
     return job.history
 
 
@@ -408,6 +485,8 @@ def _progress_line(row: dict, epochs: int, elapsed: float, done_here: int) -> st
 
 
 def _metric_text(row: dict) -> str:
+    if not any(key.startswith("val_") for key in row):
+        return "(not evaluated)"
     if "val_accuracy" in row:
         return f"val {100 * row['val_accuracy']:.2f}%"
     return f"val rmse {row['val_rmse']:.4g}  mae {row['val_mae']:.4g}"

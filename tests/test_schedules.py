@@ -43,13 +43,13 @@ def test_linear_warm_up_then_cosine_to_zero():
     got = lrs(config, 4)
     assert got[:2] == [0.5, 1.0]
     decay = 3 * 4 - 2
-    assert got[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * t / decay)) for t in range(decay)])
-    assert got[-1] < 0.03 and all(a >= b for a, b in zip(got[1:], got[2:]))
+    assert got[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * t / (decay - 1))) for t in range(decay)])
+    assert got[-1] == pytest.approx(0, abs=1e-15) and all(a >= b for a, b in zip(got[1:], got[2:]))  # annealed
 
 
 def test_linear_decay_to_zero_and_fractional_warm_up_in_steps():
     config = PhaseConfig(epochs=2, lr=2.0, schedule="linear")
-    assert lrs(config, 5) == pytest.approx([2.0 * (1 - t / 10) for t in range(10)])
+    assert lrs(config, 5) == pytest.approx([2.0 * (1 - t / 9) for t in range(10)])  # zero at the last step
     warm = PhaseConfig(epochs=2, lr=1.0, schedule="linear", warmup_epochs=0.25)  # 1 of 4 steps
     assert lrs(warm, 4)[:2] == pytest.approx([1.0, 1.0])
     assert lrs(PhaseConfig(epochs=1, lr=1.0, warmup_epochs=1.0), 4) == [0.25, 0.5, 0.75, 1.0]

@@ -209,3 +209,19 @@ def test_scaling_submit_runs_and_collects_on_slurm(slurm, tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["scaling"], r["unit"], r["nodes"], r["ranks"]) for r in rows] == [("strong", "ranks", "1", "2")]
     assert (study / "scaling_speedup.png").exists() and (study / "n1" / "results.json").exists()
+
+
+def test_a_slurm_budget_shares_the_jobs_time_left_between_the_strategies(slurm, tmp_path):
+    """run.budget = "slurm": the time left of a 3-minute job (squeue %L), less the 60 s margin,
+    halved for DDC and GNet-R; a dry run calibrates, prints the plan and writes nothing."""
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    command = [sys.executable, "-m", "ddc_hpc.run", "--out", str(out), "--dry-run",
+               *sets(*TINY, "run.strategy=both", "run.budget=slurm", "sub.schedule=linear", "global.schedule=linear",
+                     "random.schedule=linear")]
+    job = submit(slurm, "--ntasks=1", "--time=3", f"--output={log}", "--wrap", " ".join(command))
+    info = wait_for(slurm, job, 150, log)
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED", text[-3000:]
+    budgets = [float(s) for s in re.findall(r"budget (?:DDC|GNet-R) (\d+) s: calibration", text)]
+    assert len(budgets) == 2 and budgets[0] == budgets[1] and 45 <= budgets[0] <= 60, text[-3000:]
+    assert not out.exists()

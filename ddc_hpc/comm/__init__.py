@@ -57,6 +57,7 @@ from .lifecycle import (
     run_contained,
     run_guarded,
     set_phase,
+    slurm_time_left,
     stop_requested,
 )
 from .state import current_phase

@@ -92,6 +92,19 @@ def restart_count() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
 
 
+def slurm_time_left() -> str | None:
+    """squeue's %L for this SLURM job (the time left before its limit), or None outside SLURM or
+    when squeue cannot say (run.budget = "slurm")."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        result = subprocess.run(["squeue", "-h", "-j", job, "-o", "%L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
 # ---- fail fast -------------------------------------------------------------------------------
 
 def wait_for_launcher_to_read(fds=(1, 2), limit: float = 2.0) -> None:

@@ -225,6 +225,9 @@ def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, s
         train_idx, val_idx = stratified_split(raw.train.labels, float(val_fraction), seed)
         if len(train_idx) == 0:
             raise BadInput(f"{raw.description}: val_fraction={val_fraction} leaves no training samples")
+        if len(val_idx) == 0:  # nothing to score, and Theorem 2.1's probe batch comes from it
+            raise BadInput(f"{raw.description}: val_fraction={val_fraction} of {len(raw.train.labels)} samples "
+                           "leaves no validation sample; raise data.val_fraction")
         train = SampleSet(raw.train, train_idx, raw.description)
         val = SampleSet(raw.train, val_idx, raw.description + " (validation)")
     if limit is not None and limit < len(train):

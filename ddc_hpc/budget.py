@@ -1,0 +1,174 @@
+"""Wall-time budgets: `run.budget` parsed, and the plan that fits each strategy into its budget.
+
+The protocol of time-to-accuracy benchmarks (DAWNBench, MLPerf Training: every second on the
+clock, evaluation included) with the schedule fitted to the budget (Li, Yumer and Ramanan,
+"Budgeted training", ICLR 2020: anneal the lr to zero at the budget's end). A calibration on the
+real ranks (run.calibrate_phase) measures what a step, an evaluation and the fixed costs take;
+`plan_budget` turns those rates into step counts so that DDC (sub phase, compose, GNet-T) and
+GNet-R each end annealed within their own budget. Pure arithmetic: the plan is recorded (the
+out dir's plan.json, results.json's `budget`) and a resume uses the recorded plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
+SLURM = "slurm"
+SLURM_MARGIN = 0.05  # of the job's remaining time, at least SLURM_MARGIN_SECONDS: results, plots, requeue
+SLURM_MARGIN_SECONDS = 60.0
+
+
+def parse_budget(text: str) -> float | str:
+    """'600', '600s', '20min', '1.5h' -> seconds; 'slurm' -> 'slurm'; ValueError otherwise."""
+    text = str(text).strip().lower()
+    if text == SLURM:
+        return SLURM
+    match = re.fullmatch(r"([0-9][0-9.e+]*|\.[0-9]+)\s*([a-z]*)", text)
+    try:
+        seconds = float(match.group(1)) * UNITS[match.group(2)]
+    except (AttributeError, ValueError, KeyError):
+        raise ValueError(f"{text!r} is not a budget: give seconds (600), a duration (\"20min\", \"1h\", \"90s\") "
+                         "or \"slurm\" (the job's remaining time)") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{text!r} is not a positive, finite budget")
+    return seconds
+
+
+def budgets_per_strategy(spec: str, strategies: list[str], slurm_remaining: float | None) -> dict[str, float]:
+    """Each strategy's seconds: the budget itself, or with "slurm" the job's remaining time less a
+    margin, shared equally by the strategies that run one after the other."""
+    value = parse_budget(spec)
+    if value != SLURM:
+        return dict.fromkeys(strategies, value)
+    if slurm_remaining is None:
+        raise ValueError("run.budget = \"slurm\" but this job has no SLURM time limit to read (not under SLURM, "
+                         "or an unlimited job): give the budget in seconds instead")
+    usable = slurm_remaining - max(SLURM_MARGIN * slurm_remaining, SLURM_MARGIN_SECONDS)
+    if usable <= 0:
+        raise ValueError(f"the SLURM job has {slurm_remaining:.0f} s left, not more than the {SLURM_MARGIN_SECONDS:.0f} s "
+                         "margin a run keeps for its results")
+    return dict.fromkeys(strategies, usable / len(strategies))
+
+
+def parse_slurm_time(text: str) -> float | None:
+    """Seconds of squeue's %L ("[days-]hours:minutes:seconds", "minutes:seconds"); None for
+    "UNLIMITED", "NOT_SET", "INVALID" or anything else it cannot mean."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseRates:
+    """What calibration measured for one phase, in seconds."""
+
+    step: float  # one optimizer step (sub phase: every sub-network of the busiest rank, one after the other)
+    evaluation: float  # one score of the validation split, BN recalibration included
+    pass_steps: int  # steps of one pass over the data (or of one configured epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class PhasePlan:
+    """A phase's fixed length: `epochs` x `steps_per_epoch` steps, scored `evaluations` times."""
+
+    epochs: int
+    steps_per_epoch: int
+    evaluations: int
+    warmup_epochs: float  # in epochs of this plan
+    seconds: float  # planned: steps x step time + evaluations x evaluation time
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+class BudgetTooSmall(ValueError):
+    """The budget does not hold the calibration and fixed costs plus one step and one evaluation."""
+
+
+def evaluations(epochs: int, eval_every: int) -> int:
+    """How many times a phase of `epochs` scores the network (train.evaluates_after)."""
+    every = epochs // eval_every if eval_every else 0
+    return every + (not eval_every or epochs % eval_every != 0)
+
+
+def plan_phase(seconds: float, rates: PhaseRates, eval_every: int, warmup_passes: float) -> PhasePlan | None:
+    """The most steps that fit `seconds` with their scores, in the fewest epochs of at most one
+    pass each; None when not even one step and one score fit. The warm-up keeps its length in
+    passes, at most half the phase."""
+    def per_epoch(epochs: int) -> int:  # the steps each of `epochs` epochs gets, their scores paid
+        return math.floor((seconds - evaluations(epochs, eval_every) * rates.evaluation) / (epochs * rates.step))
+
+    low, high = 1, max(1, math.ceil(seconds / rates.step))  # per_epoch falls as epochs grow: bisect
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if per_epoch(middle) <= rates.pass_steps else (middle + 1, high)
+    epochs, steps = low, per_epoch(low)
+    if steps < 1:
+        return None
+    scored = evaluations(epochs, eval_every)
+    warm = min(warmup_passes * rates.pass_steps, epochs * steps / 2)
+    return PhasePlan(epochs=epochs, steps_per_epoch=steps, evaluations=scored, warmup_epochs=warm / steps,
+                     seconds=epochs * steps * rates.step + scored * rates.evaluation)
+
+
+def plan_budget(budgets: dict[str, float], calibration: dict[str, float], fixed: dict[str, float],
+                rates: dict[str, PhaseRates], eval_every: dict[str, int], warmup: dict[str, float],
+                sub_share: float) -> dict:
+    """The plan of every strategy in `budgets` ("ddc", "random"), as recorded in plan.json.
+
+    `calibration`: seconds of calibration each strategy is charged; `fixed`: what a strategy pays
+    outside its phases' steps and scores (DDC: compose, GNet-T's setup and its start's BN
+    recalibration and scores; GNet-R: its setup); `rates` per phase ("sub", "global", "random").
+    DDC's remaining seconds go `sub_share` to the sub phase, the rest to GNet-T.
+    """
+    phases = {"ddc": ("sub", "global"), "random": ("random",)}
+    plan = {"budget_seconds": budgets, "calibration_seconds": calibration, "fixed_seconds": fixed,
+            "sub_share": sub_share, "rates": {k: dataclasses.asdict(v) for k, v in rates.items()}, "phases": {},
+            "planned_seconds": {}}
+    for strategy, budget in budgets.items():
+        left = budget - calibration[strategy] - fixed[strategy]
+        shares = {"sub": sub_share, "global": 1 - sub_share} if strategy == "ddc" else {"random": 1.0}
+        total = calibration[strategy] + fixed[strategy]
+        for phase in phases[strategy]:
+            planned = plan_phase(left * shares[phase], rates[phase], eval_every[phase], warmup[phase])
+            if planned is None:
+                least = calibration[strategy] + fixed[strategy] + (rates[phase].step + rates[phase].evaluation) \
+                    / shares[phase]
+                raise BudgetTooSmall(
+                    f"a budget of {budget:.0f} s cannot hold {strategy}'s {phase} phase: calibration "
+                    f"{calibration[strategy]:.1f} s and fixed costs {fixed[strategy]:.1f} s leave "
+                    f"{max(left, 0):.1f} s, and one {phase} step ({rates[phase].step:.2f} s) and one evaluation "
+                    f"({rates[phase].evaluation:.2f} s) need more of it; give at least ~{math.ceil(least)} s")
+            plan["phases"][phase] = dataclasses.asdict(planned) | {"steps": planned.steps}
+            total += planned.seconds
+        plan["planned_seconds"][strategy] = total
+    return plan
+
+
+def phase_plan(plan: dict, phase: str) -> PhasePlan:
+    """A phase's PhasePlan from a recorded plan (plan.json)."""
+    fields = {f.name for f in dataclasses.fields(PhasePlan)}
+    return PhasePlan(**{k: v for k, v in plan["phases"][phase].items() if k in fields})
+
+
+STRATEGY_NAMES = {"ddc": "DDC", "random": "GNet-R"}
+
+
+def describe(plan: dict) -> list[str]:
+    """One line per strategy: its budget and what the plan spends it on."""
+    lines = []
+    for strategy, seconds in plan["budget_seconds"].items():
+        parts = [f"{name} {p['steps']} steps ({p['epochs']} x {p['steps_per_epoch']}), {p['evaluations']} score(s), "
+                 f"{p['seconds']:.0f} s" for name, p in plan["phases"].items()
+                 if name in (("sub", "global") if strategy == "ddc" else ("random",))]
+        lines.append(f"  budget {STRATEGY_NAMES[strategy]} {seconds:.0f} s: calibration "
+                     f"{plan['calibration_seconds'][strategy]:.1f} s + fixed {plan['fixed_seconds'][strategy]:.1f} s + "
+                     + " + ".join(parts) + f" = {plan['planned_seconds'][strategy]:.0f} s planned"
+                     + (f" (sub share {plan['sub_share']:g})" if strategy == "ddc" else ""))
+    return lines

@@ -1,0 +1,93 @@
+"""run.budget in real runs at 1, 2 and 4 ranks: a calibration on the real ranks, a plan recorded
+before training (plan.json, results.json's `budget`), every phase annealed to lr 0 at its last
+step, the planned steps within the budget at the calibrated rates, and a resume that keeps the
+recorded plan. Asserts on the plan's arithmetic and on events, never on wall time (CI's load)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import results, run_pipeline
+
+BUDGET = 12  # seconds per strategy: the tiny job calibrates in ~2 s on a quiet machine, well under it at load 8
+ANNEALED = ["sub.schedule=linear", "global.schedule=cosine", "random.schedule=linear", f"run.budget={BUDGET}"]
+
+
+def check_plan(budget: dict, phases: list[str]) -> None:
+    """The recorded plan's arithmetic: each phase's steps and scores at the calibrated rates, plus
+    the calibration and fixed costs, within each strategy's budget."""
+    for strategy, seconds in budget["budget_seconds"].items():
+        mine = [p for p in phases if (p == "random") == (strategy == "random")]
+        spent = budget["calibration_seconds"][strategy] + budget["fixed_seconds"][strategy]
+        for phase in mine:
+            plan, rates = budget["phases"][phase], budget["rates"][phase]
+            assert plan["steps"] == plan["epochs"] * plan["steps_per_epoch"] >= 1
+            assert plan["seconds"] == pytest.approx(plan["steps"] * rates["step"] + plan["evaluations"] * rates["evaluation"])
+            spent += plan["seconds"]
+        assert budget["planned_seconds"][strategy] == pytest.approx(spent)
+        assert spent <= seconds == BUDGET
+        assert budget["elapsed_seconds"][strategy] > budget["calibration_seconds"][strategy]
+        assert budget["landed"][strategy] == pytest.approx(budget["elapsed_seconds"][strategy] / seconds)
+
+
+def trained_as_planned(result: dict, budget: dict, phase: str, history: list[dict], batch: int, peers: int) -> None:
+    plan = budget["phases"][phase]
+    assert len(history) == plan["epochs"]
+    assert sum(row["train_samples"] for row in history) <= plan["steps"] * batch * peers  # the last batch may be short
+    assert history[-1]["lr"] == 0.0  # annealed at the last step
+
+
+@pytest.mark.parametrize("ranks, strategy", [(1, "both"), (2, "ddc"), (4, "ddc")])
+def test_a_budgeted_run_plans_before_training_and_ends_annealed(ranks, strategy, tmp_path):
+    out = tmp_path / "run"
+    done = run_pipeline(ranks, out, *ANNEALED, f"run.strategy={strategy}", "global.eval_every=0")
+    assert done.returncode == 0, done.stderr + done.stdout
+    result = results(out)
+    budget = result["budget"]
+    assert json.loads((out / "plan.json").read_text()) == {k: v for k, v in budget.items()
+                                                           if k not in ("elapsed_seconds", "landed")}
+    phases = {"both": ["sub", "global", "random"], "ddc": ["sub", "global"], "random": ["random"]}[strategy]
+    assert sorted(budget["phases"]) == sorted(phases)
+    check_plan(budget, phases)
+    if "sub" in phases:
+        for history in result["sub"]["histories"]:
+            trained_as_planned(result, budget, "sub", history, 32, max(ranks // 4, 1))
+        trained_as_planned(result, budget, "global", result["global"]["history"], 32, ranks)
+        assert result["compose"].get("init_val_accuracy") is None  # global.eval_every = 0: scored at the end only
+        assert all("val_accuracy" in row for row in result["global"]["history"][-1:])
+    if "random" in phases:
+        trained_as_planned(result, budget, "random", result["random"]["history"], 32, ranks)
+    log = (out / "logs" / "rank0.log").read_text()
+    assert "[budget] calibrating" in log and log.index("[budget] calibrating") < log.index("epoch 1/")
+    assert (out / "model.pt").exists() == ("sub" in phases) and (out / "random_model.pt").exists() == ("random" in phases)
+
+
+def test_a_resumed_budgeted_run_keeps_the_recorded_plan(tmp_path):
+    out = tmp_path / "run"
+    args = (*ANNEALED, "run.strategy=ddc")
+    stopped = run_pipeline(2, out, *args, env={"DDC_STOP_AT": "global:1:2"})
+    assert stopped.returncode == 75, stopped.stderr + stopped.stdout
+    recorded = (out / "plan.json").read_bytes()
+    resumed = run_pipeline(2, out, *args)
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert (out / "plan.json").read_bytes() == recorded
+    log = (out / "logs" / "rank0.log").read_text()
+    assert log.count("[budget] calibrating") == 1 and "[budget] the recorded plan" in log
+    assert results(out)["budget"]["phases"] == json.loads(recorded)["phases"]
+    assert results(out)["global"]["history"][-1]["lr"] == 0.0
+
+
+def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    done = run_pipeline(1, out, *ANNEALED, "run.strategy=random", extra=("--dry-run",))
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert f"budget GNet-R {BUDGET} s: calibration" in done.stdout and "planned" in done.stdout
+    assert not out.exists()
+
+
+def test_a_budget_too_small_for_one_step_is_refused_with_exit_2(tmp_path):
+    done = run_pipeline(2, tmp_path / "run", *ANNEALED[:3], "run.budget=0.01", "run.strategy=random")
+    assert done.returncode == 2, done.stderr + done.stdout
+    assert "cannot hold random's random phase" in done.stderr and "Traceback" not in done.stderr
