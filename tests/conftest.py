@@ -117,10 +117,12 @@ def pytest_runtest_setup(item):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failing test shows the end of the stderr of the jobs it ran (launched or in-process)."""
+    """A failing test shows the end of the stderr of the jobs it ran (launched or in-process): those
+    that failed, else the last one."""
     report = yield
     if report.failed:
-        for done in _session["jobs"][-3:]:
+        jobs = _session["jobs"]
+        for done in ([j for j in jobs if j.returncode != 0] or jobs)[-3:]:
             report.sections.append(stages.job_section(done.args, done.returncode, done.stderr or done.stdout))
     return report
 
