@@ -836,5 +836,13 @@ def main(argv=None) -> None:
     comm.run_guarded(lambda: resumable(args), debug=args.debug)
 
 
+def run_here(argv: list[str]) -> int:
+    """main(argv) on this process's MPI world for a caller that goes on afterwards (the test suite
+    runs whole jobs in its pytest-mpi stages): the exit code main() would exit with, and the process
+    left as it was (comm.run_contained; raises comm.RankFailed where main() would abort the job)."""
+    args = parse_args(argv)
+    return comm.run_contained(lambda: pipeline(args), debug=args.debug)
+
+
 if __name__ == "__main__":
     main()

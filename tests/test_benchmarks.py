@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, cli
 from ddc_hpc.results import Results
 
 spec = importlib.util.spec_from_file_location("time_to_accuracy", REPO / "benchmarks" / "time_to_accuracy.py")
@@ -87,8 +85,7 @@ def test_a_run_without_the_baseline_is_refused(tmp_path):
 def test_on_a_tiny_real_run(tiny_run, tmp_path):
     out, _ = tiny_run
     png = tmp_path / "tta.png"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), str(out),
-                           "--out", str(png), "--json"], capture_output=True, text=True, timeout=120)
+    done = cli(tta.main, str(out), "--out", str(png), "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     results = json.loads((out / "results.json").read_text())

@@ -1,7 +1,8 @@
 """run.budget in real runs at 1, 2 and 4 ranks: a calibration on the real ranks, a plan recorded
 before training (plan.json, results.json's `budget`), every phase annealed to lr 0 at its last
 step, the planned steps within the budget at the calibrated rates, and a resume that keeps the
-recorded plan. Asserts on the plan's arithmetic and on events, never on wall time (CI's load)."""
+recorded plan. Asserts on the plan's arithmetic and on events, never on wall time (CI's load).
+The jobs run in-process in the stage of their world size (conftest: `ranks`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 
 import pytest
 
-from conftest import results, run_pipeline
+from conftest import results, run_pipeline_here
 
 BUDGET = 25  # seconds per strategy: the tiny job calibrates in ~2 s quiet, ~8 s at 1 rank with the cores shared
 ANNEALED = ["sub.schedule=linear", "global.schedule=cosine", "random.schedule=linear", f"run.budget={BUDGET}"]
@@ -39,10 +40,11 @@ def trained_as_planned(result: dict, budget: dict, phase: str, history: list[dic
     assert history[-1]["lr"] == 0.0  # annealed at the last step
 
 
-@pytest.mark.parametrize("ranks, strategy", [(1, "ddc"), (2, "random"), (4, "both")])
-def test_a_budgeted_run_plans_before_training_and_ends_annealed(ranks, strategy, tmp_path):
-    out = tmp_path / "run"
-    done = run_pipeline(ranks, out, *ANNEALED, f"run.strategy={strategy}", "global.eval_every=0")
+@pytest.mark.parametrize("ranks, strategy", [pytest.param(n, s, marks=pytest.mark.ranks(n))
+                                             for n, s in [(1, "ddc"), (2, "random"), (4, "both")]])
+def test_a_budgeted_run_plans_before_training_and_ends_annealed(ranks, strategy, mpi_tmp_path):
+    out = mpi_tmp_path / "run"
+    done = run_pipeline_here(out, *ANNEALED, f"run.strategy={strategy}", "global.eval_every=0")
     assert done.returncode == 0, done.stderr + done.stdout
     result = results(out)
     budget = result["budget"]
@@ -64,13 +66,14 @@ def test_a_budgeted_run_plans_before_training_and_ends_annealed(ranks, strategy,
     assert (out / "model.pt").exists() == ("sub" in phases) and (out / "random_model.pt").exists() == ("random" in phases)
 
 
-def test_a_resumed_budgeted_run_keeps_the_recorded_plan(tmp_path):
-    out = tmp_path / "run"
+@pytest.mark.ranks(2)
+def test_a_resumed_budgeted_run_keeps_the_recorded_plan(mpi_tmp_path):
+    out = mpi_tmp_path / "run"
     args = (*ANNEALED, "run.strategy=random")
-    stopped = run_pipeline(2, out, *args, env={"DDC_STOP_AT": "random:1:2"})
+    stopped = run_pipeline_here(out, *args, env={"DDC_STOP_AT": "random:1:2"})
     assert stopped.returncode == 75, stopped.stderr + stopped.stdout
     recorded = (out / "plan.json").read_bytes()
-    resumed = run_pipeline(2, out, *args)
+    resumed = run_pipeline_here(out, *args)
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     assert (out / "plan.json").read_bytes() == recorded
     log = (out / "logs" / "rank0.log").read_text()
@@ -79,15 +82,17 @@ def test_a_resumed_budgeted_run_keeps_the_recorded_plan(tmp_path):
     assert results(out)["random"]["history"][-1]["lr"] == 0.0
 
 
+@pytest.mark.ranks(1)
 def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
-    done = run_pipeline(1, out, *ANNEALED, "run.strategy=random", extra=("--dry-run",))
+    done = run_pipeline_here(out, *ANNEALED, "run.strategy=random", extra=("--dry-run",))
     assert done.returncode == 0, done.stderr + done.stdout
     assert f"budget GNet-R {BUDGET} s: calibration" in done.stdout and "planned" in done.stdout
     assert not out.exists()
 
 
-def test_a_budget_too_small_for_one_step_is_refused_with_exit_2(tmp_path):
-    done = run_pipeline(2, tmp_path / "run", *ANNEALED[:3], "run.budget=0.01", "run.strategy=random")
+@pytest.mark.ranks(2)
+def test_a_budget_too_small_for_one_step_is_refused_with_exit_2(mpi_tmp_path):
+    done = run_pipeline_here(mpi_tmp_path / "run", *ANNEALED[:3], "run.budget=0.01", "run.strategy=random")
     assert done.returncode == 2, done.stderr + done.stdout
     assert "cannot hold random's random phase" in done.stderr and "Traceback" not in done.stderr

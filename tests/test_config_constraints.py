@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_pipeline, results
+from conftest import results, run_pipeline_here
 from ddc_hpc import config as config_module
 from ddc_hpc.config import SECTIONS, Check, _coerce, key, load_config, phases
 from ddc_hpc.data import make_batch
@@ -193,14 +193,15 @@ def test_a_config_is_refused_before_any_work_or_it_trains(settings_, tmp_path_fa
     assert_trains(plan)
 
 
+@pytest.mark.ranks(1)
 def test_unusual_but_valid_values_train_for_real(tmp_path):
-    """One real launch at the edges the table admits (the property test only builds the plan)."""
+    """One real run at the edges the table admits (the property test only builds the plan)."""
     out = tmp_path / "run"
-    done = run_pipeline(1, out, "run.strategy=ddc", "data.source=synthetic:n=96,size=16", "sub.optimizer=sgd",
-                        "sub.momentum=0", "sub.weight_decay=0.5", "sub.schedule=cosine", "sub.warmup_epochs=1",
-                        "sub.plateau_patience=1", "sub.plateau_factor=0.99", "global.steps_per_epoch=2",
-                        "global.optimizer=sgd", "global.momentum=0.99", "global.milestones=[1]", "global.gamma=1",
-                        "data.max_shift=8", "run.collective_timeout=2592000", "run.seed=4294967295",
-                        "run.progress_seconds=0")
+    done = run_pipeline_here(out, "run.strategy=ddc", "data.source=synthetic:n=96,size=16", "sub.optimizer=sgd",
+                             "sub.momentum=0", "sub.weight_decay=0.5", "sub.schedule=cosine", "sub.warmup_epochs=1",
+                             "sub.plateau_patience=1", "sub.plateau_factor=0.99", "global.steps_per_epoch=2",
+                             "global.optimizer=sgd", "global.momentum=0.99", "global.milestones=[1]", "global.gamma=1",
+                             "data.max_shift=8", "run.collective_timeout=2592000", "run.seed=4294967295",
+                             "run.progress_seconds=0")
     assert done.returncode == 0, done.stderr[-3000:]
     assert results(out)["global"]["epochs"] == 1

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import cli
 from ddc_hpc.data import (H5Writer, SampleSet, batches, check_tiles, content_checksum, import_dataset,
                           load_dataset, make_batch, stratified_split, synthetic)
 from ddc_hpc.data.synthetic import symbol_count, tile_bayes_accuracy
@@ -22,12 +23,6 @@ from ddc_hpc.errors import BadInput
 from ddc_hpc.partition import tile_slices, tile_slices_nd
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ddc_hpc.data", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=240)
 
 
 @pytest.fixture(scope="module")
@@ -357,10 +352,10 @@ def test_cli(tmp_path, npz_split, arrays, capsys):
                           (["info", str(npz_split)], "not HDF5")):
         assert main(args) == 2, args
         assert message in capsys.readouterr().err
-    # as a user runs it: exit status 2, one message, no traceback
+    # as a user runs it (test_serial_tools launches it): exit status 2, one message, no traceback
     for args, message in ((("info", tmp_path / "missing.h5"), "does not exist"),
                           (("import", "npz", tmp_path / "bad.npz", tmp_path / "bad.h5"), "labels must lie in")):
-        proc = run_cli(*args)
+        proc = cli(main, *map(str, args))
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "bad.h5").exists() and not list(tmp_path.glob("*.tmp*"))

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import REPO, mpiexec, run_pipeline
+from conftest import REPO, job, mpiexec, run_pipeline, run_pipeline_here
 
 PHASES = ["sub", "compose", "global", "random"]
 # Events, not wall time (2 loaded cores make any seconds meaningless): a failed job must end by
@@ -124,22 +124,23 @@ def _fill(disk, leave: int):
     (disk / "filler").write_bytes(b"\0" * max(free - leave, 0))
 
 
+@pytest.mark.ranks(1)  # one rank: an error ends the job without anyone waiting for it, so in-process
 def test_a_full_disk_leaves_the_previous_checkpoint_and_results_intact(small_disk):
     out = small_disk / "run"
     args = ("run.strategy=random", "random.epochs=2")
-    assert run_pipeline(1, out, *args, env={"DDC_STOP_AT": "random:2:1"}).returncode == 75
+    assert run_pipeline_here(out, *args, env={"DDC_STOP_AT": "random:2:1"}).returncode == 75
     slot = out / "checkpoints" / "random"
     before = (slot / "manifest.json").read_text()
     _fill(small_disk, leave=(slot / "ckpt-000000.pt").stat().st_size // 2)  # no room for a whole one
-    failed = run_pipeline(1, out, *args)
+    failed = run_pipeline_here(out, *args)
     assert failed.returncode == 1 and "No space left on device" in failed.stderr, failed.stderr[-2000:]
     assert (slot / "manifest.json").read_text() == before
     assert not [p for p in slot.iterdir() if ".tmp" in p.name], "no half-written file left behind"
     (small_disk / "filler").unlink()
-    assert run_pipeline(1, out, *args).returncode == 0
+    assert run_pipeline_here(out, *args).returncode == 0
     result = (out / "results.json").read_text()
     _fill(small_disk, leave=0)
-    again = run_pipeline(1, out, *args)  # finished already: writes nothing, so a full disk does not matter
+    again = run_pipeline_here(out, *args)  # finished already: writes nothing, so a full disk does not matter
     assert again.returncode == 0 and "finished earlier" in again.stdout, again.stderr[-2000:]
     assert (out / "results.json").read_text() == result  # the earlier finished result is intact
 
@@ -151,8 +152,7 @@ def test_ranks_with_different_configs_are_stopped(tmp_path):
     command = [mpiexec(), "-n", "1", sys.executable, "-m", "ddc_hpc.run", "--config", str(a), "--out",
                str(tmp_path / "run"), ":", "-n", "1", sys.executable, "-m", "ddc_hpc.run", "--config", str(b),
                "--out", str(tmp_path / "run")]
-    done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=LAUNCH_LIMIT)
+    done = job(command, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=LAUNCH_LIMIT)
     assert done.returncode == 2 and "ranks disagree" in done.stderr
 
 
@@ -163,7 +163,7 @@ def test_ranks_running_different_code_are_stopped(tmp_path):
     run = [sys.executable, "-m", "ddc_hpc.run", "--out", str(tmp_path / "run"), "--dry-run"]
     command = [mpiexec(), "-n", "1", "-env", "PYTHONPATH", str(REPO), *run, ":",
                "-n", "1", "-env", "PYTHONPATH", str(copy), *run]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=LAUNCH_LIMIT)
+    done = job(command, cwd=tmp_path, timeout=LAUNCH_LIMIT)
     assert done.returncode == 2 and "code version" in done.stderr, done.stderr[-2000:]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, job
 
 SCRIPT = REPO / "tools" / "gpu_check.sh"
 FAMILIES = ("resnet18", "cnn11", "vgg11", "cnn3d", "resnet3d", "cnn1d", "mlp", "gru")  # the script's order
@@ -23,8 +23,7 @@ def _run(out: Path, *args: str, budget: str = "420", timeout: float = 400) -> su
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DDC_", "SLURM_", "OUT"))}
     env.update(DDC_PYTHON=sys.executable, DDC_CHECK_BUDGET=budget, DDC_CHECK_DEADLINE="400", OMP_NUM_THREADS="1",
                PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
-    return subprocess.run([str(SCRIPT), *args, "--out", str(out)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return job([str(SCRIPT), *args, "--out", str(out)], env=env, timeout=timeout)
 
 
 def test_script_is_valid_bash():

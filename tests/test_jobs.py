@@ -5,23 +5,20 @@ the extensions, e.g. regression and 3D volumes, are run by tests/test_extensions
 To keep CI time down only the smoke jobs of three distinct model families run end to end at 2 ranks
 (a CIFAR ResNet with overlapping tiles and the GNet-R baseline, an ImageNet ResNet with the K = 16
 crop layout, cnn11); every other smoke job runs through `--dry-run` at 2 ranks (data, tiles and
-both network sizes are checked; nothing is trained), all of them in one mpiexec launch.
+both network sizes are checked; nothing is trained). All of them run in-process in the 2-rank stage.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, launch, mpiexec, results
+from conftest import REPO, inprocess, results, shared_tmp
 from ddc_hpc import build_model
 from ddc_hpc.config import load_config
 from ddc_hpc.data import parse_source
@@ -140,19 +137,20 @@ _FINISHED: dict[str, tuple] = {}
 
 
 def finished_smoke_run(name: str, tmp_path_factory) -> tuple[Path, float]:
-    """Run smoke job `name` at 2 ranks once per test session: (out dir, seconds).
+    """Run smoke job `name` on this stage's world (2 ranks) once per test session: (out dir, seconds).
 
     test_visualize.py draws on the cnn11 run, so the session pays for it once.
     """
     if name not in _FINISHED:
-        out = tmp_path_factory.mktemp("smoke") / name
+        out = shared_tmp(tmp_path_factory, "smoke") / name
         tic = time.monotonic()
-        done = launch(2, "ddc_hpc.run", "--config", str(JOBS / f"{name}.toml"), "--out", str(out), timeout=300)
+        done = inprocess("--config", str(JOBS / f"{name}.toml"), "--out", str(out))
         assert done.returncode == 0, done.stderr[-3000:]
         _FINISHED[name] = (out, time.monotonic() - tic)
     return _FINISHED[name]
 
 
+@pytest.mark.ranks(2)
 @pytest.mark.parametrize("name", END_TO_END)
 def test_smoke_job_runs_end_to_end_at_two_ranks(name, tmp_path_factory):
     out, seconds = finished_smoke_run(name, tmp_path_factory)
@@ -166,36 +164,18 @@ def test_smoke_job_runs_end_to_end_at_two_ranks(name, tmp_path_factory):
     assert seconds < SMOKE_SECONDS, f"{name} took {seconds:.0f} s at 2 ranks; smoke jobs must stay well under a minute"
 
 
-DRY_RUN_DRIVER = """
-import sys
-from mpi4py import MPI
-from ddc_hpc import run
-out, names = sys.argv[1], sys.argv[2:]
-for name in names:
-    try:
-        run.main(["--config", f"jobs/{name}.toml", "--out", f"{out}/{name}", "--dry-run"])
-    except SystemExit as exit:
-        code = exit.code or 0
-    if MPI.COMM_WORLD.Get_rank() == 0:
-        print(f"@@ {name} exit {code}", flush=True)
-"""
-
-
-def test_other_smoke_jobs_pass_a_dry_run_at_two_ranks(tmp_path):
+@pytest.mark.ranks(2)
+def test_other_smoke_jobs_pass_a_dry_run_at_two_ranks(mpi_tmp_path):
     names = [n for n in SMOKE if n not in END_TO_END]
-    command = [mpiexec(), "-n", "2", sys.executable, "-c", DRY_RUN_DRIVER,
-               str(tmp_path), *names]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DDC_FAULT", "SLURM_"))}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    for name in names:
-        assert f"@@ {name} exit 0" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = {name: inprocess("--config", str(JOBS / f"{name}.toml"), "--out", str(mpi_tmp_path / name), "--dry-run")
+            for name in names}
+    for name, done in runs.items():
+        assert done.returncode == 0, f"{name}: {done.stdout[-3000:]}{done.stderr[-3000:]}"
         full = load_config(JOBS / f"{name}.toml")
         tile = "x".join(map(str, tile_shape(tiles_of(full, int(parse_source(full.data.source)[2]["size"])))))
-        plan = done.stdout[done.stdout.index(f"ddc_hpc run -> {tmp_path / name}\n"):]
+        plan = done.stdout[done.stdout.index(f"ddc_hpc run -> {mpi_tmp_path / name}\n"):]
         assert f"tiles {tile} " in plan[:plan.index("dry run: nothing trained")]
-        assert not (tmp_path / name).exists()
+        assert not (mpi_tmp_path / name).exists()
 
 
 def test_job_files_say_how_to_run_them():

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY, results, sets, unavailable
+from conftest import REPO, TINY, job, results, sets, unavailable
 from ddc_hpc import comm
 
 HOSTS = ("ddc-node0", "ddc-node1")
@@ -117,7 +117,7 @@ exec ip netns exec "$ns" unshare --uts sh -c "hostname $host && exec $*"
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("DDC_", "SLURM_", "PMI_", "MASTER_", "GLOO_", "NCCL_"))}
         env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-        return subprocess.run(wrapped, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        return job(wrapped, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -1,30 +1,31 @@
-"""The whole pipeline through its CLI, at 1, 2 and 4 ranks, as a user runs it."""
+"""The whole pipeline through its CLI, at 1, 2 and 4 ranks, as a user runs it.
+
+Jobs that end normally run in-process in the stage of their world size (conftest: `ranks`);
+those that must end the job (a stray collective) or test launching itself are launched."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, launch, mpiexec, results, run_pipeline, sets
+from conftest import REPO, cli, each_world, inprocess, job, launch, mpiexec, results, run_pipeline, run_pipeline_here, sets
+from ddc_hpc import evaluate, run
 
 PROMISED = {"strategy", "world_size", "partitions", "model", "dataset", "sub", "compose", "global", "random"}
 PER_PHASE = {"seconds", "epochs", "val_accuracy"}
 
 
-@pytest.mark.parametrize("ranks", [1, 2, 4])
-def test_pipeline_completes_with_every_promised_key(ranks, tmp_path, request):
-    if ranks == 2:  # the session's shared 2-rank run is this very job
-        out, done = request.getfixturevalue("tiny_run")
-    else:
-        out = tmp_path / "run"
-        done = run_pipeline(ranks, out)
+@pytest.mark.parametrize("ranks", [pytest.param(1, marks=pytest.mark.ranks(1)),
+                                   pytest.param(2, marks=[pytest.mark.ranks(2), pytest.mark.quick]),
+                                   pytest.param(4, marks=pytest.mark.ranks(4))])
+def test_pipeline_completes_with_every_promised_key(ranks, tiny_run):
+    out, done = tiny_run  # the stage's shared run at `ranks` ranks is this very job
     assert done.returncode == 0, done.stderr[-3000:]
     r = results(out)
     assert PROMISED <= set(r)
@@ -43,12 +44,13 @@ def test_pipeline_completes_with_every_promised_key(ranks, tmp_path, request):
     assert "GNet-T, composed, not trained" in done.stdout
 
 
+@pytest.mark.ranks(1)
 def test_compiled_phases_train_compose_and_save_like_eager_ones(tmp_path):
     """sub.compile / global.compile run the networks through torch.compile (here its "eager"
     backend: dynamo's tracing without inductor's minutes of code generation); checkpoints keep the
     plain state_dict keys, so composition and the saved networks are the same as eager training's."""
     out = tmp_path / "run"
-    done = run_pipeline(1, out, "run.strategy=ddc", "sub.compile=eager", "global.compile=eager")
+    done = run_pipeline_here(out, "run.strategy=ddc", "sub.compile=eager", "global.compile=eager")
     assert done.returncode == 0, done.stderr[-3000:]
     r = results(out)
     assert r["compose"]["max_rel_error"] < 1e-4 and r["global"]["epochs"] == 1
@@ -59,14 +61,13 @@ def test_compiled_phases_train_compose_and_save_like_eager_ones(tmp_path):
 def test_composed_init_accuracy_equals_serial_recomputation(tiny_run):
     out, _ = tiny_run
     r = results(out)
-    evaluated = launch(1, "ddc_hpc.evaluate", "--checkpoint", str(out / "composed_model.pt"),
-                       "--run", str(out), "--json")
+    evaluated = cli(evaluate.main, "--checkpoint", str(out / "composed_model.pt"), "--run", str(out), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["top1"] == pytest.approx(r["compose"]["init_val_accuracy"], abs=1e-9)
 
 
 def _evaluate(checkpoint, *args):
-    return launch(1, "ddc_hpc.evaluate", "--checkpoint", str(checkpoint), *args)
+    return cli(evaluate.main, "--checkpoint", str(checkpoint), *args)
 
 
 def test_evaluate_on_the_training_data_scores_only_the_held_out_split(tiny_run):
@@ -102,9 +103,10 @@ def test_evaluate_refuses_data_shaped_unlike_the_training_data(tiny_run, tmp_pat
     assert "Traceback" not in done.stderr
 
 
-def test_more_ranks_than_subnetworks_train_in_groups(tmp_path):
-    out = tmp_path / "run"
-    done = run_pipeline(4, out, "decompose.partitions=2", "run.strategy=ddc")
+@pytest.mark.ranks(4)
+def test_more_ranks_than_subnetworks_train_in_groups(mpi_tmp_path):
+    out = mpi_tmp_path / "run"
+    done = run_pipeline_here(out, "decompose.partitions=2", "run.strategy=ddc")
     assert done.returncode == 0, done.stderr[-3000:]
     r = results(out)
     assert r["partitions"] == 2 and len(r["sub"]["per_subnet_val_accuracy"]) == 2
@@ -113,12 +115,13 @@ def test_more_ranks_than_subnetworks_train_in_groups(tmp_path):
     assert r["compose"]["max_abs_error"] <= 1e-4
 
 
-def test_a_flatten_fc_network_satisfies_theorem_2_1_per_tile_field_with_crop_and_overlap(tmp_path):
+@pytest.mark.ranks(2)
+def test_a_flatten_fc_network_satisfies_theorem_2_1_per_tile_field_with_crop_and_overlap(mpi_tmp_path):
     """VGG (flatten-FC head): compose places each sub-network at its tile's field, which a crop
     insets ((1, 2) on the 4x4 map here, not the uncropped grid's (0, 3)); compose checks it."""
-    out = tmp_path / "run"
-    done = run_pipeline(2, out, "model.name=vgg11", 'data.source="synthetic:size=128"', "data.limit=64",
-                        "decompose.overlap=8", "decompose.crop=16", "run.strategy=ddc", timeout=400)
+    out = mpi_tmp_path / "run"
+    done = run_pipeline_here(out, "model.name=vgg11", 'data.source="synthetic:size=128"', "data.limit=64",
+                             "decompose.overlap=8", "decompose.crop=16", "run.strategy=ddc")
     assert done.returncode == 0, done.stderr[-3000:]
     r = results(out)
     assert 0 <= r["compose"]["max_rel_error"] <= 1e-4 and r["compose"]["max_abs_error"] >= 0
@@ -143,25 +146,27 @@ def test_a_stray_collective_in_the_sub_phase_ends_the_job(ranks, partitions, kin
 
 
 def test_bad_config_value_exits_2_without_traceback(tmp_path):
-    done = launch(1, "ddc_hpc.run", "--out", str(tmp_path / "run"), *sets("sub.epochs=-3"))
+    done = cli(run.main, "--out", str(tmp_path / "run"), *sets("sub.epochs=-3"))
     assert done.returncode == 2
     assert "sub.epochs" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_bad_config_at_four_ranks_is_reported_once(tmp_path):
-    done = launch(4, "ddc_hpc.run", "--out", str(tmp_path / "run"), *sets("run.strategy=dcc"), timeout=240)
+@pytest.mark.ranks(4)
+def test_bad_config_at_four_ranks_is_reported_once(mpi_tmp_path):
+    done = run_pipeline_here(mpi_tmp_path / "run", "run.strategy=dcc")
     assert done.returncode == 2
     assert done.stderr.count("did you mean 'ddc'") == 1 and "Traceback" not in done.stderr
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
-    out = tmp_path / "run"
-    done = launch(2, "ddc_hpc.run", "--out", str(out), "--dry-run", timeout=240)
+@pytest.mark.ranks(2)
+def test_dry_run_prints_the_plan_and_writes_nothing(mpi_tmp_path):
+    out = mpi_tmp_path / "run"
+    done = inprocess("--out", str(out), "--dry-run")
     assert done.returncode == 0, done.stderr
     assert "rank -> sub-networks: 0:[0, 2], 1:[1, 3]" in done.stdout
     assert done.stdout.count("dry run: nothing trained, nothing written") == 1
     assert "1600 train / 400 val samples, 10 classes, labels 0..9" in done.stdout
-    assert not out.exists() and not list(tmp_path.iterdir())  # no run folder, no logs
+    assert not out.exists() and not list(mpi_tmp_path.iterdir())  # no run folder, no logs
 
 
 @pytest.mark.parametrize("kind", ["npz", "npz-compressed", "h5"])
@@ -190,6 +195,7 @@ def test_dry_run_checks_the_data_without_reading_a_sample(kind, tmp_path, monkey
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.ranks(2)
 def test_metrics_csv_has_a_row_per_epoch_and_phase(tiny_run):
     out, _ = tiny_run
     lines = (out / "metrics.csv").read_text().splitlines()
@@ -198,6 +204,7 @@ def test_metrics_csv_has_a_row_per_epoch_and_phase(tiny_run):
     assert phases.count("random") == 2  # sub.epochs + global.epochs, the paper's protocol
 
 
+@pytest.mark.ranks(2)
 def test_epoch_ends_are_on_one_job_clock(tiny_run):
     out, _ = tiny_run
     r = results(out)
@@ -213,11 +220,12 @@ def test_epoch_ends_are_on_one_job_clock(tiny_run):
     assert "elapsed" in (out / "metrics.csv").read_text().splitlines()[0].split(",")
 
 
-def test_schedules_and_bn_recalibration_through_the_pipeline(tmp_path):
-    out = tmp_path / "run"
-    done = run_pipeline(2, out, "global.epochs=2", "global.bn_recalibrate_batches=2", "global.schedule=cosine",
-                        "global.warmup_epochs=0.5", "random.bn_recalibrate_batches=2", "random.steps_per_epoch=2",
-                        "random.milestones=[1, 2]", "random.gammas=[0.5, 0.1]")
+@pytest.mark.ranks(2)
+def test_schedules_and_bn_recalibration_through_the_pipeline(mpi_tmp_path):
+    out = mpi_tmp_path / "run"
+    done = run_pipeline_here(out, "global.epochs=2", "global.bn_recalibrate_batches=2", "global.schedule=cosine",
+                             "global.warmup_epochs=0.5", "random.bn_recalibrate_batches=2", "random.steps_per_epoch=2",
+                             "random.milestones=[1, 2]", "random.gammas=[0.5, 0.1]")
     assert done.returncode == 0, done.stderr[-3000:]
     r = results(out)
     assert 0 <= r["compose"]["recalibrated_val_accuracy"] <= 1 and r["compose"]["recalibrate_seconds"] > 0
@@ -228,6 +236,7 @@ def test_schedules_and_bn_recalibration_through_the_pipeline(tmp_path):
     assert [row["train_samples"] for row in rand] == [2 * 32 * 2] * 3  # 2 steps of 32 on each of 2 ranks
 
 
+@pytest.mark.ranks(2)
 def test_saved_global_model_reloads(tiny_run):
     out, _ = tiny_run
     saved = torch.load(out / "model.pt", weights_only=False)
@@ -239,10 +248,11 @@ def test_saved_global_model_reloads(tiny_run):
     assert np.isfinite(sum(p.sum().item() for p in model.parameters()))
 
 
-@pytest.mark.parametrize("ranks, partitions", [(2, 4), (4, 2)])
-def test_mpi4py_engine_runs_the_data_parallel_phases(ranks, partitions, tmp_path):
-    out = tmp_path / "run"
-    done = run_pipeline(ranks, out, "run.backend=mpi4py", f"decompose.partitions={partitions}")
+@pytest.mark.parametrize("ranks, partitions", [pytest.param(2, 4, marks=pytest.mark.ranks(2)),
+                                               pytest.param(4, 2, marks=pytest.mark.ranks(4))])
+def test_mpi4py_engine_runs_the_data_parallel_phases(ranks, partitions, mpi_tmp_path):
+    out = mpi_tmp_path / "run"
+    done = run_pipeline_here(out, "run.backend=mpi4py", f"decompose.partitions={partitions}")
     assert done.returncode == 0, done.stderr[-3000:]
     r = results(out)
     assert r["backend"] == "mpi4py" and r["compose"]["max_abs_error"] <= 1e-4
@@ -254,18 +264,17 @@ def _snapshot(out) -> dict:
     return {p.relative_to(out): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()}
 
 
-def test_rerunning_a_finished_run_rewrites_nothing_at_one_and_two_ranks(tmp_path):
-    out = tmp_path / "run"
-    assert run_pipeline(1, out).returncode == 0
+@each_world(1, 2)
+def test_rerunning_a_finished_run_rewrites_nothing_at_one_and_two_ranks(ranks, tiny_run):
+    out, _ = tiny_run  # a rerun that passes changes nothing the other readers of the run see
     before = _snapshot(out)
-    for ranks in (1, 2):
-        again = run_pipeline(ranks, out)
-        assert again.returncode == 0, again.stderr[-3000:]
-        assert "finished earlier (results.json written " in again.stdout, again.stdout
-        assert "GNet-T, trained" in again.stdout and f"written to {out}/" in again.stdout
-        assert again.stdout.count("finished earlier") == 1  # rank 0 speaks for all
-        assert _snapshot(out) == before, f"rerun at {ranks} rank(s) changed the finished run"
-    changed = run_pipeline(2, out, "sub.lr=0.1")
+    again = run_pipeline_here(out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "finished earlier (results.json written " in again.stdout, again.stdout
+    assert "GNet-T, trained" in again.stdout and f"written to {out}/" in again.stdout
+    assert again.stdout.count("finished earlier") == 1  # rank 0 speaks for all
+    assert _snapshot(out) == before, f"rerun at {ranks} rank(s) changed the finished run"
+    changed = run_pipeline_here(out, "sub.lr=0.1")
     assert changed.returncode == 2 and "finished with a different configuration" in changed.stderr
     assert changed.stderr.count("different configuration") == 1
     assert _snapshot(out) == before
@@ -283,14 +292,14 @@ def test_pytest_under_mpiexec_prints_one_mpi_information_block():
     """./dev test's mpiexec stages: pytest-mpi's block once (rank 0), not once per rank."""
     command = [mpiexec(), "-n", "2", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--with-mpi",
                "-m", "mpi", "tests/test_comm_mpi.py::test_world_matches_mpi"]
-    done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                          text=True, timeout=600)
+    done = job(command, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stdout.count("MPI Information") == 1, done.stdout
 
 
+@pytest.mark.ranks(1)
 def test_progress_lines_within_an_epoch_follow_run_progress_seconds(tiny_run, tmp_path):
-    done = run_pipeline(1, tmp_path / "run", "run.strategy=random", "run.progress_seconds=0.001")
+    done = run_pipeline_here(tmp_path / "run", "run.strategy=random", "run.progress_seconds=0.001")
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"^\[random\] epoch 1/2  step 1/6  \d+ img/s  epoch ETA \d+ s$", done.stdout, re.M), done.stdout
     assert "step 6/6" not in done.stdout  # the epoch's own line reports the last step
@@ -298,12 +307,13 @@ def test_progress_lines_within_an_epoch_follow_run_progress_seconds(tiny_run, tm
     assert not re.search(r"step \d+/\d+", default.stdout), default.stdout
 
 
+@pytest.mark.ranks(1)
 def test_no_global_epochs_reports_the_composed_network_as_gnet_t(tmp_path):
     """...as the global phase starts from it: BN-recalibrated, scored once (the score with the
     tiles' statistics skipped, as the time-to-accuracy study does)."""
     out = tmp_path / "run"
-    done = run_pipeline(1, out, "run.strategy=ddc", "global.epochs=0", "global.bn_recalibrate_batches=2",
-                        "global.evaluate_before_recalibration=false")
+    done = run_pipeline_here(out, "run.strategy=ddc", "global.epochs=0", "global.bn_recalibrate_batches=2",
+                             "global.evaluate_before_recalibration=false")
     assert done.returncode == 0, done.stderr[-3000:]
     r = results(out)
     assert "init_val_accuracy" not in r["compose"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import results, run_pipeline
+from conftest import results, run_pipeline_here
 from ddc_hpc import build_model
 from ddc_hpc.compose import compose, theorem_error
 from ddc_hpc.config import PhaseConfig
@@ -65,9 +65,10 @@ def test_batches_stay_contiguous_nchw_on_the_cpu():
     assert x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_pipeline_in_bf16_at_two_ranks(tmp_path):
-    out = tmp_path / "run"
-    done = run_pipeline(2, out, "run.precision=bf16", "run.strategy=ddc")
+@pytest.mark.ranks(2)
+def test_pipeline_in_bf16_at_two_ranks(mpi_tmp_path):
+    out = mpi_tmp_path / "run"
+    done = run_pipeline_here(out, "run.precision=bf16", "run.strategy=ddc")
     assert done.returncode == 0, done.stderr[-3000:]
     r = results(out)
     assert r["precision"] == "bf16"

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import launch, results
+from conftest import cli, results
 from ddc_hpc import report
 from ddc_hpc.errors import BadInput
 from ddc_hpc.results import Results, load_results
@@ -108,7 +108,7 @@ def test_cli_on_finished_runs_writes_tables_and_figures(tiny_run, tmp_path):
     ddc = copy.deepcopy(r)
     del ddc["random"]
     (other / "results.json").write_text(json.dumps(ddc))
-    done = launch(1, "ddc_hpc.report", str(out), str(other), "--out", str(tmp_path / "report"), timeout=240)
+    done = cli(report.main, str(out), str(other), "--out", str(tmp_path / "report"))
     assert done.returncode == 0, done.stderr
     text = (tmp_path / "report" / "report.md").read_text()
     assert done.stdout == text
@@ -126,7 +126,7 @@ def test_cli_on_finished_runs_writes_tables_and_figures(tiny_run, tmp_path):
 
 def test_cli_refuses_an_unfinished_run_with_exit_2(tmp_path):
     (tmp_path / "run").mkdir()
-    done = launch(1, "ddc_hpc.report", str(tmp_path / "run"), "--out", str(tmp_path / "report"), timeout=240)
+    done = cli(report.main, str(tmp_path / "run"), "--out", str(tmp_path / "report"))
     assert done.returncode == 2
     assert "has no results.json" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "report").exists()

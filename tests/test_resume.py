@@ -1,4 +1,7 @@
-"""Checkpoints and resume: a run stopped by SIGUSR1 anywhere and resumed ends bitwise identical."""
+"""Checkpoints and resume: a run stopped by SIGUSR1 anywhere and resumed ends bitwise identical.
+
+The stops are the job's own (DDC_STOP_AT raises SIGUSR1 in the rank), so these jobs run in-process
+at their world size (conftest: `ranks`); the rank that reads another view of --out is its own job."""
 
 from __future__ import annotations
 
@@ -7,14 +10,13 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 import warnings
 
 import pytest
 import torch
 
-from conftest import REPO, TINY, run_pipeline, sets
+from conftest import REPO, TINY, job, run_pipeline, run_pipeline_here, sets, shared_tmp
 from ddc_hpc.checkpoint import CheckpointSeries
 from ddc_hpc.errors import BadInput
 from ddc_hpc.evaluate import load_network
@@ -34,20 +36,22 @@ def _weights(path):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("resume") / "straight"
-    done = run_pipeline(2, out, *DETERMINISTIC)
+    """The one reference run every stop point is compared with."""
+    out = shared_tmp(tmp_path_factory, "resume") / "straight"
+    done = run_pipeline_here(out, *DETERMINISTIC)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "run.deterministic on cpu: deterministic algorithms (strict)" in (out / "logs" / "rank1.log").read_text()
     return out
 
 
+@pytest.mark.ranks(2)
 @pytest.mark.parametrize("stop_at", ["sub_1:1:3", "sub_2:2:1", "global:2:2", "random:3:1"])
-def test_stopped_and_resumed_run_is_bitwise_identical(uninterrupted, stop_at, tmp_path):
-    out = tmp_path / "run"
-    stopped = run_pipeline(2, out, *DETERMINISTIC, env={"DDC_STOP_AT": stop_at})
+def test_stopped_and_resumed_run_is_bitwise_identical(uninterrupted, stop_at, mpi_tmp_path):
+    out = mpi_tmp_path / "run"
+    stopped = run_pipeline_here(out, *DETERMINISTIC, env={"DDC_STOP_AT": stop_at})
     assert stopped.returncode == 75, stopped.stderr[-3000:]
     assert "checkpoint" in stopped.stderr and not (out / "results.json").exists()
-    resumed = run_pipeline(2, out, *DETERMINISTIC)  # same --out: resumes by itself
+    resumed = run_pipeline_here(out, *DETERMINISTIC)  # same --out: resumes by itself
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in (out / "logs" / "rank0.log").read_text() + (out / "logs" / "rank1.log").read_text()
     for name in ("model.pt", "random_model.pt", "subnet_1.pt"):
@@ -56,21 +60,21 @@ def test_stopped_and_resumed_run_is_bitwise_identical(uninterrupted, stop_at, tm
     assert _metrics(out) == _metrics(uninterrupted)
 
 
-def test_changed_config_is_refused(uninterrupted, tmp_path):
-    out = tmp_path / "run"
-    assert run_pipeline(1, out, "run.strategy=ddc").returncode == 0
-    refused = run_pipeline(1, out, "run.strategy=ddc", "sub.lr=0.1")
+def test_changed_config_is_refused(tiny_run):
+    out, _ = tiny_run  # refused before anything is written
+    refused = run_pipeline_here(out, "sub.lr=0.1")
     assert refused.returncode == 2 and "different configuration" in refused.stderr
 
 
+@pytest.mark.ranks(1)
 def test_operational_settings_may_change_on_resume_but_training_ones_may_not(tmp_path):
     out = tmp_path / "run"
-    stopped = run_pipeline(1, out, "run.strategy=random", env={"DDC_STOP_AT": "random:1:2"})
+    stopped = run_pipeline_here(out, "run.strategy=random", env={"DDC_STOP_AT": "random:1:2"})
     assert stopped.returncode == 75, stopped.stderr[-3000:]
-    refused = run_pipeline(1, out, "run.strategy=random", "run.seed=1")
+    refused = run_pipeline_here(out, "run.strategy=random", "run.seed=1")
     assert refused.returncode == 2 and "different configuration" in refused.stderr
-    resumed = run_pipeline(1, out, "run.strategy=random", "run.collective_timeout=900", "run.checkpoint_every=0",
-                           "run.backend=gloo", "run.device=cpu", "run.threads=2")
+    resumed = run_pipeline_here(out, "run.strategy=random", "run.collective_timeout=900", "run.checkpoint_every=0",
+                                "run.backend=gloo", "run.device=cpu", "run.threads=2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "[random] resuming at epoch 1, step 3" in (out / "logs" / "rank0.log").read_text()
 
@@ -88,15 +92,15 @@ def test_a_rank_that_cannot_read_rank_0s_checkpoint_stops_the_job(tmp_path):
     run = [sys.executable, "-m", "ddc_hpc.run", *sets(*TINY, *extra)]
     command = [shutil.which("mpiexec"), "-n", "1", *run, "--out", str(out), ":", "-n", "1", *run, "--out", str(stale)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DDC_", "SLURM_"))}
-    done = subprocess.run(command, cwd=REPO, env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=240)
+    done = job(command, env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"error: rank 1: cannot read checkpoint {slot / newest['file']} (epoch 1, step 1" in done.stderr
     assert "file system shared by all nodes" in done.stderr and not (out / "results.json").exists()
 
 
+@pytest.mark.ranks(1)
 def test_resume_with_nothing_to_resume_is_refused(tmp_path):
-    done = run_pipeline(1, tmp_path / "empty", extra=("--resume",))
+    done = run_pipeline_here(tmp_path / "empty", extra=("--resume",))
     assert done.returncode == 2 and "no checkpoint" in done.stderr
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO, job
 from ddc_hpc import scaling
 from ddc_hpc.results import Results
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.width=8", "data.limit=192", "sub.epochs=1", "global.epochs=1", "sub.batch_size=32",
         "global.batch_size=32", "run.threads=1", "run.strategy=ddc"]
 
@@ -23,8 +23,7 @@ TINY = ["model.width=8", "data.limit=192", "sub.epochs=1", "global.epochs=1", "s
 def cli(*args, env=None, timeout=300):
     """`python -m ddc_hpc.scaling ARGS` as a user runs it."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "ddc_hpc.scaling", *map(str, args)], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return job([sys.executable, "-m", "ddc_hpc.scaling", *map(str, args)], env=full_env, timeout=timeout)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, job
 
 SERIAL = ["evaluate", "info", "visualize", "report", "data.__main__", "scaling"]
 
@@ -19,7 +19,7 @@ def _run(tmp_path, *args: str) -> subprocess.CompletedProcess:
     (blocker / "__init__.py").write_text("raise ImportError('a serial tool imported mpi4py')\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DDC_", "SLURM_"))}
     env.update(PYTHONPATH=f"{blocker.parent}{os.pathsep}{REPO}", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return job([sys.executable, *args], env=env, timeout=600)
 
 
 def test_importing_the_serial_tools_leaves_mpi4py_unimported(tmp_path):

@@ -1,19 +1,15 @@
 """Parameter and FLOP counts (eq. 2.10) against hand counts and the paper's tables, and the info CLI."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import cli
 from ddc_hpc import info
 from ddc_hpc.models import build_model
 from ddc_hpc.sizes import count_flops, count_params
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("layer, input_shape, flops", [
@@ -85,8 +81,8 @@ def test_info_prints_a_table_with_ratios(capsys):
 
 
 def run_info(*args):
-    return subprocess.run([sys.executable, "-m", "ddc_hpc.info", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    """The CLI's main() in-process (test_serial_tools launches it without mpi4py)."""
+    return cli(info.main, *args)
 
 
 def test_info_cli_json_for_the_papers_resnet32():

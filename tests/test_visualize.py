@@ -1,4 +1,7 @@
-"""`python -m ddc_hpc.visualize`: feature maps of SNets vs the composed net, class activation maps."""
+"""`python -m ddc_hpc.visualize`: feature maps of SNets vs the composed net, class activation maps.
+
+The tests on the cnn11 smoke run read the 2-rank stage's run of it (test_jobs) and call the CLI's
+main() in-process on every rank, each into its own folder; test_serial_tools launches the CLI."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import pytest
 import torch
 
 import ddc_hpc.run
-from conftest import launch
+from conftest import cli
 from ddc_hpc import build_model, compose, visualize
 from ddc_hpc.config import load_config
 from ddc_hpc.errors import BadInput
@@ -21,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def cnn11_run(tmp_path_factory):
+def cnn11_run(tmp_path_factory):  # in the 2-rank stage (tests marked ranks(2))
     """The cnn11 smoke job (dogscats-cnn11-smoke: 64x64 images, 40x40 tiles, overlap 8), shared with test_jobs."""
     return finished_smoke_run("dogscats-cnn11-smoke", tmp_path_factory)[0]
 
@@ -38,9 +41,10 @@ def _check_features(summary, images: int, K: int, layers):
     assert max(r["max_abs_diff"] for r in rows) > 1e-2
 
 
+@pytest.mark.ranks(2)
 def test_cli_draws_features_and_cams_of_the_cnn11_run(cnn11_run, tmp_path):
-    out = tmp_path / "vis"
-    done = launch(1, "ddc_hpc.visualize", "--run", str(cnn11_run), "--images", "2", "--out", str(out), timeout=180)
+    out = tmp_path / "vis"  # this rank's own
+    done = cli(visualize.main, "--run", str(cnn11_run), "--images", "2", "--out", str(out))
     assert done.returncode == 0, done.stderr
     for name in ("features_0.png", "features_1.png", "cam_0.png", "cam_1.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
@@ -124,8 +128,9 @@ def test_gnet_r_before_training_is_rebuilt_as_run_py_builds_it():
         assert torch.equal(a, b), name
 
 
+@pytest.mark.ranks(2)
 def test_cli_errors_exit_2_without_traceback(tmp_path, cnn11_run):
-    done = launch(1, "ddc_hpc.visualize", "--run", str(tmp_path / "nothing"), timeout=240)
+    done = cli(visualize.main, "--run", str(tmp_path / "nothing"))
     assert done.returncode == 2 and "config.toml" in done.stderr and "Traceback" not in done.stderr
     with pytest.raises(BadInput, match="outside the validation split"):
         visualize.visualize(cnn11_run, [100000], tmp_path / "v")

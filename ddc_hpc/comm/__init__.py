@@ -10,7 +10,7 @@ world        the MPI world of a rank: node, device, threads, determinism
 collectives  deadline collectives, the arrival wait, the MPI engine's primitives
 faults       the test fault hooks (DDC_* variables)
 distributed  the torch.distributed bootstrap and its group reductions
-lifecycle    phases, stop signals, requeue, run_guarded
+lifecycle    phases, stop signals, requeue, run_guarded (run_contained: a job inside a process that goes on)
 """
 
 from __future__ import annotations
@@ -52,9 +52,12 @@ from .distributed import (
 from .faults import nan_point, signal_point, slow_write_point, stray_point
 from .lifecycle import (
     Preempted,
+    RankFailed,
+    abort,
     any_stop_requested,
     install_stop_handlers,
     restart_count,
+    run_contained,
     run_guarded,
     set_phase,
     slurm_time_left,

@@ -1,4 +1,5 @@
-"""A rank's lifecycle: the phase it is in, stop signals and requeue, and run_guarded's exit on any failure."""
+"""A rank's lifecycle: the phase it is in, stop signals and requeue, and run_guarded's exit on any failure
+(run_contained: the same outcome for a job run inside a process that goes on)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def set_phase(name: str) -> None:
 # ---- preemption ------------------------------------------------------------------------------
 
 _stop_signal: int | None = None
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 def install_stop_handlers() -> None:
@@ -46,7 +48,7 @@ def install_stop_handlers() -> None:
         global _stop_signal
         _stop_signal = signum
 
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
 
 
@@ -133,14 +135,9 @@ def wait_for_launcher_to_read(fds=(1, 2), limit: float = 2.0) -> None:
             continue
 
 
-def run_guarded(main, debug: bool = False, log=None) -> None:
-    """Run main(); any exception on any rank ends the whole job with the rank and cause named.
-
-    Exit 0 done, 2 bad input, 75 preempted (checkpoint written), 1 anything else. A failure that
-    other ranks cannot know about is turned into MPI Abort, so nobody waits in a collective.
-    """
-    comm = state.MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
+def _outcome(main, rank: int, size: int, debug: bool, log) -> tuple[int, bool]:
+    """Run main() and print what ended it, as every entry does: (exit code, whether the job must be
+    aborted: a failure on this rank that the other ranks cannot know about)."""
     abort = size > 1
     try:
         main()
@@ -158,7 +155,6 @@ def run_guarded(main, debug: bool = False, log=None) -> None:
         code, abort = EXIT_PREEMPTED, False
         if rank == 0:
             print(f"stopped: {err}", file=sys.stderr, flush=True)
-        _leave_after_stop(comm, rank)
     except BaseException as err:  # noqa: BLE001 - the whole point is to catch everything
         code = 130 if isinstance(err, KeyboardInterrupt) else 1
         detail = traceback.format_exc()
@@ -168,10 +164,73 @@ def run_guarded(main, debug: bool = False, log=None) -> None:
               flush=True)
         if debug or size == 1:
             print(detail, file=sys.stderr, flush=True)
-    if abort and code != 0:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        wait_for_launcher_to_read()
-        comm.Abort(code)
+    return code, abort and code != 0
+
+
+def abort(code: int) -> None:
+    """End the whole job from this rank (MPI Abort), once the launcher has read what it wrote."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    wait_for_launcher_to_read()
+    state.MPI.COMM_WORLD.Abort(code)
+
+
+def run_guarded(main, debug: bool = False, log=None) -> None:
+    """Run main(); any exception on any rank ends the whole job with the rank and cause named.
+
+    Exit 0 done, 2 bad input, 75 preempted (checkpoint written), 1 anything else. A failure that
+    other ranks cannot know about is turned into MPI Abort, so nobody waits in a collective.
+    """
+    comm = state.MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    code, must_abort = _outcome(main, rank, comm.Get_size(), debug, log)
+    if code == EXIT_PREEMPTED:
+        _leave_after_stop(comm, rank)
+    if must_abort:
+        abort(code)
     shutdown_distributed()
     sys.exit(code)
+
+
+class RankFailed(Exception):
+    """run_contained: this rank failed alone in a world of several; the others wait for it in a
+    collective, so the caller must end the job (abort(code)) once it has shown the error."""
+
+    def __init__(self, code: int):
+        super().__init__(f"this rank failed with exit code {code}; the other ranks cannot know")
+        self.code = code
+
+
+def run_contained(main, debug: bool = False) -> int:
+    """run_guarded for a caller that keeps its process and MPI: the test suite's pytest-mpi stages
+    run whole jobs in-process, importing torch once per rank instead of once per launched rank.
+
+    Prints what run_guarded prints and returns the exit code it would exit with (raises RankFailed
+    where it would abort); afterwards torch.distributed is ended and the environment, stop handlers
+    and stop flag, phase, torch threads and determinism settings are as they were. A stop leaves
+    MPI as it is: no finalize, no requeue.
+    """
+    global _stop_signal
+    if torch.distributed.is_initialized():
+        raise RuntimeError("run_contained: torch.distributed is already initialised; a job makes its own process group")
+    comm = state.MPI.COMM_WORLD
+    environ, handlers = dict(os.environ), {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    threads, phase = torch.get_num_threads(), state.current_phase()
+    determinism = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                   torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        code, must_abort = _outcome(main, comm.Get_rank(), comm.Get_size(), debug, None)
+    finally:
+        shutdown_distributed()
+        os.environ.clear()
+        os.environ.update(environ)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        _stop_signal = None
+        state.enter_phase(phase)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = determinism[2:]
+    if must_abort:
+        raise RankFailed(code)
+    return code
