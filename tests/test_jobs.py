@@ -26,9 +26,10 @@ from ddc_hpc.partition import default_grid, tile_shape, tile_slices_nd
 
 JOBS = REPO / "jobs"
 STUDY = "cifar10-time-to-accuracy"  # issue 13's study: not a paper job, its own protocol below
+FRONTIER = "cifar10-frontier"  # issue 20's budgeted study, likewise
 ALL = sorted(p.stem for p in JOBS.glob("*.toml"))
 PAPER = [n for n in ALL if n.startswith(("cifar10-", "cifar100-", "food101-", "dogscats-"))
-         and not n.endswith("-smoke") and "-real" not in n and n != STUDY]
+         and not n.endswith("-smoke") and "-real" not in n and n not in (STUDY, FRONTIER)]
 SMOKE = [f"{n}-smoke" for n in PAPER]
 REAL = [n for n in ALL if n.startswith("cifar10-resnet20-real")]
 END_TO_END = ["cifar10-resnet32-overlap-smoke", "food101-resnet50-k16-smoke", "dogscats-cnn11-smoke"]
@@ -87,6 +88,19 @@ def test_the_time_to_accuracy_study_is_fair():
     assert config.data.source == "npz:../shared/data/cifar10-train.npz" and config.data.val_fraction == 0.1
     assert config.random.epochs == 0 and config.random_epochs == config.sub.epochs + config.global_.epochs
     same = ("batch_size", "optimizer", "schedule", "warmup_epochs", "bn_recalibrate_batches", "weight_decay")
+    assert [getattr(config.global_, k) for k in same] == [getattr(config.random, k) for k in same]
+
+
+def test_the_frontier_job_is_what_issue_20_asks_for_and_fair():
+    """Real CIFAR-10 with all 45,000 non-validation images, width 64, K = 4, both strategies, each
+    with a budget and schedules that anneal; GNet-T and GNet-R share what is not tuned."""
+    config = load_config(JOBS / f"{FRONTIER}.toml", ["run.budget=600"])
+    assert (config.model.name, config.model.width, config.decompose.partitions) == ("cifar_resnet20", 64, 4)
+    assert config.data.source == "npz:../shared/data/cifar10-train.npz" and config.data.val_fraction == 0.1
+    assert config.data.limit == 0 and config.run.strategy == "both" and config.run.budget == 600
+    phases = (config.sub, config.global_, config.random)
+    assert all(p.schedule == "linear" and p.eval_every == 0 and p.optimizer == "adam" for p in phases)
+    same = ("batch_size", "optimizer", "schedule", "bn_recalibrate_batches", "weight_decay", "eval_every")
     assert [getattr(config.global_, k) for k in same] == [getattr(config.random, k) for k in same]
 
 
