@@ -178,7 +178,15 @@ def figure(result: dict, path: Path) -> None:
                 label=f"{NAMES[strategy]}, mean")
         for r in rows:
             ax.scatter([r["budget"]] * len(r["each"]), [100 * v for v in r["each"]], color=colour, s=12, alpha=0.5)
+    reach = result["time_to_accuracy"][-1] if result["time_to_accuracy"] else None
+    if reach and reach["ddc_elapsed"] is not None:  # how much sooner DDC gets to GNet-R's best
+        ax.axhline(100 * reach["target"], color="C3", lw=0.8, ls=":")
+        ax.annotate(f"DDC reaches GNet-R's {reach['random_budget']:g} s accuracy\nin {reach['ddc_elapsed']:.0f} s "
+                    f"({'<= ' if reach['upper_bound'] else ''}{reach['ratio']:.2f} of GNet-R's time)",
+                    (reach["ddc_elapsed"], 100 * reach["target"]), xytext=(8, -28), textcoords="offset points",
+                    fontsize=8, arrowprops={"arrowstyle": "->", "lw": 0.8})
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks([r["budget"] for r in result["ddc"] or result["random"]],
                   [f"{r['budget']:g}" for r in result["ddc"] or result["random"]])
     ax.set_xlabel("wall-time budget per strategy [s] (calibration and evaluation on the clock)")
