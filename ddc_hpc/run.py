@@ -772,7 +772,10 @@ def pipeline(args: argparse.Namespace) -> None:
     comm.raise_first_bad_input(world, error)
     cfg = plan.config
     comm.agree(world, (cfg.full_digest(), code_version()), "the configuration and code version")
-    if not args.dry_run:
+    if args.dry_run:  # refuses what the run would refuse, choosing nothing
+        refusal = rank_count_refusal(plan.out, checkpointed(plan), world.size)
+        comm.raise_first_bad_input(world, BadInput(refusal) if refusal else None)
+    else:
         choose_resume(plan, world)
     determinism = comm.configure_determinism(cfg.run.deterministic, comm.device_type(cfg.run.device))
     plan.clock.resume_at(0.0)  # every rank leaves the startup collectives together: the job's clock starts

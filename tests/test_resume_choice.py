@@ -34,6 +34,8 @@ def test_a_run_stopped_at_2_ranks_refuses_4_and_1_before_any_work(tmp_path):
         assert (out / "checkpoints" / "random" / "manifest.json").read_text() == manifest
         assert {p.name: p.read_text() for p in (out / "logs").iterdir()} == logs  # nothing started
         assert not (out / "results.json").exists()
+    dry = run_pipeline(4, out, *STOPPED, extra=("--dry-run",))  # a dry run refuses what the run would
+    assert dry.returncode == 2 and "run of 2 rank(s) (random), but this run has 4" in dry.stderr, dry.stderr[-3000:]
 
 
 def test_the_rank_count_refusal_names_both_counts():
