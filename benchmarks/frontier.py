@@ -193,7 +193,8 @@ def figure(result: dict, path: Path) -> None:
     ax.set_ylabel(f"accuracy on the {result['split']} split [%]")
     ax.set_title("accuracy against budget: DDC vs GNet-R, each annealed at its budget", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no point has finished yet: an empty figure, no legend
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
