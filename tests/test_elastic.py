@@ -150,3 +150,22 @@ def test_a_run_stopped_in_the_sub_phase_at_4_ranks_finishes_at_1_as_the_uninterr
     assert [c["ranks"] for c in counts] == [4, 1]
     assert counts[1]["resumed_from"]["sub_2"] == {"epoch": 0, "step": 2, "finished": False}
     assert counts[1]["resumed_from"]["sub_0"]["finished"]
+
+
+@pytest.mark.ranks(1)
+def test_a_run_stopped_in_the_sub_phase_at_1_rank_continues_at_4_in_data_parallel_groups(tmp_path):
+    """K = 2 at 4 ranks: each sub-network is trained by a group of 2; the stopped one keeps its batch
+    of 32 a step (16 a rank) and its place in the epoch, the one not yet started starts afresh."""
+    out, args = tmp_path / "run", ("decompose.partitions=2", "run.strategy=ddc")
+    stopped = run_pipeline_here(out, *args, env={"DDC_STOP_AT": "sub_0:1:2"})
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    resumed = run_pipeline(4, out, *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = (out / "logs" / "rank0.log").read_text()
+    assert "[sub_0] continued from a run of 1 rank(s): 16 samples a rank" in log
+    assert "[sub_0] resuming at epoch 1, step 3" in log
+    r = results(out)
+    assert [(c["ranks"], sorted(c["resumed_from"])) for c in r["rank_counts"]] == [(1, []), (4, ["sub_0"])]
+    n = r["sub"]["histories"][1][0]["train_samples"]  # sub_1: a fresh epoch over a group of 2, padded to even
+    assert r["sub"]["histories"][0][0]["train_samples"] == n  # sub_0: 2 steps of 32 at 1 rank, the rest at 2
+    assert r["world_size"] == 4 and r["compose"]["max_rel_error"] <= run.THEOREM_RTOL
