@@ -137,8 +137,8 @@ def elastic_batch(slot: str, total: int, peers: int) -> int:
     if total % peers:
         fits = [p for p in range(1, total + 1) if total % p == 0]
         raise ValueError(f"{slot} was stopped at a batch of {total} samples per step over all its ranks, which "
-                         f"does not split evenly over {peers} rank(s); resume it with a rank count whose share of "
-                         f"{slot} divides {total} ({', '.join(map(str, fits))} rank(s) per {slot})")
+                         f"does not split evenly over {peers} rank(s); {slot} continues on a number of ranks that "
+                         f"divides {total} ({', '.join(map(str, fits))})")
     return total // peers
 
 

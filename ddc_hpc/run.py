@@ -251,6 +251,8 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
     checked = (f"{len(plan.data.classes)} classes, labels {labels.min()}..{labels.max()}"
                if cfg.model.task == "classification" and len(labels) else f"targets {plan.data.train.target_shape}")
     sub, glob, rand = plan.phase("sub"), plan.phase("global"), plan.phase("random")
+    glob, rand = (dataclasses.replace(c, batch_size=plan.batches.get(name, c.batch_size))  # a resume's kept batch
+                  for name, c in (("global", glob), ("random", rand)))
     per_group = max(world.size // K, 1)
     steps = {"sub": steps_per_epoch(sub, -(-n // per_group)), "global": steps_per_epoch(glob, -(-n // world.size)),
              "random": steps_per_epoch(rand, -(-n // world.size))}

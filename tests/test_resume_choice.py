@@ -44,6 +44,7 @@ def test_a_run_stopped_at_2_ranks_continues_at_4_and_at_1(tmp_path):
     assert ("resumes a run stopped at 2 rank(s) at 1; continues random at epoch 1, step 3 with 64 samples a rank "
             "(64 a step, as before)") in dry.stdout
     n = int(re.search(r"(\d+) train / ", dry.stdout).group(1))
+    assert f"epoch(s) of {-(-n // 64)} steps (resuming at epoch 1, step 3)" in dry.stdout  # the kept batch's steps
     resumes = ((out, 4, run_pipeline(4, out, *STOPPED)), (fewer, 1, run_pipeline_here(fewer, *STOPPED)))
     for where, ranks, resumed in resumes:
         assert resumed.returncode == 0, resumed.stderr[-3000:]
