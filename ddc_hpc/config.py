@@ -168,6 +168,13 @@ class DataConfig:
     in_memory: bool = key(True)
     augment: bool = key(True)
     max_shift: int = key(2, at_least=0)  # pixels; the paper's random shift, kept small for 16x16 tiles
+    # draws every split (validation, tuning, limit): fixed whatever run.seed, so all seeds and
+    # strategies are scored on the same images
+    split_seed: int = key(0, at_least=0, at_most=SEED_MAX)
+    # N: a stratified tuning split of N images carved from the training split (never trained on)
+    tuning_size: int = key(0, at_least=0, note="0 = no tuning split")
+    # true: a tuning trial, scored on the tuning split; the validation split is not read
+    tune: bool = key(False)
 
 
 @_checked
@@ -481,6 +488,13 @@ def _carried_moments_are_adams(config: Config) -> None:
     _require(not config.global_.carry_optimizer or config.global_.optimizer == config.sub.optimizer == "adam",
              "global.carry_optimizer composes the sub-networks' Adam moments: it needs sub.optimizer and "
              "global.optimizer = \"adam\"")
+
+
+@relation
+def _tuning_needs_its_split(config: Config) -> None:
+    _require(not config.data.tune or config.data.tuning_size,
+             "data.tune = true scores a tuning trial on the tuning split, but data.tuning_size = 0 carves none: "
+             "give data.tuning_size (e.g. 2500 of CIFAR-10's 45,000 training images)")
 
 
 @relation

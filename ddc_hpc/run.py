@@ -801,7 +801,8 @@ def pipeline(args: argparse.Namespace) -> None:
     results = Results(strategy=cfg.run.strategy, world_size=world.size, partitions=plan.partitions,
                       model=cfg.model.name, dataset=cfg.data.source, threads=threads, device=str(world.device),
                       precision=cfg.run.precision, resumed=plan.resume, slurm_restarts=comm.restart_count(),
-                      metric=plan.task.metric, backend=plan.backend, source=plan.source)
+                      metric=plan.task.metric, backend=plan.backend, source=plan.source,
+                      splits=plan.data.record(cfg.data.split_seed))
     elapsed = {}  # each strategy's seconds on the job clock
     if "ddc" in plan.strategies:
         started = plan.clock()
