@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tomli_w
 
-from .budget import parse_budget
+from .budget import AUTO, parse_budget
 from .errors import BadInput
 
 STRATEGIES = ("ddc", "random", "both")
@@ -130,6 +130,11 @@ def _budget_text(text: str) -> None:
             raise BadInput(f"run.budget: {err}") from None
 
 
+def _share_text(text: str) -> None:
+    if text != AUTO:
+        raise BadInput(f"run.sub_share must be a share in (0, 1) or \"{AUTO}\" (the planner's rule), got {text!r}")
+
+
 SEED_MAX = 2**32 - 1  # seeds become seed * 1000 + k and torch / numpy seeds: keep them far from 2**63
 TIMEOUT_MAX = 30 * 24 * 3600.0  # seconds; longer than any allocation, well inside timedelta and int64 ms
 COUNT_MAX = 4096  # partitions and threads: default_grid factors K, torch takes the thread count as an int32
@@ -238,7 +243,10 @@ class RunConfig:
     # "slurm" (the job's remaining time less a margin, shared by the strategies). The planner
     # (budget.py) then sets every phase's steps; a resume keeps the recorded plan.
     budget: float | str = key("", above=0.0, text=_budget_text, unit=" seconds")
-    sub_share: float = key(0.3, above=0.0, below=1.0)  # with a budget: the sub phase's share of DDC's training time
+    # with a budget: the sub phase's share of DDC's training time, or "auto": the planner's rule
+    # (budget.auto_sub_share) fitted to the DDC share trials in run.sub_share_trials
+    sub_share: float | str = key(0.3, above=0.0, below=1.0, text=_share_text)
+    sub_share_trials: str = key("")  # a trials file (benchmarks/frontier.py tune), relative to where the run starts
 
 
 @dataclass(frozen=True)
@@ -495,6 +503,17 @@ def _tuning_needs_its_split(config: Config) -> None:
     _require(not config.data.tune or config.data.tuning_size,
              "data.tune = true scores a tuning trial on the tuning split, but data.tuning_size = 0 carves none: "
              "give data.tuning_size (e.g. 2500 of CIFAR-10's 45,000 training images)")
+
+
+@relation
+def _auto_share_has_its_trials(config: Config) -> None:
+    if config.run.sub_share != AUTO:
+        return
+    _require(config.run.budget, "run.sub_share = \"auto\" chooses the sub phase's share of a wall-time budget: set "
+             "run.budget too, or give the share itself (e.g. run.sub_share = 0.5)")
+    _require(config.run.sub_share_trials, "run.sub_share = \"auto\" fits its rule to DDC share trials: set "
+             "run.sub_share_trials to the trials file (python benchmarks/frontier.py tune writes one), or give the "
+             "share itself (e.g. run.sub_share = 0.5)")
 
 
 @relation
