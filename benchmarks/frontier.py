@@ -68,10 +68,10 @@ NETWORKS = {"ddc": "model.pt", "random": "random_model.pt", "composed": "compose
 NAMES = {"ddc": "DDC (SNets + GNet-T)", "random": "GNet-R"}
 
 
-def trials_file(args) -> str:
-    """The job's run.sub_share_trials ("" for none), relative to the repository root: the trials
-    DDC's "auto" share is fitted to, and GNet-R's lr and warm-up are chosen from."""
-    return load_config(Path(REPO, args.config), args.set).run.sub_share_trials
+def trials_file(args, budget: float) -> str:
+    """The job's run.sub_share_trials ("" for none) at `budget`, relative to the repository root:
+    the trials DDC's "auto" share is fitted to, and GNet-R's lr and warm-up are chosen from."""
+    return load_config(Path(REPO, args.config), [*args.set, f"run.budget={budget:g}"]).run.sub_share_trials
 
 
 def point_dir(out: Path, budget: float, seed: int) -> Path:
@@ -84,7 +84,7 @@ def run_point(args, budget: float, seed: int, out: Path | None = None, sets: tup
     out = out or point_dir(Path(args.out), budget, seed)
     if (out / "results.json").exists():
         return out
-    trials = trials_file(args)
+    trials = trials_file(args, budget)
     if trials and not sets:
         chosen = best_random(json.loads(Path(REPO, trials).read_text())["trials"], budget)
         sets = (f"random.lr={chosen['lr']:g}", f"random.warmup_epochs={chosen['warmup_epochs']:g}")
@@ -384,10 +384,10 @@ def trial_grid(args) -> list[tuple[str, dict, tuple[str, ...]]]:
 def tune(args) -> str:
     """Run (or resume) every trial and rewrite the trials file from every finished one."""
     grid = trial_grid(args)
-    if not trials_file(args):
+    if not trials_file(args, args.budgets[0]):
         raise BadInput(f"{args.config} names no trials file (run.sub_share_trials): set it to the file the trials "
                        "are written to, e.g. --set run.sub_share_trials=docs/runs/tuning/cifar10-frontier.json")
-    path = Path(REPO, trials_file(args))
+    path = Path(REPO, trials_file(args, args.budgets[0]))
     tuning = ("data.tune=true",)  # the job's data.tuning_size: the split its frontier points never train on
     trials = []
     for budget in args.budgets:
