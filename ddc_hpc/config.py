@@ -404,6 +404,20 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return config
 
 
+def recorded_split_seed(data: dict, run: dict) -> int:
+    """The split seed of a run as recorded ([data] and [run] of its config.toml or saved network):
+    runs from before data.split_seed drew their splits with run.seed."""
+    return data.get("split_seed", run.get("seed", 0))
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """A run's resolved configuration, from its config.toml, with the split seed it really used."""
+    config = load_config(Path(run_dir) / "config.toml")
+    raw = tomllib.loads((Path(run_dir) / "config.toml").read_text())
+    seed = recorded_split_seed(raw.get("data", {}), raw.get("run", {}))
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, split_seed=seed))
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise BadInput(message)

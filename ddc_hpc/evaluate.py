@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_torch
-from .config import ModelConfig, load_config
+from .config import ModelConfig, load_run_config
 from .data import load_dataset, load_from_config, resolve_source, same_data, source_identity, split_options
 from .errors import BadInput, run_serial
 from .models import build_model
@@ -53,7 +53,7 @@ def scored_sets(source: str, saved: dict, classes: int, task: Task) -> tuple[lis
     trained on; on other data, every sample. Data shaped unlike the model's training samples is
     refused (BadInput)."""
     trained = saved["config"]
-    options = split_options(trained["data"], trained["run"]["seed"])
+    options = split_options(trained["data"], trained["run"])
     splits = load_dataset(source, num_classes=classes, val_fraction=trained["data"]["val_fraction"], task=task.name,
                           **options)
     shape, expected = splits.train.image_shape, saved.get("sample_shape")
@@ -92,7 +92,7 @@ def main(argv=None) -> None:
         model_config = ModelConfig(**saved["config"]["model"])
         task = Task(model_config.task, model_config.loss_name)
         if args.run:
-            config = load_config(Path(args.run) / "config.toml")
+            config = load_run_config(args.run)
             started_in = (saved.get("source") or {}).get("started_in")  # its relative paths start there
             config = dataclasses.replace(config, data=dataclasses.replace(
                 config.data, source=resolve_source(config.data.source, started_in)))

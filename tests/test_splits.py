@@ -11,7 +11,7 @@ import pytest
 
 from conftest import cli, results, run_pipeline_here
 from ddc_hpc import evaluate
-from ddc_hpc.config import load_config
+from ddc_hpc.config import load_config, load_run_config
 from ddc_hpc.data import load_dataset, load_from_config, split_options
 from ddc_hpc.errors import BadInput
 
@@ -55,10 +55,14 @@ def test_a_tuning_trial_scores_the_tuning_split_and_never_the_validation_split()
         load_dataset("synthetic", num_classes=10, val_fraction=0.2, seed=0, tuning_size=1600)
 
 
-def test_runs_from_before_split_seed_keep_the_split_they_were_scored_on():
-    assert split_options({"val_fraction": 0.1}, 1) == {"seed": 1, "tuning_size": 0, "tune": False}
-    assert split_options({"split_seed": 0, "tuning_size": 5, "tune": True}, 1) == {"seed": 0, "tuning_size": 5,
-                                                                                   "tune": True}
+def test_runs_from_before_split_seed_keep_the_split_they_were_scored_on(tmp_path):
+    assert split_options({"val_fraction": 0.1}, {"seed": 1}) == {"seed": 1, "tuning_size": 0, "tune": False}
+    assert split_options({"split_seed": 0, "tuning_size": 5, "tune": True}, {"seed": 1}) == {
+        "seed": 0, "tuning_size": 5, "tune": True}
+    (tmp_path / "config.toml").write_text("[run]\nseed = 1\n")  # written before data.split_seed existed
+    assert load_run_config(tmp_path).data.split_seed == 1
+    (tmp_path / "config.toml").write_text("[run]\nseed = 1\n[data]\nsplit_seed = 0\n")
+    assert load_run_config(tmp_path).data.split_seed == 0
 
 
 @pytest.mark.ranks(2)
@@ -67,6 +71,7 @@ def test_a_tuning_run_records_its_splits_and_evaluate_scores_the_tuning_split(mp
     done = run_pipeline_here(out, "run.strategy=random", "random.epochs=1", "data.tuning_size=200", "data.tune=true",
                              "run.seed=4")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "192 train / 200 tuning images of (32, 32, 3) (split seed 0, 200 tuning images not trained on)" in done.stdout
     recorded = results(out)["splits"]
     expected = load_from_config(load_config(None, ["data.tuning_size=200", "data.tune=true", "data.limit=192"]))
     assert recorded == expected.record(0) and recorded["scored_split"] == "tuning"

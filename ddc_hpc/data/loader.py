@@ -284,11 +284,13 @@ def load_from_config(config, **options) -> Splits:
     return load_dataset(config.data.source, num_classes=config.model.num_classes,
                         val_fraction=config.data.val_fraction, limit=config.data.limit or None,
                         val_limit=config.data.val_limit or None, in_memory=config.data.in_memory, task=config.model.task,
-                        **split_options(dataclasses.asdict(config.data), config.run.seed), **options)
+                        **split_options(dataclasses.asdict(config.data), dataclasses.asdict(config.run)), **options)
 
 
-def split_options(data: dict, run_seed: int) -> dict:
-    """load_dataset's seed, tuning_size and tune for a run's [data] section (a dict, as recorded in
-    config.toml or a saved network). Runs from before data.split_seed drew their splits with run.seed."""
-    return {"seed": data.get("split_seed", run_seed), "tuning_size": data.get("tuning_size", 0),
+def split_options(data: dict, run: dict) -> dict:
+    """load_dataset's seed, tuning_size and tune for a run's [data] and [run] sections (dicts, as
+    recorded in config.toml or a saved network)."""
+    from ..config import recorded_split_seed
+
+    return {"seed": recorded_split_seed(data, run), "tuning_size": data.get("tuning_size", 0),
             "tune": data.get("tune", False)}
