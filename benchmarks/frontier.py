@@ -129,13 +129,23 @@ def score_point(out: Path, test: str | None, networks: dict[str, str] = NETWORKS
 def collect(args, score: bool = True) -> list[dict]:
     """One record per finished point: budget, seed, and per strategy accuracy, elapsed and landing
     (DDC: the sub share its plan chose). `score=False` reads the recorded scores only."""
-    points = []
+    points, scored = [], {}
     for budget in args.budgets:
         for seed in args.seeds:
             out = point_dir(Path(args.out), budget, seed)
             if not (out / "results.json").exists():
                 continue
             results = load_results(out)
+            splits = results.splits or {}  # None: recorded before issue 31
+            if splits.get("scored_split") == "tuning":
+                raise BadInput(f"{out} is a tuning trial (data.tune): its scores are on the tuning split, which is "
+                               "never reported; a frontier point scores the validation split")
+            if splits:
+                scored.setdefault(splits["scored"]["digest"], []).append(out.name)
+            if len(scored) > 1:
+                raise BadInput("the points were scored on different splits (" + "; ".join(
+                    f"{', '.join(names)}: {digest}" for digest, names in scored.items()) + "): give them one "
+                    "data.split_seed, val_fraction and val_limit")
             scores = score_point(out, args.test) if score else json.loads((out / "scores.json").read_text())
             plan = results.budget or {}
             points.append({"budget": budget, "seed": seed, "dir": str(out), "strategies": {
@@ -398,7 +408,8 @@ def tune(args) -> str:
                 results, scores = load_results(out), score_point(out, None, {strategy: NETWORKS[strategy]})
                 plan = results.budget
                 record = tried | {"budget": budget, "seed": seed, "tuning_accuracy": scores[strategy]["val"],
-                                  "elapsed": plan["elapsed_seconds"][strategy], "run": out.name}
+                                  "elapsed": plan["elapsed_seconds"][strategy], "run": out.name,
+                                  "tuning_split": results.splits["tuning"]}
                 if strategy == "ddc":
                     record["sub_passes"] = plan["phases"]["sub"]["steps"] / plan["rates"]["sub"]["pass_steps"]
                 trials.append(record)

@@ -90,6 +90,13 @@ def test_check_docs_reads_the_records_a_section_names_and_fails_where_the_text_d
     doc.write_text(doc.read_text().replace("| 300 | 51.00 |", "| 300 | 52.00 |"))
     with pytest.raises(SystemExit, match="300 s, DDC mean: the text says 52.00, the records give 51.00"):
         main(["--check-docs", str(doc)])
+    for name, splits in (("b300-s0", {"scored_split": "validation", "scored": {"digest": "a"}}),
+                         ("b600-s0", {"scored_split": "validation", "scored": {"digest": "b"}})):
+        path = tmp_path / "records" / name / "results.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"splits": splits}))
+    with pytest.raises(SystemExit) as stopped:
+        main(["--check-docs", str(doc)])
+    assert stopped.value.code == 2 and "scored on different splits (b300-s0: a; b600-s0: b)" in capsys.readouterr().err
 
 
 def test_each_side_gets_as_many_tuning_trials_and_gnet_r_the_best_at_the_nearest_budget():

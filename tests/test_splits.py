@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import cli, results, run_pipeline_here
+from conftest import cli, each_world, results, run_pipeline_here
 from ddc_hpc import evaluate
 from ddc_hpc.config import load_config, load_run_config
 from ddc_hpc.data import load_dataset, load_from_config, split_options
@@ -63,6 +63,13 @@ def test_runs_from_before_split_seed_keep_the_split_they_were_scored_on(tmp_path
     assert load_run_config(tmp_path).data.split_seed == 1
     (tmp_path / "config.toml").write_text("[run]\nseed = 1\n[data]\nsplit_seed = 0\n")
     assert load_run_config(tmp_path).data.split_seed == 0
+
+
+@each_world(1, 2, 4)
+def test_every_rank_count_records_the_splits_the_serial_loader_draws(ranks, tiny_run):
+    out, _ = tiny_run  # the stage's shared run at `ranks` ranks
+    expected = load_from_config(load_config(None, ["data.limit=192"]))
+    assert results(out)["splits"] == expected.record(0) and results(out)["world_size"] == ranks
 
 
 @pytest.mark.ranks(2)
