@@ -202,8 +202,8 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
                        "on CPUs use 'bf16' or 'fp32'")
     source = source_identity(config.data.source) | {"started_in": str(Path.cwd())}
     return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend, source=source,
-                share_rule=share_rule(config.run.sub_share_trials)
-                if config.run.sub_share == budget.AUTO and config.run.strategy != "random" else None)
+                share_rule=share_rule(config.run.sub_share_trials) if config.run.sub_share == budget.AUTO
+                and config.run.strategy != "random" and not (out / PLAN_FILE).exists() else None)  # a resume keeps its plan
 
 
 def share_rule(path: str) -> dict:

@@ -79,14 +79,16 @@ def test_the_auto_share_needs_a_budget_and_its_trials(overrides, message):
 
 @pytest.mark.ranks(1)
 def test_a_run_plans_with_the_auto_share_and_refuses_missing_trials(tmp_path):
+    mine = [ddc(20, 0, 0.5, 4.0, 0.5), ddc(80, 0, 0.5, 16.0, 0.5)]  # 8 passes of the tiny job's 6 steps at 40 s
     trials = tmp_path / "trials.json"
-    trials.write_text(json.dumps({"trials": TRIALS}))
-    args = ("run.budget=30", "sub.schedule=linear", "global.schedule=linear", "run.strategy=ddc", "run.sub_share=auto",
-            "global.eval_every=0")
+    trials.write_text(json.dumps({"trials": mine}))
+    args = ("run.budget=40", "sub.schedule=linear", "global.schedule=linear", "run.strategy=ddc", "run.sub_share=auto",
+            "sub.eval_every=0", "global.eval_every=0")
     done = run_pipeline_here(tmp_path / "run", *args, f"run.sub_share_trials={trials}", extra=("--dry-run",))
     assert done.returncode == 0, done.stderr + done.stdout
-    rule = fit_sub_passes(best_sub_passes(TRIALS))
-    passes = rule["coefficient"] * 30 ** rule["exponent"]
+    rule = fit_sub_passes(best_sub_passes(mine))
+    passes = rule["coefficient"] * 40 ** rule["exponent"]
+    assert passes == pytest.approx(8.0)
     assert f"auto: {passes:.2f} sub passes = {rule['coefficient']:.3g} x budget^{rule['exponent']:.3g}, fitted to " \
         f"{trials}" in done.stdout, done.stdout
     missing = run_pipeline_here(tmp_path / "run", *args, f"run.sub_share_trials={tmp_path / 'none.json'}",

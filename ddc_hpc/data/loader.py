@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import recorded_split_seed
 from ..errors import BadInput
 from .hdf5 import check_task
 from .sources import ArrayStore, FileStore, open_raw
@@ -290,7 +291,5 @@ def load_from_config(config, **options) -> Splits:
 def split_options(data: dict, run: dict) -> dict:
     """load_dataset's seed, tuning_size and tune for a run's [data] and [run] sections (dicts, as
     recorded in config.toml or a saved network)."""
-    from ..config import recorded_split_seed
-
     return {"seed": recorded_split_seed(data, run), "tuning_size": data.get("tuning_size", 0),
             "tune": data.get("tune", False)}
