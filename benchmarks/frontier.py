@@ -300,7 +300,9 @@ def check_section(text: str, result: dict) -> list[str]:
 
 
 def check_docs(path: Path, parser: argparse.ArgumentParser) -> list[str]:
-    """Every frontier section of `path` checked against its records (check_section)."""
+    """Every frontier section of `path` checked against its records (check_section); relative
+    paths start at the repository root."""
+    path = Path(REPO, path)
     text = path.read_text()
     markers = list(MARKER.finditer(text))
     if not markers:
@@ -310,6 +312,7 @@ def check_docs(path: Path, parser: argparse.ArgumentParser) -> list[str]:
         end = re.compile(r"^## ", re.M).search(text, marker.end())
         section = text[marker.end(): end.start() if end else len(text)]
         args = parser.parse_args(shlex.split(marker.group(1)))
+        args.out = str(Path(REPO, args.out))
         where = f"{path} ({marker.group(1).strip()})"
         problems += [f"{where}: {p}" for p in check_section(section, summary(collect(args, score=False)))]
     return problems

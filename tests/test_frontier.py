@@ -113,3 +113,9 @@ def test_each_side_gets_as_many_tuning_trials_and_gnet_r_the_best_at_the_nearest
                                   (200, 1, 1.4e-3, 0.36), (800, 0, 7e-4, 0.55), (800, 0, 1.4e-3, 0.57)]]
     assert best_random(trials, 300) == {"lr": 7e-4, "warmup_epochs": 0.05, "tuning_budget": 200}  # 0.39 > 0.385
     assert best_random(trials, 1600) == {"lr": 1.4e-3, "warmup_epochs": 0.05, "tuning_budget": 800}
+
+
+def test_the_committed_frontier_sections_agree_with_their_records(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # paths are the repository's, wherever the check starts
+    main(["--check-docs"])
+    assert "docs/RESULTS.md: every frontier table and time-to-accuracy line agrees" in capsys.readouterr().out
