@@ -7,7 +7,8 @@ One job per (budget, seed) point, `mpiexec -n RANKS python -m ddc_hpc.run --conf
 run.budget=B --set run.seed=S --out OUT/b<B>-s<S>`: a point whose results.json exists is not run
 again and one that was stopped resumes from its checkpoints and recorded plan, so a study can be
 run in pieces (`--points-only` runs the points and stops, `--score-only` scores what has finished).
-Every final network (GNet-T's model.pt, GNet-R's random_model.pt) is then scored with
+Every final network (GNet-T's model.pt, GNet-R's random_model.pt, and the composed net as saved
+at composition, composed_model.pt) is then scored with
 `python -m ddc_hpc.evaluate` on the whole validation split the run held out, and on `--test
 SOURCE`'s test split when given; the scores are kept in each point's scores.json.
 
@@ -15,13 +16,39 @@ Printed per budget: both strategies' accuracy (mean over seeds and each seed) wi
 elapsed seconds and landing (elapsed / budget); then, for each GNet-R budget, the smallest DDC
 time that matches GNet-R's accuracy, interpolated linearly on DDC's frontier (mean accuracy
 against mean elapsed seconds), as a time-to-accuracy ratio (DDC's time / GNet-R's; < 1: DDC is
-there sooner). A PNG of accuracy against budget (--figure, default OUT/frontier.png).
+there sooner). A PNG of accuracy against the elapsed seconds each point really took, budgets
+marked, with an arrow where DDC's interpolated curve crosses each GNet-R accuracy (--figure,
+default OUT/frontier.png).
+
+The trials file is the job's `run.sub_share_trials` (relative to the repository root): with one,
+GNet-R trains each point with the lr and warm-up that scored best on the tuning split at the tuning
+budget nearest (in log) to the point's budget (`best_random`), and DDC's `run.sub_share = "auto"`
+is fitted by the planner to the same file.
+
+    python benchmarks/frontier.py tune --budgets 200 800 --seeds 0 --shares 0.3 0.5 0.7 \
+        --lrs 3.5e-4 7e-4 1.4e-3 --warmups 0.05 --out runs/tuning
+
+writes that file: it runs the tuning trials, each a resumable point of its own on the tuning split (`data.tune`): DDC
+alone at every share, GNet-R alone at every lr x warm-up, as many trials for each side (else
+exit 2); every finished trial's network is scored on the whole tuning split and the trials file
+is rewritten (atomically) with every trial's share or lr and warm-up, sub passes, tuning accuracy
+and elapsed seconds.
+
+    python benchmarks/frontier.py --check-docs [docs/RESULTS.md]
+
+recomputes, for every frontier section of the file (marked `<!-- frontier: ARGS -->`, ARGS the
+frontier.py arguments naming its records: `--out DIR --budgets ... --seeds ...`), the table and the
+time-to-accuracy ratios from the committed records (results.json, scores.json) and exits 1 naming
+each number the text gives otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -30,32 +57,45 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, env, tool  # noqa: E402
+from ddc_hpc.config import load_config  # noqa: E402
 from ddc_hpc.errors import BadInput, run_serial  # noqa: E402
 from ddc_hpc.files import atomic_write  # noqa: E402
 from ddc_hpc.plotting import pyplot  # noqa: E402
 from ddc_hpc.results import load_results  # noqa: E402
 
-NETWORKS = {"ddc": "model.pt", "random": "random_model.pt"}
+# the final networks, and DDC's composed one (scored as saved at composition: the head start)
+NETWORKS = {"ddc": "model.pt", "random": "random_model.pt", "composed": "composed_model.pt"}
 NAMES = {"ddc": "DDC (SNets + GNet-T)", "random": "GNet-R"}
+
+
+def trials_file(args, budget: float) -> str:
+    """The job's run.sub_share_trials ("" for none) at `budget`, relative to the repository root:
+    the trials DDC's "auto" share is fitted to, and GNet-R's lr and warm-up are chosen from."""
+    return load_config(Path(REPO, args.config), [*args.set, f"run.budget={budget:g}"]).run.sub_share_trials
 
 
 def point_dir(out: Path, budget: float, seed: int) -> Path:
     return out / f"b{budget:g}-s{seed}"
 
 
-def run_point(args, budget: float, seed: int) -> Path:
-    """Train one point unless it finished; a stopped one resumes (same --out)."""
-    out = point_dir(Path(args.out), budget, seed)
+def run_point(args, budget: float, seed: int, out: Path | None = None, sets: tuple[str, ...] = ()) -> Path:
+    """Train one point unless it finished; a stopped one resumes (same --out). `sets`: the point's
+    own overrides, after --set's."""
+    out = out or point_dir(Path(args.out), budget, seed)
     if (out / "results.json").exists():
         return out
+    trials = trials_file(args, budget)
+    if trials and not sets:
+        chosen = best_random(json.loads(Path(REPO, trials).read_text())["trials"], budget)
+        sets = (f"random.lr={chosen['lr']:g}", f"random.warmup_epochs={chosen['warmup_epochs']:g}")
     command = [tool("mpiexec"), "-n", str(args.ranks), sys.executable, "-m", "ddc_hpc.run", "--config", args.config,
                "--out", str(out), "--set", f"run.budget={budget:g}", "--set", f"run.seed={seed}"]
-    for override in args.set:
+    for override in (*args.set, *sets):
         command += ["--set", override]
     print("$", " ".join(command), flush=True)
     done = subprocess.run(command, cwd=REPO, env=env())
     if done.returncode:
-        raise SystemExit(f"point b{budget:g}-s{seed} failed (exit {done.returncode}); run again to resume it")
+        raise SystemExit(f"point {out.name} failed (exit {done.returncode}); run again to resume it")
     return out
 
 
@@ -68,12 +108,13 @@ def score(checkpoint: Path, source: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def score_point(out: Path, test: str | None) -> dict:
-    """{strategy: {"val": top1, "test": top1?}} of a finished point, from (and into) its scores.json."""
+def score_point(out: Path, test: str | None, networks: dict[str, str] = NETWORKS) -> dict:
+    """{network: {"val": top1, "test": top1?}} of a finished point, from (and into) its scores.json
+    ("val": the split the run scored, a tuning trial's tuning split)."""
     path = out / "scores.json"
     scores = json.loads(path.read_text()) if path.exists() else {}
     source = load_results(out).dataset
-    for strategy, file in NETWORKS.items():
+    for strategy, file in networks.items():
         if not (out / file).exists():
             continue
         mine = scores.setdefault(strategy, {})
@@ -85,19 +126,32 @@ def score_point(out: Path, test: str | None) -> dict:
     return scores
 
 
-def collect(args) -> list[dict]:
-    """One record per finished point: budget, seed, and per strategy accuracy, elapsed and landing."""
-    points = []
+def collect(args, score: bool = True) -> list[dict]:
+    """One record per finished point: budget, seed, and per strategy accuracy, elapsed and landing
+    (DDC: the sub share its plan chose). `score=False` reads the recorded scores only."""
+    points, scored = [], {}
     for budget in args.budgets:
         for seed in args.seeds:
             out = point_dir(Path(args.out), budget, seed)
             if not (out / "results.json").exists():
                 continue
-            results, scores = load_results(out), score_point(out, args.test)
-            landed = (results.budget or {}).get("elapsed_seconds", {})
+            results = load_results(out)
+            splits = results.splits or {}  # None: recorded before issue 31
+            if splits.get("scored_split") == "tuning":
+                raise BadInput(f"{out} is a tuning trial (data.tune): its scores are on the tuning split, which is "
+                               "never reported; a frontier point scores the validation split")
+            if splits:
+                scored.setdefault(splits["scored"]["digest"], []).append(out.name)
+            if len(scored) > 1:
+                raise BadInput("the points were scored on different splits (" + "; ".join(
+                    f"{', '.join(names)}: {digest}" for digest, names in scored.items()) + "): give them one "
+                    "data.split_seed, val_fraction and val_limit")
+            scores = score_point(out, args.test) if score else json.loads((out / "scores.json").read_text())
+            plan = results.budget or {}
             points.append({"budget": budget, "seed": seed, "dir": str(out), "strategies": {
-                s: {"val": scores[s]["val"], "test": scores[s].get("test"), "elapsed": landed.get(s),
-                    "landed": (results.budget or {}).get("landed", {}).get(s)} for s in scores}})
+                s: {"val": scores[s]["val"], "test": scores[s].get("test"), "elapsed": plan.get("elapsed_seconds", {}).get(s),
+                    "landed": plan.get("landed", {}).get(s)} | ({"sub_share": plan.get("sub_share")} if s == "ddc" else {})
+                for s in scores}})
     return points
 
 
@@ -110,7 +164,8 @@ def frontier(points: list[dict], strategy: str, split: str = "val") -> list[dict
         if values:
             rows.append({"budget": budget, "mean": statistics.fmean(values), "each": values,
                          "elapsed": statistics.fmean(m["elapsed"] for m in mine if m["elapsed"] is not None),
-                         "landed": [m["landed"] for m in mine]})
+                         "each_elapsed": [m["elapsed"] for m in mine], "landed": [m["landed"] for m in mine],
+                         "shares": [m.get("sub_share") for m in mine]})
     return rows
 
 
@@ -143,55 +198,162 @@ def _percent(values) -> str:
     return " / ".join(f"{100 * v:.2f}" for v in values)
 
 
+def _shares(values) -> str:
+    return " / ".join("-" if v is None else f"{v:.3g}" for v in values)
+
+
+# the table's columns: header -> the cell recomputed from a DDC row and GNet-R's row at its budget
+COLUMNS = {
+    "budget [s]": lambda d, r: f"{d['budget']:g}",
+    "DDC mean": lambda d, r: f"{100 * d['mean']:.2f}",
+    "DDC seeds": lambda d, r: _percent(d["each"]),
+    "DDC elapsed [s]": lambda d, r: f"{d['elapsed']:.0f}",
+    "DDC sub share": lambda d, r: _shares(d["shares"]),
+    "GNet-R mean": lambda d, r: f"{100 * r['mean']:.2f}" if r else "-",
+    "GNet-R seeds": lambda d, r: _percent(r["each"]) if r else "-",
+    "GNet-R elapsed [s]": lambda d, r: f"{r['elapsed']:.0f}" if r else "-",
+    "DDC - GNet-R": lambda d, r: f"{100 * (d['mean'] - r['mean']):+.2f}" if r else "-",
+}
+
+
+def _column(header: str) -> str | None:
+    """The COLUMNS key a table header names ("DDC seeds 0 / 1" is "DDC seeds"), or None."""
+    header = header.replace("**", "").strip()
+    return next((key for key in COLUMNS if header == key or header.startswith(key + " ")), None)
+
+
+def _time_to_line(r: dict) -> str:
+    if r["ddc_elapsed"] is None:
+        return f"- GNet-R at {r['random_budget']:g} s ({100 * r['target']:.2f} %): DDC's frontier does not reach it"
+    bound = "<= " if r["upper_bound"] else ""
+    return (f"- GNet-R at {r['random_budget']:g} s ({100 * r['target']:.2f} % in {r['random_elapsed']:.0f} s): DDC "
+            f"{bound}{r['ddc_elapsed']:.0f} s, ratio {bound}{r['ratio']:.2f}")
+
+
 def table(result: dict) -> str:
     lines = [f"accuracy on the {result['split']} split [%] at each budget (mean over seeds; each seed), "
-             "elapsed = real seconds on the clock (calibration and evaluation included)", "",
-             "| budget [s] | DDC mean | DDC seeds | DDC elapsed [s] | GNet-R mean | GNet-R seeds | GNet-R elapsed [s] "
-             "| DDC - GNet-R |", "|---|---|---|---|---|---|---|---|"]
+             "elapsed = real seconds on the clock (calibration and evaluation included), DDC's sub share per seed",
+             "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     by_budget = {row["budget"]: row for row in result["random"]}
     for row in result["ddc"]:
-        other = by_budget.get(row["budget"])
-        lines.append(f"| {row['budget']:g} | {100 * row['mean']:.2f} | {_percent(row['each'])} | {row['elapsed']:.0f} "
-                     + (f"| {100 * other['mean']:.2f} | {_percent(other['each'])} | {other['elapsed']:.0f} | "
-                        f"{100 * (row['mean'] - other['mean']):+.2f} |" if other else "| - | - | - | - |"))
+        lines.append("| " + " | ".join(cell(row, by_budget.get(row["budget"])) for cell in COLUMNS.values()) + " |")
     lines += ["", "time to GNet-R's accuracy (DDC's frontier interpolated; ratio = DDC's seconds / GNet-R's):", ""]
-    for r in result["time_to_accuracy"]:
-        if r["ddc_elapsed"] is None:
-            lines.append(f"- GNet-R at {r['random_budget']:g} s ({100 * r['target']:.2f} %): DDC's frontier does not "
-                         "reach it")
-        else:
-            lines.append(f"- GNet-R at {r['random_budget']:g} s ({100 * r['target']:.2f} % in {r['random_elapsed']:.0f} s):"
-                         f" DDC {'<= ' if r['upper_bound'] else ''}{r['ddc_elapsed']:.0f} s, ratio "
-                         f"{'<= ' if r['upper_bound'] else ''}{r['ratio']:.2f}")
+    lines += [_time_to_line(r) for r in result["time_to_accuracy"]]
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- every number of the text on a record
+
+MARKER = re.compile(r"<!--\s*frontier:(.*?)-->")
+TIME_TO = re.compile(r"GNet-R at (?P<budget>[\d,.]+) s \((?P<target>[\d.]+) % in (?P<elapsed>[\d,]+) s\):"
+                     r"(?P<rest>[^\n]*?)(?P<bound><= )?(?P<ddc>[\d,]+) s, ratio (?:<= )?\**(?P<ratio>[\d.]+)")
+
+
+def _number(text: str) -> str:
+    return text.replace("**", "").replace(",", "").strip()
+
+
+def check_section(text: str, result: dict) -> list[str]:
+    """What `text` (one frontier section of a document) says otherwise than `result` (summary of
+    its records): every cell of its frontier tables (columns named as COLUMNS) and every "GNet-R at
+    B s (A % in E s): DDC T s, ratio R" line; every budget of the records must have both."""
+    problems, rows_seen, lines_seen = [], set(), set()
+    by_budget = {row["budget"]: row for row in result["random"]}
+    ddc = {f"{row['budget']:g}": row for row in result["ddc"]}
+    header = None
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.lstrip().startswith("|") else None
+        if cells is None:
+            header = None
+        elif header is None:
+            header = [_column(c) for c in cells] if "DDC mean" in line.replace("**", "") else False
+        elif header and not set(line.replace("|", "").strip()) <= set("-: "):
+            budget = _number(cells[0])
+            row = ddc.get(budget)
+            if row is None:
+                problems.append(f"table row for {budget} s: the records have no DDC point at that budget")
+                continue
+            rows_seen.add(budget)
+            for column, cell in zip(header, cells):
+                if column is not None and _number(cell) != COLUMNS[column](row, by_budget.get(row["budget"])):
+                    problems.append(f"table, {budget} s, {column}: the text says {_number(cell)}, the records give "
+                                    f"{COLUMNS[column](row, by_budget.get(row['budget']))}")
+    expected = {f"{r['random_budget']:g}": r for r in result["time_to_accuracy"]}
+    for match in TIME_TO.finditer(text):
+        budget = _number(match["budget"])
+        r = expected.get(budget)
+        if r is None or r["ddc_elapsed"] is None:
+            problems.append(f"time to GNet-R's {budget} s accuracy: the records give "
+                            + ("no GNet-R point there" if r is None else "no DDC time (its frontier does not reach it)"))
+            continue
+        lines_seen.add(budget)
+        said = {"accuracy": match["target"], "GNet-R elapsed": _number(match["elapsed"]), "DDC time": _number(match["ddc"]),
+                "ratio": match["ratio"], "upper bound": bool(match["bound"])}
+        true = {"accuracy": f"{100 * r['target']:.2f}", "GNet-R elapsed": f"{r['random_elapsed']:.0f}",
+                "DDC time": f"{r['ddc_elapsed']:.0f}", "ratio": f"{r['ratio']:.2f}", "upper bound": r["upper_bound"]}
+        problems += [f"time to GNet-R's {budget} s accuracy, {k}: the text says {said[k]}, the records give {true[k]}"
+                     for k in said if said[k] != true[k]]
+    problems += [f"no table row for the {b} s budget of the records" for b in ddc if b not in rows_seen]
+    problems += [f"no time-to-accuracy line for GNet-R's {b} s budget" for b, r in expected.items()
+                 if b not in lines_seen and r["ddc_elapsed"] is not None]
+    return problems
+
+
+def check_docs(path: Path, parser: argparse.ArgumentParser) -> list[str]:
+    """Every frontier section of `path` checked against its records (check_section); relative
+    paths start at the repository root."""
+    path = Path(REPO, path)
+    text = path.read_text()
+    markers = list(MARKER.finditer(text))
+    if not markers:
+        return [f"{path} marks no frontier section (<!-- frontier: --out DIR --budgets ... --seeds ... -->)"]
+    problems = []
+    for marker in markers:
+        end = re.compile(r"^## ", re.M).search(text, marker.end())
+        section = text[marker.end(): end.start() if end else len(text)]
+        args = parser.parse_args(shlex.split(marker.group(1)))
+        args.out = str(Path(REPO, args.out))
+        where = f"{path} ({marker.group(1).strip()})"
+        problems += [f"{where}: {p}" for p in check_section(section, summary(collect(args, score=False)))]
+    return problems
+
+
+# --------------------------------------------------------------------------------------------- figure
+
 def figure(result: dict, path: Path) -> None:
-    """Accuracy against budget: each strategy's mean (line) and seeds (dots)."""
+    """Accuracy against the elapsed seconds each point really took (linear axis): each strategy's mean (line,
+    labelled with its budget) and seeds (dots, at their own elapsed seconds), the budgets marked;
+    an arrow from each GNet-R mean to where DDC's interpolated curve crosses its accuracy."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
     for strategy, colour, marker in (("ddc", "C0", "o"), ("random", "C3", "s")):
         rows = result[strategy]
         if not rows:
             continue
-        ax.plot([r["budget"] for r in rows], [100 * r["mean"] for r in rows], color=colour, marker=marker,
-                label=f"{NAMES[strategy]}, mean")
+        ax.plot([r["elapsed"] for r in rows], [100 * r["mean"] for r in rows], color=colour, marker=marker,
+                label=f"{NAMES[strategy]}, mean over seeds")
         for r in rows:
-            ax.scatter([r["budget"]] * len(r["each"]), [100 * v for v in r["each"]], color=colour, s=12, alpha=0.5)
-    reach = result["time_to_accuracy"][-1] if result["time_to_accuracy"] else None
-    if reach and reach["ddc_elapsed"] is not None:  # how much sooner DDC gets to GNet-R's best
-        ax.axhline(100 * reach["target"], color="C3", lw=0.8, ls=":")
-        ax.annotate(f"DDC reaches GNet-R's {reach['random_budget']:g} s accuracy\nin {reach['ddc_elapsed']:.0f} s "
-                    f"({'<= ' if reach['upper_bound'] else ''}{reach['ratio']:.2f} of GNet-R's time)",
-                    (reach["ddc_elapsed"], 100 * reach["target"]), xytext=(8, -28), textcoords="offset points",
-                    fontsize=8, arrowprops={"arrowstyle": "->", "lw": 0.8})
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xticks([r["budget"] for r in result["ddc"] or result["random"]],
-                  [f"{r['budget']:g}" for r in result["ddc"] or result["random"]])
-    ax.set_xlabel("wall-time budget per strategy [s] (calibration and evaluation on the clock)")
+            ax.scatter(r["each_elapsed"][:len(r["each"])], [100 * v for v in r["each"]], color=colour, s=12, alpha=0.5)
+            ax.annotate(f"{r['budget']:g} s", (r["elapsed"], 100 * r["mean"]), xytext=(4, -10 if strategy == "random"
+                        else 5), textcoords="offset points", fontsize=7, color=colour)
+    budgets = sorted({r["budget"] for rows in (result["ddc"], result["random"]) for r in rows})
+    for budget in budgets:
+        ax.axvline(budget, color="0.6", lw=0.6, ls=":")
+    for r in result["time_to_accuracy"]:
+        if r["ddc_elapsed"] is None or r["upper_bound"]:  # no crossing on the curve to point at
+            continue
+        ax.annotate("", (r["ddc_elapsed"], 100 * r["target"]), (r["random_elapsed"], 100 * r["target"]),
+                    arrowprops={"arrowstyle": "->", "lw": 0.8, "color": "0.3"})
+        ax.annotate(f"{r['ratio']:.2f}x", (r["ddc_elapsed"], 100 * r["target"]), xytext=(-26, 3),
+                    textcoords="offset points", fontsize=7, color="0.3")
+    # a linear axis: the time to accuracy is interpolated linearly in seconds, so the lines drawn
+    # are the interpolated curves and each arrow ends on DDC's
+    ax.set_xlim(left=0)
+    if budgets:
+        ax.set_xticks(budgets, [f"{b:g}" for b in budgets], fontsize=8)
+    ax.set_xlabel("elapsed seconds per strategy, all on the clock (dotted: the budgets)")
     ax.set_ylabel(f"accuracy on the {result['split']} split [%]")
-    ax.set_title("accuracy against budget: DDC vs GNet-R, each annealed at its budget", fontsize=10)
+    ax.set_title("DDC vs GNet-R, each annealed at its budget; arrows: time to GNet-R's accuracy", fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # no point has finished yet: an empty figure, no legend
         ax.legend(fontsize=8)
@@ -200,22 +362,96 @@ def figure(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------------------- tuning trials
+
+def best_random(trials: list[dict], budget: float) -> dict:
+    """GNet-R's lr and warm-up for `budget`: the pair with the highest mean tuning accuracy over its
+    seeds at the tuning budget nearest to `budget` in log (ties: the smaller lr, then warm-up)."""
+    mine = [t for t in trials if t["strategy"] == "random"]
+    if not mine:
+        raise BadInput("the trials file has no GNet-R trials: run python benchmarks/frontier.py tune first")
+    nearest = min(sorted({t["budget"] for t in mine}), key=lambda b: abs(math.log(b / budget)))
+    pairs: dict[tuple[float, float], list[float]] = {}
+    for t in mine:
+        if t["budget"] == nearest:
+            pairs.setdefault((t["lr"], t["warmup_epochs"]), []).append(t["tuning_accuracy"])
+    lr, warmup = max(sorted(pairs), key=lambda k: statistics.fmean(pairs[k]))
+    return {"lr": lr, "warmup_epochs": warmup, "tuning_budget": nearest}
+
+
+def trial_grid(args) -> list[tuple[str, dict, tuple[str, ...]]]:
+    """(name, what it tries, its overrides) of every trial at one budget and seed: DDC at each share,
+    GNet-R at each lr x warm-up; BadInput unless both sides get as many."""
+    ddc = [(f"ddc-share{s:g}", {"strategy": "ddc", "sub_share": s}, ("run.strategy=ddc", f"run.sub_share={s:g}"))
+           for s in args.shares]
+    rnd = [(f"gnet-r-lr{lr:g}-wu{w:g}", {"strategy": "random", "lr": lr, "warmup_epochs": w},
+            ("run.strategy=random", f"random.lr={lr:g}", f"random.warmup_epochs={w:g}"))
+           for lr in args.lrs for w in args.warmups]
+    if len(ddc) != len(rnd) or not ddc:
+        raise BadInput(f"tune gives DDC {len(ddc)} share trials and GNet-R {len(rnd)} lr x warm-up trials per budget "
+                       "and seed: give as many to each side (e.g. --shares 0.3 0.5 0.7 with --lrs 3.5e-4 7e-4 1.4e-3 "
+                       "--warmups 0.05)")
+    return ddc + rnd
+
+
+def tune(args) -> str:
+    """Run (or resume) every trial and rewrite the trials file from every finished one."""
+    grid = trial_grid(args)
+    if not trials_file(args, args.budgets[0]):
+        raise BadInput(f"{args.config} names no trials file (run.sub_share_trials): set it to the file the trials "
+                       "are written to, e.g. --set run.sub_share_trials=docs/runs/tuning/cifar10-frontier.json")
+    path = Path(REPO, trials_file(args, args.budgets[0]))
+    tuning = ("data.tune=true",)  # the job's data.tuning_size: the split its frontier points never train on
+    trials = []
+    for budget in args.budgets:
+        for seed in args.seeds:
+            for name, tried, sets in grid:
+                out = run_point(args, budget, seed, Path(args.out) / f"{name}-b{budget:g}-s{seed}", (*tuning, *sets))
+                strategy = tried["strategy"]
+                results, scores = load_results(out), score_point(out, None, {strategy: NETWORKS[strategy]})
+                plan = results.budget
+                record = tried | {"budget": budget, "seed": seed, "tuning_accuracy": scores[strategy]["val"],
+                                  "elapsed": plan["elapsed_seconds"][strategy], "run": out.name,
+                                  "tuning_split": results.splits["tuning"]}
+                if strategy == "ddc":
+                    record["sub_passes"] = plan["phases"]["sub"]["steps"] / plan["rates"]["sub"]["pass_steps"]
+                trials.append(record)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, json.dumps({"config": args.config, "set": [*args.set, *tuning], "ranks": args.ranks,
+                                               "trials": trials}, indent=1).encode())
+    return f"{len(trials)} trials in {path}"
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    tuning = bool(argv) and argv[0] == "tune"
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[300, 600, 1200])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--out", default="runs/frontier")
+    parser.add_argument("--out", default="runs/tuning" if tuning else "runs/frontier")
     parser.add_argument("--config", default="jobs/cifar10-frontier.toml")
     parser.add_argument("--ranks", type=int, default=4)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to every point")
-    parser.add_argument("--test", help="also score every final network on this source's test split")
-    parser.add_argument("--figure", help="the PNG (default OUT/frontier.png)")
-    parser.add_argument("--points-only", action="store_true", help="train the points, score nothing")
-    parser.add_argument("--score-only", action="store_true", help="train nothing; score and summarise what finished")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    if tuning:
+        parser.add_argument("--shares", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+        parser.add_argument("--lrs", type=float, nargs="+", default=[3.5e-4, 7e-4, 1.4e-3])
+        parser.add_argument("--warmups", type=float, nargs="+", default=[0.05])
+    else:
+        parser.add_argument("--test", help="also score every final network on this source's test split")
+        parser.add_argument("--figure", help="the PNG (default OUT/frontier.png)")
+        parser.add_argument("--points-only", action="store_true", help="train the points, score nothing")
+        parser.add_argument("--score-only", action="store_true", help="train nothing; score and summarise what finished")
+        parser.add_argument("--check-docs", nargs="?", const="docs/RESULTS.md", metavar="FILE",
+                            help="train and score nothing: check FILE's frontier sections against their records")
+        parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv[tuning:])
 
     def study() -> str:
+        if args.check_docs:
+            problems = check_docs(Path(args.check_docs), parser)
+            if problems:
+                raise SystemExit("\n".join(problems))
+            return f"{args.check_docs}: every frontier table and time-to-accuracy line agrees with its records"
         if not args.score_only:
             for seed in args.seeds:  # one seed's whole frontier first: a partial study is still a frontier
                 for budget in args.budgets:
@@ -230,7 +466,7 @@ def main(argv=None) -> None:
             return json.dumps(result | {"points": points}, indent=1)
         return "\n\n".join(table(r) for r in result.values())
 
-    print(run_serial(study))
+    print(run_serial(lambda: tune(args)) if tuning else run_serial(study))
 
 
 if __name__ == "__main__":

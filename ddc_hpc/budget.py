@@ -160,6 +160,12 @@ def phase_plan(plan: dict, phase: str) -> PhasePlan:
 STRATEGY_NAMES = {"ddc": "DDC", "random": "GNet-R"}
 
 
+def _auto_text(plan: dict) -> str:
+    rule = plan.get("sub_share_rule")
+    return "" if rule is None else (f", auto: {rule['sub_passes']:.2f} sub passes = {rule['coefficient']:.3g} x "
+                                    f"budget^{rule['exponent']:.3g}, fitted to {rule['trials']}")
+
+
 def describe(plan: dict) -> list[str]:
     """One line per strategy: its budget and what the plan spends it on."""
     lines = []
@@ -170,5 +176,53 @@ def describe(plan: dict) -> list[str]:
         lines.append(f"  budget {STRATEGY_NAMES[strategy]} {seconds:.0f} s: calibration "
                      f"{plan['calibration_seconds'][strategy]:.1f} s + fixed {plan['fixed_seconds'][strategy]:.1f} s + "
                      + " + ".join(parts) + f" = {plan['planned_seconds'][strategy]:.0f} s planned"
-                     + (f" (sub share {plan['sub_share']:g})" if strategy == "ddc" else ""))
+                     + (f" (sub share {plan['sub_share']:.3g}{_auto_text(plan)})" if strategy == "ddc" else ""))
     return lines
+
+
+# run.sub_share = "auto": the planner gives the sub phase a number of passes over the data that
+# grows as a power of the budget, P(B) = coefficient * B ** exponent, the line in log-log through
+# the best-scoring share's passes at each tuning budget (least squares; exact through two), and
+# turns it into the share of DDC's training time that buys those passes at the calibrated rates.
+AUTO = "auto"
+SHARE_RANGE = (0.05, 0.95)  # the auto share is kept inside: GNet-T and the SNets both get some time
+
+
+def best_sub_passes(trials: list[dict]) -> list[tuple[float, float]]:
+    """(budget, sub passes) of the best DDC share at each budget of `trials` (each: strategy, budget,
+    seed, sub_share, sub_passes, tuning_accuracy): the share with the highest tuning accuracy,
+    mean over its seeds, and its mean passes; ties go to the smaller share."""
+    points = []
+    for budget in sorted({t["budget"] for t in trials if t["strategy"] == "ddc"}):
+        shares: dict[float, list[dict]] = {}
+        for t in trials:
+            if t["strategy"] == "ddc" and t["budget"] == budget:
+                shares.setdefault(t["sub_share"], []).append(t)
+        mean = {s: sum(t["tuning_accuracy"] for t in ts) / len(ts) for s, ts in shares.items()}
+        best = max(sorted(shares), key=lambda s: mean[s])
+        points.append((budget, sum(t["sub_passes"] for t in shares[best]) / len(shares[best])))
+    return points
+
+
+def fit_sub_passes(points: list[tuple[float, float]]) -> dict:
+    """{"coefficient", "exponent", "points"}: P(B) = coefficient * B ** exponent fitted in log-log to
+    (budget, passes) points at two or more budgets; ValueError with fewer."""
+    if len({b for b, _ in points}) < 2 or any(b <= 0 or p <= 0 for b, p in points):
+        raise ValueError(f"the sub-share rule is fitted to the best share's passes at two or more budgets; the trials "
+                         f"give {len(points)} budget(s) ({', '.join(f'{b:g} s' for b, _ in points) or 'none'}): run "
+                         "DDC share trials at a second budget (python benchmarks/frontier.py tune)")
+    x = [math.log(b) for b, _ in points]
+    y = [math.log(p) for _, p in points]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    exponent = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+    return {"coefficient": math.exp(my - exponent * mx), "exponent": exponent, "points": [list(p) for p in points]}
+
+
+def auto_sub_share(rule: dict, budget: float, left: float, rates: PhaseRates, eval_every: int) -> tuple[float, float]:
+    """(share, passes): the sub phase's share of DDC's `left` training seconds (its budget less
+    calibration and fixed costs) that trains P(budget) passes with their scores at the calibrated
+    `rates`, kept within SHARE_RANGE."""
+    passes = rule["coefficient"] * budget ** rule["exponent"]
+    steps = passes * rates.pass_steps
+    seconds = steps * rates.step + evaluations(max(1, math.ceil(passes)), eval_every) * rates.evaluation
+    return min(max(seconds / left, SHARE_RANGE[0]), SHARE_RANGE[1]) if left > 0 else SHARE_RANGE[0], passes

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tomli_w
 
-from .budget import parse_budget
+from .budget import AUTO, parse_budget
 from .errors import BadInput
 
 STRATEGIES = ("ddc", "random", "both")
@@ -130,6 +130,11 @@ def _budget_text(text: str) -> None:
             raise BadInput(f"run.budget: {err}") from None
 
 
+def _share_text(text: str) -> None:
+    if text != AUTO:
+        raise BadInput(f"run.sub_share must be a share in (0, 1) or \"{AUTO}\" (the planner's rule), got {text!r}")
+
+
 SEED_MAX = 2**32 - 1  # seeds become seed * 1000 + k and torch / numpy seeds: keep them far from 2**63
 TIMEOUT_MAX = 30 * 24 * 3600.0  # seconds; longer than any allocation, well inside timedelta and int64 ms
 COUNT_MAX = 4096  # partitions and threads: default_grid factors K, torch takes the thread count as an int32
@@ -168,6 +173,13 @@ class DataConfig:
     in_memory: bool = key(True)
     augment: bool = key(True)
     max_shift: int = key(2, at_least=0)  # pixels; the paper's random shift, kept small for 16x16 tiles
+    # draws every split (validation, tuning, limit): fixed whatever run.seed, so all seeds and
+    # strategies are scored on the same images
+    split_seed: int = key(0, at_least=0, at_most=SEED_MAX)
+    # N: a stratified tuning split of N images carved from the training split (never trained on)
+    tuning_size: int = key(0, at_least=0, note="0 = no tuning split")
+    # true: a tuning trial, scored on the tuning split; the validation split is not read
+    tune: bool = key(False)
 
 
 @_checked
@@ -231,7 +243,10 @@ class RunConfig:
     # "slurm" (the job's remaining time less a margin, shared by the strategies). The planner
     # (budget.py) then sets every phase's steps; a resume keeps the recorded plan.
     budget: float | str = key("", above=0.0, text=_budget_text, unit=" seconds")
-    sub_share: float = key(0.3, above=0.0, below=1.0)  # with a budget: the sub phase's share of DDC's training time
+    # with a budget: the sub phase's share of DDC's training time, or "auto": the planner's rule
+    # (budget.auto_sub_share) fitted to the DDC share trials in run.sub_share_trials
+    sub_share: float | str = key(0.3, above=0.0, below=1.0, text=_share_text)
+    sub_share_trials: str = key("")  # a trials file (benchmarks/frontier.py tune), relative to where the run starts
 
 
 @dataclass(frozen=True)
@@ -389,6 +404,20 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return config
 
 
+def recorded_split_seed(data: dict, run: dict) -> int:
+    """The split seed of a run as recorded ([data] and [run] of its config.toml or saved network):
+    runs from before data.split_seed drew their splits with run.seed."""
+    return data.get("split_seed", run.get("seed", 0))
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """A run's resolved configuration, from its config.toml, with the split seed it really used."""
+    config = load_config(Path(run_dir) / "config.toml")
+    raw = tomllib.loads((Path(run_dir) / "config.toml").read_text())
+    seed = recorded_split_seed(raw.get("data", {}), raw.get("run", {}))
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, split_seed=seed))
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise BadInput(message)
@@ -481,6 +510,24 @@ def _carried_moments_are_adams(config: Config) -> None:
     _require(not config.global_.carry_optimizer or config.global_.optimizer == config.sub.optimizer == "adam",
              "global.carry_optimizer composes the sub-networks' Adam moments: it needs sub.optimizer and "
              "global.optimizer = \"adam\"")
+
+
+@relation
+def _tuning_needs_its_split(config: Config) -> None:
+    _require(not config.data.tune or config.data.tuning_size,
+             "data.tune = true scores a tuning trial on the tuning split, but data.tuning_size = 0 carves none: "
+             "give data.tuning_size (e.g. 2500 of CIFAR-10's 45,000 training images)")
+
+
+@relation
+def _auto_share_has_its_trials(config: Config) -> None:
+    if config.run.sub_share != AUTO:
+        return
+    _require(config.run.budget, "run.sub_share = \"auto\" chooses the sub phase's share of a wall-time budget: set "
+             "run.budget too, or give the share itself (e.g. run.sub_share = 0.5)")
+    _require(config.run.sub_share_trials, "run.sub_share = \"auto\" fits its rule to DDC share trials: set "
+             "run.sub_share_trials to the trials file (python benchmarks/frontier.py tune writes one), or give the "
+             "share itself (e.g. run.sub_share = 0.5)")
 
 
 @relation

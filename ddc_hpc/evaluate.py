@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_torch
-from .config import ModelConfig, load_config
-from .data import load_dataset, load_from_config, resolve_source, same_data, source_identity
+from .config import ModelConfig, load_run_config
+from .data import load_dataset, load_from_config, resolve_source, same_data, source_identity, split_options
 from .errors import BadInput, run_serial
 from .models import build_model
 from .train import PhaseData, Task, evaluate
@@ -48,12 +48,14 @@ def _trained_on(source: str, saved: dict) -> bool:
 
 def scored_sets(source: str, saved: dict, classes: int, task: Task) -> tuple[list, str, str]:
     """What `--data` scores, and how to say it: the source's test split; on the model's own training
-    data without one, the validation split it held out (the run's seed and val_fraction), never the
-    samples it was trained on; on other data, every sample. Data shaped unlike the model's training
-    samples is refused (BadInput)."""
+    data without one, the split it scored (the validation split it held out, or a tuning trial's
+    tuning split: the run's data.split_seed, val_fraction and tuning_size), never the samples it was
+    trained on; on other data, every sample. Data shaped unlike the model's training samples is
+    refused (BadInput)."""
     trained = saved["config"]
-    splits = load_dataset(source, num_classes=classes, val_fraction=trained["data"]["val_fraction"],
-                          seed=trained["run"]["seed"], task=task.name)
+    options = split_options(trained["data"], trained["run"])
+    splits = load_dataset(source, num_classes=classes, val_fraction=trained["data"]["val_fraction"], task=task.name,
+                          **options)
     shape, expected = splits.train.image_shape, saved.get("sample_shape")
     channels = saved["spec"].get("in_channels")
     if (expected is not None and tuple(expected) != shape) or (channels is not None and shape[-1] != channels):
@@ -64,9 +66,10 @@ def scored_sets(source: str, saved: dict, classes: int, task: Task) -> tuple[lis
     if splits.held_out == "test":
         return [splits.val], "test", f"the test split of {source}"
     if _trained_on(source, saved):
-        return [splits.val], "validation", (
-            f"the validation split the run held out (seed {trained['run']['seed']}, val_fraction "
-            f"{trained['data']['val_fraction']}); the other {len(splits.train)} samples are its training split, not scored")
+        return [splits.val], splits.held_out, (
+            f"the {splits.held_out} split the run {'held out' if splits.held_out == 'validation' else 'scored'} (split "
+            f"seed {options['seed']}, val_fraction {trained['data']['val_fraction']}, tuning_size "
+            f"{options['tuning_size']}); the other {len(splits.train)} training samples are not scored")
     return [splits.train, splits.val], "all", (
         f"every sample of {source} (it has no test split); the network was trained on "
         f"{trained['data']['source']}, a different source")
@@ -89,11 +92,12 @@ def main(argv=None) -> None:
         model_config = ModelConfig(**saved["config"]["model"])
         task = Task(model_config.task, model_config.loss_name)
         if args.run:
-            config = load_config(Path(args.run) / "config.toml")
+            config = load_run_config(args.run)
             started_in = (saved.get("source") or {}).get("started_in")  # its relative paths start there
             config = dataclasses.replace(config, data=dataclasses.replace(
                 config.data, source=resolve_source(config.data.source, started_in)))
-            sets, split, what = [load_from_config(config).val], "validation", f"the validation split of the run {args.run}"
+            splits = load_from_config(config)
+            sets, split, what = [splits.val], splits.held_out, f"the {splits.held_out} split of the run {args.run}"
         else:
             sets, split, what = scored_sets(args.data, saved, classes, task)
         keys = ("val_accuracy", "val_top5") if task.name == "classification" else ("val_mae", "val_rmse")

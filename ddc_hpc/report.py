@@ -42,8 +42,9 @@ def plan_text(plan, world, threads: int) -> str:
         f"ddc_hpc run -> {plan.out}",
         f"  model {cfg.model.name} (width {cfg.model.width}, {cfg.model.num_classes} classes), "
         f"K = {K} sub-networks, strategy {cfg.run.strategy}",
-        f"  data {cfg.data.source}: {len(plan.data.train)} train / {len(plan.data.val)} val images of "
-        f"{plan.data.train.image_shape}",
+        f"  data {cfg.data.source}: {len(plan.data.train)} train / {len(plan.data.val)} {plan.data.held_out} images of "
+        f"{plan.data.train.image_shape} (split seed {cfg.data.split_seed}"
+        + (f", {len(plan.data.tuning)} tuning images not trained on" if plan.data.tuning is not None else "") + ")",
         f"  tiles {'x'.join(map(str, tile_shape(plan.tiles)))} (overlap {cfg.decompose.overlap}, crop "
         f"{cfg.decompose.crop}): " + ", ".join(
             f"{k}:[" + ",".join(f"{s.start}:{s.stop}" for s in t) + "]" for k, t in enumerate(plan.tiles)),

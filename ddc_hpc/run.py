@@ -65,6 +65,8 @@ class Plan:
     batches: dict[str, int] = dataclasses.field(default_factory=dict)
     clock: Clock = dataclasses.field(default_factory=Clock)  # restarted when every rank has the plan
     budget: dict | None = None  # run.budget's plan (budget.plan_budget, as recorded in plan.json)
+    # run.sub_share = "auto": the rule fitted to run.sub_share_trials (budget.fit_sub_passes) and the file's digest
+    share_rule: dict | None = None
 
     @property
     def partitions(self) -> int:
@@ -201,7 +203,26 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
         raise BadInput("run.precision = 'fp16' needs GPUs (its gradient scaling is for CUDA's fp16 kernels); "
                        "on CPUs use 'bf16' or 'fp32'")
     source = source_identity(config.data.source) | {"started_in": str(Path.cwd())}
-    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend, source=source)
+    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend, source=source,
+                share_rule=share_rule(config.run.sub_share_trials) if config.run.sub_share == budget.AUTO
+                and config.run.strategy != "random" and not (out / PLAN_FILE).exists() else None)  # a resume keeps its plan
+
+
+def share_rule(path: str) -> dict:
+    """run.sub_share = "auto"'s rule, fitted to the DDC trials of the trials file at `path`."""
+    file = Path(path)
+    try:
+        content = file.read_bytes()
+        trials = json.loads(content)["trials"]
+        rule = budget.fit_sub_passes(budget.best_sub_passes(trials))
+    except FileNotFoundError:
+        raise BadInput(f"run.sub_share_trials = {path!r} does not exist (relative paths start at {Path.cwd()}): run "
+                       "the share trials first (python benchmarks/frontier.py tune ...), or give run.sub_share a "
+                       "number") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BadInput(f"run.sub_share_trials = {path!r} is not a trials file of benchmarks/frontier.py tune "
+                       f"({type(err).__name__}: {err})") from None
+    return rule | {"trials": path, "trials_digest": "sha256:" + hashlib.sha256(content).hexdigest()[:16]}
 
 
 def finished_run(args: argparse.Namespace) -> dict | None:
@@ -771,10 +792,16 @@ def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = Fal
         phases = [n for n in ("sub", "global", "random") if n in rates]
         try:
             budgets = budget.budgets_per_strategy(plan.config.run.budget, plan.strategies, left)
+            share, chosen = plan.config.run.sub_share, {}
+            if plan.share_rule is not None and "ddc" in budgets:
+                share, passes = budget.auto_sub_share(
+                    plan.share_rule, budgets["ddc"], budgets["ddc"] - calibration["ddc"] - fixed["ddc"], rates["sub"],
+                    plan.phase("sub").eval_every)
+                chosen = {"sub_share_rule": plan.share_rule | {"sub_passes": passes}}
             made = budget.plan_budget(budgets, calibration, fixed, rates,
                                       {n: plan.phase(n).eval_every for n in phases},
-                                      {n: plan.phase(n).warmup_epochs for n in phases}, plan.config.run.sub_share)
-            made |= {"spec": plan.config.run.budget, "measured": measured, "calibration_end": plan.clock()}
+                                      {n: plan.phase(n).warmup_epochs for n in phases}, share)
+            made |= chosen | {"spec": plan.config.run.budget, "measured": measured, "calibration_end": plan.clock()}
         except ValueError as err:
             error = f"run.budget = {plan.config.run.budget!r}: {err}"
     made, error = comm.bcast(world, (made, error), "sharing the budget plan")
@@ -852,7 +879,8 @@ def pipeline(args: argparse.Namespace) -> None:
                       model=cfg.model.name, dataset=cfg.data.source, threads=threads, device=str(world.device),
                       precision=cfg.run.precision, resumed=plan.resume,
                       rank_counts=rank_counts, slurm_restarts=comm.restart_count(),
-                      metric=plan.task.metric, backend=plan.backend, source=plan.source)
+                      metric=plan.task.metric, backend=plan.backend, source=plan.source,
+                      splits=plan.data.record(cfg.data.split_seed))
     elapsed = {}  # each strategy's seconds on the job clock
     if "ddc" in plan.strategies:
         started = plan.clock()

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import RANDOM_INIT_SEED_OFFSET, load_config
+from .config import RANDOM_INIT_SEED_OFFSET, load_run_config
 from .data import load_from_config, make_batch
 from .errors import BadInput, run_serial
 from .files import atomic_write
@@ -162,7 +162,7 @@ def load_networks_and_data(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise BadInput(f"{run_dir} has no config.toml: pass the --out folder of a python -m ddc_hpc.run run")
-    config = load_config(run_dir / "config.toml")
+    config = load_run_config(run_dir)
     if config.model.task != "classification":
         raise BadInput(f"{run_dir} is a {config.model.task} run: class activation maps need a classifier")
     K = config.decompose.partitions

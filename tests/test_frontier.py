@@ -1,8 +1,10 @@
 """benchmarks/frontier.py's arithmetic: the frontier per strategy (mean over seeds), the time DDC's
-frontier needs to reach each GNet-R accuracy (interpolated), the table and the figure."""
+frontier needs to reach each GNet-R accuracy (interpolated), the table and the figure; --check-docs
+against records that disagree with the text; the tuning trials' grid and GNet-R's choice from them."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.frontier import figure, frontier, summary, table, time_to  # noqa: E402
+from benchmarks.frontier import (best_random, check_section, figure, frontier, main, summary, table,  # noqa: E402
+                                 time_to, trial_grid)
+from ddc_hpc.errors import BadInput  # noqa: E402
 
 
 def point(budget, seed, ddc, rnd, ddc_elapsed=None, rnd_elapsed=None):
@@ -45,7 +49,73 @@ def test_time_to_accuracy_is_interpolated_on_the_frontier():
 def test_the_table_and_figure_say_what_was_measured(tmp_path):
     result = summary(POINTS)
     text = table(result)
-    assert "| 600 | 61.00 | 60.00 / 62.00 | 588 | 51.00 | 50.00 / 52.00 | 582 | +10.00 |" in text
+    assert "| 600 | 61.00 | 60.00 / 62.00 | 588 | - / - | 51.00 | 50.00 / 52.00 | 582 | +10.00 |" in text
     assert "ratio <= 0.51" in text and "ratio 0.45" in text
     figure(result, tmp_path / "frontier.png")
     assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_check_docs_finds_every_number_the_text_gives_otherwise():
+    result = summary(POINTS)
+    text = table(result)
+    assert check_section(text, result) == []
+    wrong = text.replace("| 600 | 61.00 |", "| 600 | **61.10** |").replace("ratio 0.45", "ratio 0.40")
+    problems = check_section(wrong, result)
+    assert len(problems) == 2, problems
+    assert "600 s, DDC mean: the text says 61.10, the records give 61.00" in problems[0]
+    assert "1200 s accuracy, ratio: the text says 0.40, the records give 0.45" in problems[1]
+    no_bound = text.replace("DDC <= 294 s, ratio <= 0.51", "DDC 294 s, ratio 0.51")
+    assert any("upper bound: the text says False" in p for p in check_section(no_bound, result))
+    missing = "\n".join(line for line in text.splitlines() if not line.startswith(("| 1200 |", "- GNet-R at 600")))
+    assert sorted(check_section(missing, result)) == ["no table row for the 1200 s budget of the records",
+                                                      "no time-to-accuracy line for GNet-R's 600 s budget"]
+
+
+def test_check_docs_reads_the_records_a_section_names_and_fails_where_the_text_disagrees(tmp_path, capsys):
+    for p in POINTS:
+        out = tmp_path / "records" / f"b{p['budget']}-s{p['seed']}"
+        out.mkdir(parents=True)
+        elapsed = {s: v["elapsed"] for s, v in p["strategies"].items()}
+        (out / "results.json").write_text(json.dumps({"model": "m", "partitions": 4, "budget": {
+            "elapsed_seconds": elapsed, "landed": {s: 0.98 for s in elapsed}, "sub_share": 0.5}}))
+        (out / "scores.json").write_text(json.dumps({s: {"val": v["val"]} for s, v in p["strategies"].items()}))
+    marker = f"<!-- frontier: --out {tmp_path / 'records'} --budgets 300 600 1200 --seeds 0 1 -->"
+    result = summary(POINTS)
+    for row in result["ddc"]:
+        row["shares"] = [0.5, 0.5]
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"## Frontier\n\n{marker}\n\n{table(result)}\n\n## Next section\n\n| DDC mean |\n|---|\n| 9 |\n")
+    main(["--check-docs", str(doc)])
+    assert "agrees with its records" in capsys.readouterr().out
+    doc.write_text(doc.read_text().replace("| 300 | 51.00 |", "| 300 | 52.00 |"))
+    with pytest.raises(SystemExit, match="300 s, DDC mean: the text says 52.00, the records give 51.00"):
+        main(["--check-docs", str(doc)])
+    for name, splits in (("b300-s0", {"scored_split": "validation", "scored": {"digest": "a"}}),
+                         ("b600-s0", {"scored_split": "validation", "scored": {"digest": "b"}})):
+        path = tmp_path / "records" / name / "results.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"splits": splits}))
+    with pytest.raises(SystemExit) as stopped:
+        main(["--check-docs", str(doc)])
+    assert stopped.value.code == 2 and "scored on different splits (b300-s0: a; b600-s0: b)" in capsys.readouterr().err
+
+
+def test_each_side_gets_as_many_tuning_trials_and_gnet_r_the_best_at_the_nearest_budget():
+    class Args:
+        shares, lrs, warmups = [0.3, 0.5, 0.7], [3.5e-4, 7e-4, 1.4e-3], [0.05]
+    grid = trial_grid(Args)
+    assert [g[1]["strategy"] for g in grid] == ["ddc"] * 3 + ["random"] * 3
+    assert grid[0][2] == ("run.strategy=ddc", "run.sub_share=0.3")
+    Args.warmups = [0.05, 0.1]
+    with pytest.raises(BadInput, match="DDC 3 share trials and GNet-R 6"):
+        trial_grid(Args)
+    trials = [{"strategy": "random", "budget": b, "seed": s, "lr": lr, "warmup_epochs": 0.05, "tuning_accuracy": a}
+              for b, s, lr, a in [(200, 0, 7e-4, 0.40), (200, 1, 7e-4, 0.38), (200, 0, 1.4e-3, 0.41),
+                                  (200, 1, 1.4e-3, 0.36), (800, 0, 7e-4, 0.55), (800, 0, 1.4e-3, 0.57)]]
+    assert best_random(trials, 300) == {"lr": 7e-4, "warmup_epochs": 0.05, "tuning_budget": 200}  # 0.39 > 0.385
+    assert best_random(trials, 1600) == {"lr": 1.4e-3, "warmup_epochs": 0.05, "tuning_budget": 800}
+
+
+def test_the_committed_frontier_sections_agree_with_their_records(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # paths are the repository's, wherever the check starts
+    main(["--check-docs"])
+    assert "docs/RESULTS.md: every frontier table and time-to-accuracy line agrees" in capsys.readouterr().out

@@ -92,12 +92,16 @@ def test_the_time_to_accuracy_study_is_fair():
 
 
 def test_the_frontier_job_is_what_issue_20_asks_for_and_fair():
-    """Real CIFAR-10 with all 45,000 non-validation images, width 64, K = 4, both strategies, each
-    with a budget and schedules that anneal; GNet-T and GNet-R share what is not tuned."""
+    """Real CIFAR-10 with all 45,000 non-validation images (2,500 of them the tuning split), width 64,
+    K = 4, both strategies, each with a budget and schedules that anneal; GNet-T and GNet-R share
+    what is not tuned."""
     config = load_config(JOBS / f"{FRONTIER}.toml", ["run.budget=600"])
     assert (config.model.name, config.model.width, config.decompose.partitions) == ("cifar_resnet20", 64, 4)
     assert config.data.source == "npz:../shared/data/cifar10-train.npz" and config.data.val_fraction == 0.1
     assert config.data.limit == 0 and config.run.strategy == "both" and config.run.budget == 600
+    # issue 31: fixed splits, choices on the tuning split, the share chosen per budget by the planner
+    assert (config.data.split_seed, config.data.tuning_size, config.data.tune) == (0, 2500, False)
+    assert config.run.sub_share == "auto" and config.run.sub_share_trials.startswith("docs/runs/tuning/")
     phases = (config.sub, config.global_, config.random)
     assert all(p.schedule == "linear" and p.eval_every == 0 and p.optimizer == "adam" for p in phases)
     same = ("batch_size", "optimizer", "schedule", "bn_recalibrate_batches", "weight_decay", "eval_every")

@@ -8,7 +8,8 @@ See docs/DATA.md.
 
 from .hdf5 import TASKS, H5Writer, check_labels, check_targets, content_checksum
 from .importers import describe, import_dataset
-from .loader import SampleSet, Splits, channel_mean, channel_std, load_dataset, load_from_config, stratified_split
+from .loader import SampleSet, Splits, channel_mean, channel_std, load_dataset, load_from_config, split_options, \
+    stratified_split
 from .sources import KINDS, parse_source, resolve_source, same_data, source_identity
 from .synthetic import TARGET_NAMES, synthetic, synthetic1d, synthetic3d
 from .views import batches, check_tiles, make_batch, to_channels_first
@@ -32,6 +33,7 @@ __all__ = [
     "to_channels_first",
     "channel_mean",
     "stratified_split",
+    "split_options",
     "import_dataset",
     "describe",
     "content_checksum",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..config import recorded_split_seed
 from ..errors import BadInput
 from .hdf5 import check_task
 from .sources import ArrayStore, FileStore, open_raw
@@ -65,6 +68,12 @@ class SampleSet:
         """A view of some of this view's samples (indices relative to this view)."""
         return SampleSet(self._store, self._global(indices), self.name)
 
+    def digest(self) -> str:
+        """Which samples of the store this view holds: a hash of their positions (the whole store: of
+        its length), so two runs' records show whether they scored the same images."""
+        positions = np.arange(len(self._store), dtype=np.int64) if self._index is None else self._index
+        return "sha256:" + hashlib.sha256(positions.astype("<i8").tobytes()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -73,7 +82,17 @@ class Splits:
     classes: list[str]  # class names; for regression the target names (one per output)
     mean: torch.Tensor | None  # (C,) per-channel training mean in [0, 1] units; None: metadata only
     task: str = "classification"  # as asked of load_dataset
-    held_out: str = "validation"  # what `val` is: the source's own "test" split, or a "validation" share of train
+    # what `val` is: the source's own "test" split, a "validation" share of train, or (tune) the "tuning" split
+    held_out: str = "validation"
+    # data.tuning_size images carved from the training split (never trained on): what a tuning trial scores
+    tuning: SampleSet | None = None
+
+    def record(self, split_seed: int) -> dict:
+        """results.json's `splits`: the seed that drew them, each split's size and a digest of its
+        samples, and which one the run scored."""
+        sets = {"train": self.train, "scored": self.val} | ({"tuning": self.tuning} if self.tuning is not None else {})
+        return {"split_seed": split_seed, "scored_split": self.held_out} | {
+            name: {"size": len(samples), "digest": samples.digest()} for name, samples in sets.items()}
 
 
 def _stratified_pick(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -156,13 +175,18 @@ def channel_std(images: SampleSet, seed: int = 0, max_samples: int | None = MEAN
 
 def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, seed: int,
                  limit: int | None = None, in_memory: bool = True, val_limit: int | None = None,
-                 task: str = "classification", metadata_only: bool = False, copies_per_node: int = 1) -> Splits:
+                 task: str = "classification", metadata_only: bool = False, copies_per_node: int = 1,
+                 tuning_size: int = 0, tune: bool = False) -> Splits:
     """Open ``source`` and split it into training and validation sets.
 
     The validation set is the source's own test split when it has one (HDF5 ``test`` group,
     npz ``x_test``, CIFAR's test batch, Food-101's test list, ImageFolder's test/ or val/),
-    else a seeded stratified ``val_fraction`` of the training split.  ``limit`` keeps a seeded
-    stratified choice of that many training samples (``val_limit`` likewise for validation).
+    else a seeded stratified ``val_fraction`` of the training split.  ``tuning_size`` carves a
+    seeded stratified tuning split of that many samples out of the training split (disjoint from
+    training and validation); ``tune`` makes it the split scored (``val``) in place of validation.
+    ``limit`` keeps a seeded stratified choice of that many training samples (``val_limit``
+    likewise for the scored split). ``seed`` draws every split (``data.split_seed``), so the
+    splits do not move with the training seed.
     ``in_memory``: hold npz/HDF5/CIFAR data in memory (HDF5 only if the ``copies_per_node``
     processes of this node that each hold one take at most a quarter of the available memory
     together); otherwise every process reads only the samples it asks for.
@@ -229,13 +253,27 @@ def load_dataset(source: str, *, num_classes: int | None, val_fraction: float, s
             raise BadInput(f"{raw.description}: val_fraction={val_fraction} leaves no training samples")
         train = SampleSet(raw.train, train_idx, raw.description)
         val = SampleSet(raw.train, val_idx, raw.description + " (validation)")
+    held_out = "test" if raw.test is not None and len(raw.test) else "validation"
+    tuning = None
+    if tuning_size:
+        if tuning_size >= len(train):
+            raise BadInput(f"{raw.description}: data.tuning_size = {tuning_size} leaves no training samples of "
+                           f"the {len(train)}; give a tuning split of a few percent of them")
+        picked = _pick(train.labels, int(tuning_size), np.random.default_rng([seed, 4]))
+        rest = np.ones(len(train), bool)
+        rest[picked] = False
+        train, tuning = train.subset(np.flatnonzero(rest)), train.subset(picked)
+        tuning.name = raw.description + " (tuning)"
+    if tune:
+        if tuning is None:
+            raise BadInput("tune scores the tuning split: it needs a tuning_size")
+        val, held_out = tuning, "tuning"
     if limit is not None and limit < len(train):
         train = train.subset(_pick(train.labels, int(limit), np.random.default_rng([seed, 1])))
     if val_limit is not None and val_limit < len(val):
         val = val.subset(_pick(val.labels, int(val_limit), np.random.default_rng([seed, 3])))
     mean = None if metadata_only else channel_mean(train, seed)
-    held_out = "test" if raw.test is not None and len(raw.test) else "validation"
-    return Splits(train=train, val=val, classes=classes, mean=mean, task=task, held_out=held_out)
+    return Splits(train=train, val=val, classes=classes, mean=mean, task=task, held_out=held_out, tuning=tuning)
 
 
 def load_from_config(config, **options) -> Splits:
@@ -245,6 +283,13 @@ def load_from_config(config, **options) -> Splits:
     samples in the same split with the same mean; `options` go to load_dataset (metadata_only).
     """
     return load_dataset(config.data.source, num_classes=config.model.num_classes,
-                        val_fraction=config.data.val_fraction, seed=config.run.seed,
-                        limit=config.data.limit or None, val_limit=config.data.val_limit or None, in_memory=config.data.in_memory, task=config.model.task,
-                        **options)
+                        val_fraction=config.data.val_fraction, limit=config.data.limit or None,
+                        val_limit=config.data.val_limit or None, in_memory=config.data.in_memory, task=config.model.task,
+                        **split_options(dataclasses.asdict(config.data), dataclasses.asdict(config.run)), **options)
+
+
+def split_options(data: dict, run: dict) -> dict:
+    """load_dataset's seed, tuning_size and tune for a run's [data] and [run] sections (dicts, as
+    recorded in config.toml or a saved network)."""
+    return {"seed": recorded_split_seed(data, run), "tuning_size": data.get("tuning_size", 0),
+            "tune": data.get("tune", False)}
