@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ddc_hpc import build_model, compose
 from ddc_hpc.budget import (BudgetTooSmall, PhaseRates, budgets_per_strategy, evaluations, parse_budget,
@@ -106,6 +108,22 @@ def test_the_plan_anneals_the_lr_to_zero_at_its_last_step():
         lrs = [lr_at(config, e, s, plan.steps_per_epoch) for e in range(plan.epochs) for s in range(plan.steps_per_epoch)]
         assert len(lrs) == plan.steps and lrs[-1] == pytest.approx(0.0, abs=1e-18)
         assert max(lrs) == pytest.approx(1e-3) and lrs[0] < 1e-3  # warmed up, then decayed
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(steps=st.integers(1, 60), pass_steps=st.integers(1, 25), warmup=st.sampled_from([0.0, 0.1, 0.5, 1.0, 3.0]),
+       schedule=st.sampled_from(["linear", "cosine"]))
+def test_every_plan_ends_at_lr_zero_from_one_step_up(steps, pass_steps, warmup, schedule):
+    """Plans of 1, 2, 3 ... steps, with and without warm-up (capped at half the phase by the planner):
+    the last step is at lr 0 and no step is above the configured lr."""
+    rates = PhaseRates(1.0, 0.0, pass_steps)
+    plan = plan_phase(steps * rates.step, rates, 0, warmup_passes=warmup)
+    config = PhaseConfig(epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch, schedule=schedule, lr=0.1,
+                         warmup_epochs=plan.warmup_epochs)
+    lrs = [lr_at(config, e, s, plan.steps_per_epoch) for e in range(plan.epochs) for s in range(plan.steps_per_epoch)]
+    assert len(lrs) == plan.steps >= min(steps, pass_steps)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-18) and all(0 <= lr <= 0.1 + 1e-15 for lr in lrs)
+    assert plan.steps < 3 or max(lrs) == pytest.approx(0.1)  # reaches the configured lr before it decays
 
 
 RATES = {"sub": PhaseRates(0.1, 1.0, 100), "global": PhaseRates(1.0, 5.0, 100), "random": PhaseRates(1.0, 5.0, 100)}
