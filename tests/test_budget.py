@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ddc_hpc import build_model, compose
-from ddc_hpc.budget import (BudgetTooSmall, PhaseRates, budgets_per_strategy, evaluations, parse_budget,
+from ddc_hpc.budget import (PHASES, BudgetTooSmall, PhaseRates, least_budget, budgets_per_strategy, evaluations, parse_budget,
                             parse_slurm_time, phase_plan, plan_budget, plan_phase)
 from ddc_hpc.compose import shrink_perturb, with_parameters
 from ddc_hpc.config import PhaseConfig, load_config
@@ -21,12 +21,15 @@ from ddc_hpc.train import evaluates_after, lr_at
 
 
 @pytest.mark.parametrize("text, seconds", [("600", 600), ("600s", 600), ("20min", 1200), ("1h", 3600),
-                                           ("1.5h", 5400), (" 90 s", 90), ("1e3", 1000), ("SLURM", "slurm")])
+                                           ("1.5h", 5400), (" 90 s", 90), ("1e3", 1000), ("SLURM", "slurm"),
+                                           ("1e-05", 1e-05), (1e-05, 1e-05), (2.5e-3, 0.0025), ("1E+2s", 100),
+                                           (".5h", 1800)])
 def test_budgets_are_seconds_durations_or_slurm(text, seconds):
     assert parse_budget(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "0", "-5", "abc", "5x", "inf", "nan", "1e400"])
+@pytest.mark.parametrize("text", ["", "0", "-5", "abc", "5x", "inf", "nan", "1e400", "1e-",
+                                  "5-3", "1e-400", "--1", "e5"])
 def test_a_budget_that_is_not_a_positive_duration_is_refused(text):
     with pytest.raises(ValueError, match="budget"):
         parse_budget(text)
@@ -146,9 +149,28 @@ def test_each_strategy_is_planned_within_its_own_budget():
 
 
 def test_a_budget_too_small_for_calibration_and_one_step_is_refused_with_what_it_needs():
-    with pytest.raises(BudgetTooSmall, match=r"cannot hold ddc's (sub|global) phase.*give at least ~\d+ s"):
+    with pytest.raises(BudgetTooSmall, match=r"cannot hold ddc.s (sub|global) phase.*give at least \d+ s"):
         plan_budget({"ddc": 20.0}, {"ddc": 15.0}, {"ddc": 4.0}, RATES, {"sub": 0, "global": 0},
                     {"sub": 0.0, "global": 0.0}, 0.3)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(strategies=st.sampled_from([["ddc"], ["random"], ["ddc", "random"]]), share=st.floats(0.05, 0.95),
+       steps=st.tuples(*[st.floats(0.01, 20.0)] * 3), scores=st.tuples(*[st.floats(0.0, 30.0)] * 3),
+       start=st.tuples(*[st.floats(0.0, 60.0)] * 2), every=st.sampled_from([0, 1, 2]))
+def test_the_hint_of_a_too_small_budget_plans_every_phase_when_fed_back(strategies, share, steps, scores, start, every):
+    """The hint is the least budget that holds every phase of every strategy at the calibrated
+    rates: fed back, it plans; a second less does not."""
+    rates = {p: PhaseRates(step, score, 50) for p, step, score in zip(("sub", "global", "random"), steps, scores)}
+    calibration, fixed = dict(zip(("ddc", "random"), start)), dict(zip(("ddc", "random"), start[::-1]))
+    args = (calibration, fixed, rates, dict.fromkeys(rates, every), dict.fromkeys(rates, 0.1), share)
+    hint = least_budget(strategies, *args)
+    planned = plan_budget(dict.fromkeys(strategies, float(hint)), *args)
+    assert set(planned["phases"]) == {p for s in strategies for p in PHASES[s]}
+    if hint > 1:
+        with pytest.raises(BudgetTooSmall) as refused:
+            plan_budget(dict.fromkeys(strategies, hint - 1.0), *args)
+        assert f"give at least {hint} s" in str(refused.value)
 
 
 def test_composed_adam_moments_are_block_diagonal_like_the_weights():
