@@ -17,6 +17,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import time
 import tomllib
 from pathlib import Path
@@ -136,6 +137,10 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
     """Parse and check everything; raises BadInput before any work is done. Each of the
     `ranks_per_node` ranks of this node loads its own copy of the data."""
     config = load_config(args.config, args.set)
+    if config.run.budget and budget.parse_budget(config.run.budget) == budget.SLURM and comm.slurm_job() is None:
+        raise BadInput("run.budget = \"slurm\" takes its seconds from the SLURM job's time limit, but this run is "
+                       "not inside a SLURM job (no SLURM_JOB_ID): give the budget in seconds (run.budget=600) or as "
+                       "a duration (\"20min\"), or submit it with sbatch (docs/CLUSTER.md, 'Budgets')")
     d = config.decompose
     data = load_from_config(config, metadata_only=args.dry_run, copies_per_node=ranks_per_node)
     if not len(data.val):  # nothing to score, and the Theorem 2.1 check's probe batch comes from it
@@ -699,20 +704,48 @@ def _budget_costs(plan: Plan, measured: dict, world: comm.World) -> tuple[dict, 
     return calibration, fixed, rates
 
 
-def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = False) -> dict:
-    """run.budget's plan: the one recorded in the out dir (a resume never plans anew), or a new one
-    from a calibration, written to plan.json before any training. A budget too small for the
-    calibration, the fixed costs and one step of each phase stops the job with exit 2."""
-    recorded = None
+def plan_binding(plan: Plan, world: comm.World) -> dict:
+    """What a budget plan is made for: the settings that shape it (the training digest: budget, sub
+    share, phases, data, model ...), the rank count it was calibrated at and the strategies it plans."""
+    return {"config_digest": plan.config.digest(), "ranks": world.size, "strategies": plan.strategies}
+
+
+def binding_differences(recorded: dict, current: dict) -> list[str]:
+    """How the job a plan was made for (`recorded`, plan.json's `made_for`) differs from `current`."""
+    names = {"config_digest": "the configuration digest", "ranks": "the rank count", "strategies": "the strategies"}
+    return [f"{names[key]} {recorded.get(key)} -> {value}" for key, value in current.items()
+            if recorded.get(key) != value]
+
+
+def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = False, fresh_out: bool = False) -> dict:
+    """run.budget's plan: the one recorded in the out dir for this very job (a resume never plans
+    anew), or a new one from a calibration, written to plan.json before any training. A recorded
+    plan made for another job (settings, rank count, strategies) is made anew while nothing has
+    trained, and refused (exit 2, the difference named) once something has. A budget too small for
+    the calibration, the fixed costs and one step of each phase stops the job with exit 2, and
+    removes the out dir when this run made it (`fresh_out`)."""
+    recorded, refusal, binding = None, None, plan_binding(plan, world)
     if world.is_root and (plan.out / PLAN_FILE).exists():
         recorded = json.loads((plan.out / PLAN_FILE).read_text())
-    recorded = comm.bcast(world, recorded, "reading the recorded budget plan")
+        differences = binding_differences(recorded.get("made_for", {}), binding)
+        if differences and checkpointed(plan):
+            refusal = (f"{plan.out / PLAN_FILE} holds a budget plan made for another job ({'; '.join(differences)}) "
+                       "and the run has checkpoints trained to it: a plan is never changed under a run that "
+                       "has started. Rerun with the settings it was made for, or choose a new --out")
+        elif differences:
+            log(f"[budget] the recorded plan was made for another job ({'; '.join(differences)}) and nothing has "
+                "trained yet: planning anew")
+            recorded = None
+    recorded, refusal = comm.bcast(world, (recorded, refusal), "reading the recorded budget plan")
+    if refusal is not None:
+        raise comm.collective_error(refusal)
     if recorded is not None:
         plan.clock.resume_at(recorded["calibration_end"])
         log(f"[budget] the recorded plan ({plan.out / PLAN_FILE}); no new calibration")
         return recorded
     slurm = budget.parse_budget(plan.config.run.budget) == budget.SLURM
-    left = budget.parse_slurm_time(comm.slurm_time_left() or "") if slurm else None  # before calibrating
+    # rank 0 alone asks squeue (before calibrating) and plans; the plan reaches the others
+    left = budget.parse_slurm_time(comm.slurm_time_left() or "") if slurm and world.is_root else None
     log(f"[budget] calibrating: {CALIBRATION_WARMUP} + {CALIBRATION_STEPS} steps and one score per phase "
         "(on the clock, charged to the budgets)")
     measured = calibrate_phase(plan, world, log)
@@ -725,9 +758,13 @@ def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = Fal
             made = budget.plan_budget(budgets, calibration, fixed, rates,
                                       {n: plan.phase(n).eval_every for n in phases},
                                       {n: plan.phase(n).warmup_epochs for n in phases}, plan.config.run.sub_share)
-            made |= {"spec": plan.config.run.budget, "measured": measured, "calibration_end": plan.clock()}
+            made |= {"spec": plan.config.run.budget, "measured": measured, "calibration_end": plan.clock(),
+                     "made_for": binding}
         except ValueError as err:
             error = f"run.budget = {plan.config.run.budget!r}: {err}"
+            if fresh_out and not dry_run:  # nothing of this run is worth keeping: its folder goes too
+                shutil.rmtree(plan.out, ignore_errors=True)
+                error += f" ({plan.out}, made by this run, is removed again)"
     made, error = comm.bcast(world, (made, error), "sharing the budget plan")
     if error is not None:
         raise comm.collective_error(error)
@@ -747,8 +784,9 @@ def budget_record(made: dict, elapsed: dict[str, float]) -> dict:
 def pipeline(args: argparse.Namespace) -> None:
     world = comm.init_world()
     args.out = args.out or str(default_out(args))
-    finished, error = None, None
+    finished, error, fresh_out = None, None, False
     if world.is_root:  # one reader decides for all, before anything is written
+        fresh_out = not Path(args.out).exists()  # this run makes its out dir (removed again if the budget is refused)
         try:
             finished = finished_run(args)
         except BadInput as err:
@@ -796,7 +834,7 @@ def pipeline(args: argparse.Namespace) -> None:
         atomic_write(plan.out / "config.toml", cfg.to_toml().encode())
     comm.install_stop_handlers()
     if cfg.run.budget:
-        plan.budget = budget_phase(plan, world, log)
+        plan.budget = budget_phase(plan, world, log, fresh_out=fresh_out)
     log(report.plan_text(plan, world, threads))
     results = Results(strategy=cfg.run.strategy, world_size=world.size, partitions=plan.partitions,
                       model=cfg.model.name, dataset=cfg.data.source, threads=threads, device=str(world.device),

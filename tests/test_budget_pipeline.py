@@ -40,14 +40,37 @@ def trained_as_planned(result: dict, budget: dict, phase: str, history: list[dic
     assert history[-1]["lr"] == 0.0  # annealed at the last step
 
 
+def on_root(write) -> None:
+    """`write()` on rank 0 of this stage's world alone, seen by every rank once it returns."""
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        write()
+    MPI.COMM_WORLD.Barrier()
+
+
+def stale_plan(out, strategies: list[str], ranks: int) -> None:
+    """plan.json as a run of another job leaves it when it fails before its first checkpoint."""
+    made_for = {"config_digest": "0123456789abcdef", "ranks": ranks, "strategies": strategies}
+    plan = {"phases": {}, "budget_seconds": dict.fromkeys(strategies, 9.0), "calibration_end": 1.0,
+            "made_for": made_for}
+    out.mkdir()
+    (out / "plan.json").write_text(json.dumps(plan))
+
+
 @pytest.mark.parametrize("ranks, strategy", [pytest.param(n, s, marks=pytest.mark.ranks(n))
                                              for n, s in [(1, "ddc"), (2, "random"), (4, "both")]])
 def test_a_budgeted_run_plans_before_training_and_ends_annealed(ranks, strategy, mpi_tmp_path):
+    """Each run finds the plan.json of another job that stopped before its first checkpoint (a
+    `random` run's, for `both`: DDC has no phase there): it plans anew, as nothing has trained."""
     out = mpi_tmp_path / "run"
+    on_root(lambda: stale_plan(out, ["random"], ranks))
     done = run_pipeline_here(out, *ANNEALED, f"run.strategy={strategy}", "global.eval_every=0")
     assert done.returncode == 0, done.stderr + done.stdout
     result = results(out)
     budget = result["budget"]
+    assert budget["made_for"]["ranks"] == ranks and budget["made_for"]["strategies"] == (
+        ["ddc", "random"] if strategy == "both" else [strategy])
     assert json.loads((out / "plan.json").read_text()) == {k: v for k, v in budget.items()
                                                            if k not in ("elapsed_seconds", "landed")}
     phases = {"both": ["sub", "global", "random"], "ddc": ["sub", "global"], "random": ["random"]}[strategy]
@@ -62,6 +85,7 @@ def test_a_budgeted_run_plans_before_training_and_ends_annealed(ranks, strategy,
     if "random" in phases:
         trained_as_planned(result, budget, "random", result["random"]["history"], 32, ranks)
     log = (out / "logs" / "rank0.log").read_text()
+    assert "made for another job (the configuration digest 0123456789abcdef" in log and "planning anew" in log
     assert "[budget] calibrating" in log and log.index("[budget] calibrating") < log.index("epoch 1/")
     assert (out / "model.pt").exists() == ("sub" in phases) and (out / "random_model.pt").exists() == ("random" in phases)
 
@@ -73,6 +97,14 @@ def test_a_resumed_budgeted_run_keeps_the_recorded_plan(mpi_tmp_path):
     stopped = run_pipeline_here(out, *args, env={"DDC_STOP_AT": "random:1:2"})
     assert stopped.returncode == 75, stopped.stderr + stopped.stdout
     recorded = (out / "plan.json").read_bytes()
+    changed = run_pipeline_here(out, *args, "run.sub_share=0.5")  # the training digest differs: refused as ever
+    assert changed.returncode == 2 and "different configuration" in changed.stderr
+    other = json.loads(recorded) | {"made_for": json.loads(recorded)["made_for"] | {"ranks": 3}}
+    on_root(lambda: (out / "plan.json").write_text(json.dumps(other)))
+    refused = run_pipeline_here(out, *args)  # a plan made for another job, under a run that has trained
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "made for another job (the rank count 3 -> 2)" in refused.stderr
+    on_root(lambda: (out / "plan.json").write_bytes(recorded))
     resumed = run_pipeline_here(out, *args)
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     assert (out / "plan.json").read_bytes() == recorded
@@ -93,6 +125,8 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
 
 @pytest.mark.ranks(2)
 def test_a_budget_too_small_for_one_step_is_refused_with_exit_2(mpi_tmp_path):
-    done = run_pipeline_here(mpi_tmp_path / "run", *ANNEALED[:3], "run.budget=0.01", "run.strategy=random")
+    out = mpi_tmp_path / "run"
+    done = run_pipeline_here(out, *ANNEALED[:3], "run.budget=1e-05", "run.strategy=random")
     assert done.returncode == 2, done.stderr + done.stdout
     assert "cannot hold random's random phase" in done.stderr and "Traceback" not in done.stderr
+    assert "give at least" in done.stderr and not out.exists()  # the folder this run made goes again

@@ -62,9 +62,14 @@ def any_stop_requested(group=None) -> bool:
     return bool(all_reduce_sum(flag, group).item() > 0)
 
 
+def slurm_job() -> str | None:
+    """This process's SLURM job id, or None outside a SLURM job."""
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
 def requeue() -> bool:
     """Under SLURM, put the job back in the queue; the requeued job resumes from its out dir."""
-    job = os.environ.get("SLURM_JOB_ID")
+    job = slurm_job()
     if not job:
         return False
     faults.slow_requeue_point()
@@ -102,7 +107,7 @@ def restart_count() -> int:
 def slurm_time_left() -> str | None:
     """squeue's %L for this SLURM job (the time left before its limit), or None outside SLURM or
     when squeue cannot say (run.budget = "slurm")."""
-    job = os.environ.get("SLURM_JOB_ID")
+    job = slurm_job()
     if not job:
         return None
     try:
