@@ -203,8 +203,13 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
     if config.run.precision == "fp16" and device == "cpu":
         raise BadInput("run.precision = 'fp16' needs GPUs (its gradient scaling is for CUDA's fp16 kernels); "
                        "on CPUs use 'bf16' or 'fp32'")
-    source = source_identity(config.data.source) | {"started_in": str(Path.cwd())}
-    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend, source=source)
+    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend)
+
+
+def identify_source(config: Config) -> dict:
+    """data.source as identified (source_identity: kind, resolved path, options, content digest) and
+    the directory the run started in: what results.json and every saved network record."""
+    return source_identity(config.data.source) | {"started_in": str(Path.cwd())}
 
 
 def finished_run(args: argparse.Namespace) -> dict | None:
@@ -810,6 +815,8 @@ def pipeline(args: argparse.Namespace) -> None:
     comm.raise_first_bad_input(world, error)
     cfg = plan.config
     comm.agree(world, (cfg.full_digest(), code_version()), "the configuration and code version")
+    if not args.dry_run:  # one rank reads (hashes) the data file, once; a dry run reads no sample
+        plan.source = comm.bcast(world, identify_source(cfg) if world.is_root else None, "identifying the data source")
     if args.dry_run:  # refuses what the run would refuse, choosing nothing
         refusal = rank_count_refusal(plan.out, checkpointed(plan), world.size)
         comm.raise_first_bad_input(world, BadInput(refusal) if refusal else None)
