@@ -430,7 +430,9 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
             save_torch(_model_file(job.module, plan, plan.tiles[k]), plan.out / f"subnet_{k}.pt")
             trained[k] = (job.module, history, job.optimizer_state)
     comm.leave_sub_group(local)
-    return {"trained": trained, "seconds": time.perf_counter() - tic, "preempted": preempted,
+    here = time.perf_counter() - tic
+    return {"trained": trained, "seconds": here, "preempted": preempted,
+            "recorded_seconds": pieces_seconds(here, [history for _, history, _ in trained.values()]),
             "reach": local.size,
             "elapsed_start": started, "elapsed_end": plan.clock()}
 
@@ -478,7 +480,8 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
                                                       for net in _payload(*sub["trained"][k], carry)])
     summaries = comm.allgather(world, {"histories": {k: sub["trained"][k][1] for k in mine},
                                        "steps": {k: _adam_steps(sub["trained"][k][2]) for k in mine if carry},
-                                       "seconds": sub["seconds"], "preempted": sub["preempted"],
+                                       "seconds": sub["seconds"], "recorded_seconds": sub["recorded_seconds"],
+                                       "preempted": sub["preempted"],
                                        "reach": sub["reach"],
                                        "elapsed_start": sub["elapsed_start"], "elapsed_end": sub["elapsed_end"]},
                                "gathering sub-network metrics")
@@ -488,7 +491,7 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
         raise comm.Preempted(f"rank {stopped[0][0]} was stopped in the sub phase ({stopped[0][1]}); "
                              "every sub-network is checkpointed")
     gathered = comm.gatherv(world, flat)
-    info = {"seconds_sub": max(s["seconds"] for s in summaries), "histories": {},
+    info = {"seconds_sub": max(s["recorded_seconds"] for s in summaries), "histories": {},
             "reach_per_rank": [s["reach"] for s in summaries],
             "imbalance_seconds": max(s["seconds"] for s in summaries) - min(s["seconds"] for s in summaries),
             "sub_elapsed": (min(s["elapsed_start"] for s in summaries), max(s["elapsed_end"] for s in summaries))}
@@ -575,27 +578,43 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
               checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
               progress_seconds=cfg.run.progress_seconds, log=log, clock=plan.clock, optimizer_state=optimizer_state)
     timed = {"history": [], "initial": None, "recalibrated": None, "init_eval_seconds": 0.0,
-             "recalibrate_seconds": 0.0}
-    if name == "global":  # GNet-T before training: timed apart, not part of compose or global seconds
-        setup, tic = time.perf_counter() - tic, time.perf_counter()
+             "recalibrate_seconds": 0.0, "recalibrated_eval_seconds": 0.0}
+    if name == "global":  # GNet-T before training, each part timed apart: in neither compose's nor global's seconds
+        setup = time.perf_counter() - tic
         scored = phase_cfg.eval_every != 0  # 0: GNet-T is scored only after its last epoch
+
+        def timed_part(key: str, work) -> dict:
+            part = time.perf_counter()
+            done = work()
+            timed[key] = time.perf_counter() - part
+            return done
+
+        def score():
+            return evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
+
         if scored and (phase_cfg.evaluate_before_recalibration or not phase_cfg.bn_recalibrate_batches):
-            timed["initial"] = evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
-        timed["init_eval_seconds"] = time.perf_counter() - tic
+            timed["initial"] = timed_part("init_eval_seconds", score)
         if phase_cfg.bn_recalibrate_batches:  # statistics of full images, not the tiles' (measured both)
-            tic = time.perf_counter()
-            recalibrate_bn(job.module, job.data, world.device, phase_cfg.bn_recalibrate_batches,
-                           phase_cfg.batch_size, job.seed, precision=cfg.run.precision)
+            timed_part("recalibrate_seconds", lambda: recalibrate_bn(
+                job.module, job.data, world.device, phase_cfg.bn_recalibrate_batches, phase_cfg.batch_size, job.seed,
+                precision=cfg.run.precision))
             if scored:
-                timed["recalibrated"] = evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
-            timed["recalibrate_seconds"] = time.perf_counter() - tic
+                timed["recalibrated"] = timed_part("recalibrated_eval_seconds", score)
         tic = time.perf_counter() - setup
     started = plan.clock()
     timed["history"] = run_job(job, world, name, plan)
     release(ddp)
     if world.is_root:
         save_torch(_model_file(job.module, plan), plan.out / ("model.pt" if name == "global" else "random_model.pt"))
-    return timed | {"seconds": time.perf_counter() - tic, "elapsed_start": started, "elapsed_end": plan.clock()}
+    return timed | {"seconds": pieces_seconds(time.perf_counter() - tic, [timed["history"]]),
+                    "elapsed_start": started, "elapsed_end": plan.clock()}
+
+
+def pieces_seconds(here: float, histories: list[list[dict]]) -> float:
+    """A phase's seconds across a stop and resume: what this process spent on it (`here`), or, when
+    more, the sum of the recorded pieces, its epochs' seconds (every process that trained them: a
+    resumed epoch's row carries its earlier part) over the histories one after the other."""
+    return max(here, sum(row["seconds"] for history in histories for row in history))
 
 
 CALIBRATION_STEPS, CALIBRATION_WARMUP = 3, 1  # timed and untimed training steps per phase
@@ -748,9 +767,14 @@ def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = Fal
         plan.clock.resume_at(recorded["calibration_end"])
         log(f"[budget] the recorded plan ({plan.out / PLAN_FILE}); no new calibration")
         return recorded
-    slurm = budget.parse_budget(plan.config.run.budget) == budget.SLURM
+    spec, count = budget.parse_budget(plan.config.run.budget), len(plan.strategies)
     # rank 0 alone asks squeue (before calibrating) and plans; the plan reaches the others
-    left = budget.parse_slurm_time(comm.slurm_time_left() or "") if slurm and world.is_root else None
+    left = budget.parse_slurm_time(comm.slurm_time_left() or "") if spec == budget.SLURM and world.is_root else None
+    each = f"{spec:g} s" if spec != budget.SLURM else "an equal share of the SLURM job's time left"
+    log(f"[budget] this job takes {count} strateg{'ies' if count > 1 else 'y'} x {each}"
+        + (", one after the other," if count > 1 else "") + " + start-up"
+        + ("; this dry run calibrates too (on the real ranks, as the run will) and plans, trains nothing: the run "
+           "calibrates afresh and may plan a little differently" if dry_run else ""))
     log(f"[budget] calibrating: {CALIBRATION_WARMUP} + {CALIBRATION_STEPS} steps and one score per phase "
         "(on the clock, charged to the budgets)")
     measured = calibrate_phase(plan, world, log)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from conftest import results, run_pipeline_here
+from conftest import assert_seconds_cover_the_recorded_pieces, results, run_pipeline_here
 
 BUDGET = 25  # seconds per strategy: the tiny job calibrates in ~2 s quiet, ~8 s at 1 rank with the cores shared
 ANNEALED = ["sub.schedule=linear", "global.schedule=cosine", "random.schedule=linear", f"run.budget={BUDGET}"]
@@ -84,6 +84,13 @@ def test_a_budgeted_run_plans_before_training_and_ends_annealed(ranks, strategy,
         assert all("val_accuracy" in row for row in result["global"]["history"][-1:])
     if "random" in phases:
         trained_as_planned(result, budget, "random", result["random"]["history"], 32, ranks)
+    if strategy == "both":  # the verdict: each strategy's budget, score, elapsed seconds and landing; who got further
+        assert f"this job takes 2 strategies x {BUDGET} s, one after the other, + start-up" in done.stdout
+        closing = done.stdout.splitlines()
+        for name in ("DDC", "GNet-R"):
+            assert any(line.startswith(f"budget {name} {BUDGET} s: val_accuracy ") and "elapsed" in line
+                       and "landed at" in line for line in closing)
+        assert any(" got further: " in line or "got equally far" in line for line in closing)
     log = (out / "logs" / "rank0.log").read_text()
     assert "made for another job (the configuration digest 0123456789abcdef" in log and "planning anew" in log
     assert "[budget] calibrating" in log and log.index("[budget] calibrating") < log.index("epoch 1/")
@@ -112,6 +119,7 @@ def test_a_resumed_budgeted_run_keeps_the_recorded_plan(mpi_tmp_path):
     assert log.count("[budget] calibrating") == 1 and "[budget] the recorded plan" in log
     assert results(out)["budget"]["phases"] == json.loads(recorded)["phases"]
     assert results(out)["random"]["history"][-1]["lr"] == 0.0
+    assert_seconds_cover_the_recorded_pieces(results(out))
 
 
 @pytest.mark.ranks(1)
@@ -120,6 +128,7 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     done = run_pipeline_here(out, *ANNEALED, "run.strategy=random", extra=("--dry-run",))
     assert done.returncode == 0, done.stderr + done.stdout
     assert f"budget GNet-R {BUDGET} s: calibration" in done.stdout and "planned" in done.stdout
+    assert f"this job takes 1 strategy x {BUDGET} s + start-up; this dry run calibrates too" in done.stdout
     assert not out.exists()
 
 

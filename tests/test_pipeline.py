@@ -41,7 +41,7 @@ def test_pipeline_completes_with_every_promised_key(ranks, tiny_run):
                  "accuracy.png", "phase_seconds.png", *(f"subnet_{k}.pt" for k in range(4))):
         assert (out / name).exists(), name
     assert len(list((out / "logs").glob("rank*.log"))) == ranks
-    assert "GNet-T, composed, not trained" in done.stdout
+    assert "GNet-T as composed: scored" in done.stdout and "DDC total" in done.stdout
 
 
 @pytest.mark.ranks(1)
@@ -271,7 +271,7 @@ def test_rerunning_a_finished_run_rewrites_nothing_at_one_and_two_ranks(ranks, t
     again = run_pipeline_here(out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "finished earlier (results.json written " in again.stdout, again.stdout
-    assert "GNet-T, trained" in again.stdout and f"written to {out}/" in again.stdout
+    assert "GNet-T trained (global)" in again.stdout and f"written to {out}/" in again.stdout
     assert again.stdout.count("finished earlier") == 1  # rank 0 speaks for all
     assert _snapshot(out) == before, f"rerun at {ranks} rank(s) changed the finished run"
     changed = run_pipeline_here(out, "sub.lr=0.1")
@@ -318,4 +318,4 @@ def test_no_global_epochs_reports_the_composed_network_as_gnet_t(tmp_path):
     r = results(out)
     assert "init_val_accuracy" not in r["compose"]
     assert r["global"]["epochs"] == 0 and r["global"]["val_accuracy"] == r["compose"]["recalibrated_val_accuracy"]
-    assert "GNet-T, trained" in done.stdout
+    assert "GNet-T trained (global)" in done.stdout

@@ -16,7 +16,8 @@ import warnings
 import pytest
 import torch
 
-from conftest import REPO, TINY, job, run_pipeline, run_pipeline_here, sets, shared_tmp
+from conftest import (REPO, TINY, assert_seconds_cover_the_recorded_pieces, job, run_pipeline, run_pipeline_here, sets,
+                      shared_tmp)
 from ddc_hpc.checkpoint import CheckpointSeries
 from ddc_hpc.errors import BadInput
 from ddc_hpc.evaluate import load_network
@@ -58,6 +59,7 @@ def test_stopped_and_resumed_run_is_bitwise_identical(uninterrupted, stop_at, mp
         a, b = _weights(uninterrupted / name), _weights(out / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert _metrics(out) == _metrics(uninterrupted)
+    assert_seconds_cover_the_recorded_pieces(json.loads((out / "results.json").read_text()))
 
 
 def test_changed_config_is_refused(tiny_run):
