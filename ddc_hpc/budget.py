@@ -17,8 +17,10 @@ import re
 
 UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 SLURM = "slurm"
-SLURM_MARGIN = 0.05  # of the job's remaining time, at least SLURM_MARGIN_SECONDS: results, plots, requeue
-SLURM_MARGIN_SECONDS = 60.0
+# run.budget = "slurm": what the job's remaining time keeps back, so that every strategy ends before SLURM does
+SLURM_OVERSHOOT = 0.10  # a strategy may run this far over its budget (measured: up to 9.3 %, benchmarks/RESULTS.md)
+SLURM_SIGNAL_LEAD = 120.0  # seconds: slurm/*.sbatch's --signal=USR1@120 (the stop-and-requeue warning)
+SLURM_RESULTS_SECONDS = 60.0  # results.json, metrics.csv and plots after the last strategy
 
 
 def parse_budget(text: str | float) -> float | str:
@@ -38,19 +40,22 @@ def parse_budget(text: str | float) -> float | str:
 
 
 def budgets_per_strategy(spec: str, strategies: list[str], slurm_remaining: float | None) -> dict[str, float]:
-    """Each strategy's seconds: the budget itself, or with "slurm" the job's remaining time less a
-    margin, shared equally by the strategies that run one after the other."""
+    """Each strategy's seconds: the budget itself, or with "slurm" an equal share of the job's
+    remaining time less what it keeps back: the templates' USR1 lead and the results' seconds,
+    and each strategy's overshoot, since the strategies run one after the other."""
     value = parse_budget(spec)
     if value != SLURM:
         return dict.fromkeys(strategies, value)
     if slurm_remaining is None:
         raise ValueError("run.budget = \"slurm\" but this job has no SLURM time limit to read (not under SLURM, "
                          "or an unlimited job): give the budget in seconds instead")
-    usable = slurm_remaining - max(SLURM_MARGIN * slurm_remaining, SLURM_MARGIN_SECONDS)
-    if usable <= 0:
-        raise ValueError(f"the SLURM job has {slurm_remaining:.0f} s left, not more than the {SLURM_MARGIN_SECONDS:.0f} s "
-                         "margin a run keeps for its results")
-    return dict.fromkeys(strategies, usable / len(strategies))
+    kept = SLURM_SIGNAL_LEAD + SLURM_RESULTS_SECONDS
+    each = (slurm_remaining - kept) / (len(strategies) * (1 + SLURM_OVERSHOOT))
+    if each <= 0:
+        raise ValueError(f"the SLURM job has {slurm_remaining:.0f} s left, not more than the {kept:.0f} s a budgeted "
+                         f"run keeps back ({SLURM_SIGNAL_LEAD:.0f} s before SLURM's USR1 warning, "
+                         f"{SLURM_RESULTS_SECONDS:.0f} s for the results): give the job a longer --time")
+    return dict.fromkeys(strategies, each)
 
 
 def parse_slurm_time(text: str) -> float | None:
