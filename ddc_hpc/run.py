@@ -913,7 +913,7 @@ def run_here(argv: list[str]) -> int:
     runs whole jobs in its pytest-mpi stages): the exit code main() would exit with, and the process
     left as it was (comm.run_contained; raises comm.RankFailed where main() would abort the job)."""
     args = parse_args(argv)
-    return comm.run_contained(lambda: pipeline(args), debug=args.debug)
+    return comm.run_contained(lambda: resumable(args), debug=args.debug)
 
 
 if __name__ == "__main__":
