@@ -229,7 +229,8 @@ def test_schedules_and_bn_recalibration_through_the_pipeline(mpi_tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     r = results(out)
     assert 0 <= r["compose"]["recalibrated_val_accuracy"] <= 1 and r["compose"]["recalibrate_seconds"] > 0
-    assert "GNet-T, BN recalibrated" in done.stdout
+    assert "GNet-T BN recalibration (full images)" in done.stdout and "GNet-T BN-recalibrated: scored" in done.stdout
+    assert r["compose"]["recalibrated_eval_seconds"] > 0
     glob, rand = r["global"]["history"], r["random"]["history"]
     assert glob[-1]["lr"] < 0.2 * glob[0]["lr"]  # cosine: near zero at the end of the phase
     assert [row["lr"] for row in rand] == pytest.approx([2e-3, 1e-3, 1e-4])
