@@ -423,8 +423,29 @@ def markdown(runs: list[dict]) -> str:
         add("mae", "Validation MAE", regressors)
     parts += ["Wall time [s] per phase (paper Tables 3.2 / 3.4, Figs. 3.1 / 3.5)", "",
               _markdown_table("seconds", names, [time_rows(run["results"]) for run in runs])]
+    budgeted = sorted((run for run in runs if (run["results"].budget or {}).get("elapsed_seconds")),
+                      key=lambda run: max(run["results"].budget["budget_seconds"].values()))
+    if budgeted:
+        parts += ["", "Against the budget: each strategy's final score in its own budget, one row a budgeted run", "",
+                  frontier_table(budgeted)]
     parts += ["", "Runs:", ""] + [f"- `{run['name']}`: {describe(run)}" for run in runs]
     return "\n".join(parts) + "\n"
+
+
+def frontier_table(runs: list[dict]) -> str:
+    """The frontier across budgeted runs, in budget order: per run the budget, each strategy's final
+    score (top-1 in %, or the regression metric) with its landing, and DDC's lead over GNet-R."""
+    lines = ["| run | budget [s] | DDC | DDC landing | GNet-R | GNet-R landing | DDC - GNet-R |", "|" + "---|" * 7]
+    for run in runs:
+        r, plan = run["results"], run["results"].budget
+        scale = 100.0 if r.metric == CLASSIFICATION else 1.0
+        ddc, rand = r.global_ and r.global_.get(r.metric), r.random and r.random.get(r.metric)
+        lead = "-" if ddc is None or rand is None else f"{scale * (ddc - rand):+.2f}"
+        budgets = sorted({f"{b:.0f}" for b in plan["budget_seconds"].values()})
+        lines.append(f"| `{run['name']}` | {' / '.join(budgets)} | {_num(ddc, 2, scale)} | "
+                     f"{_num(plan['landed'].get('ddc'), 3, 1.0)} | {_num(rand, 2, scale)} | "
+                     f"{_num(plan['landed'].get('random'), 3, 1.0)} | {lead} |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ figures

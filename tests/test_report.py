@@ -259,6 +259,12 @@ def test_the_report_gives_a_budgeted_runs_budget_elapsed_and_landing(tmp_path):
     assert seconds["DDC landing (elapsed / budget)"] == ["1.070", "-"]
     assert seconds["DDC: GNet-T BN recalibration (full images)"] == ["0.7", "-"]
     assert "budget DDC 10 s, GNet-R 10 s" in report.markdown(runs)
+    longer = budgeted(fabricated("both"))
+    longer["name"], longer["results"]["budget"]["budget_seconds"] = "run-long", {"ddc": 20.0, "random": 20.0}
+    longer["results"]["global"]["val_accuracy"] = 0.8
+    frontier = rows_of(report.markdown(typed(longer) + runs), "run")  # budgeted runs only, in budget order
+    assert frontier == {"`run-both`": ["10", "70.00", "1.070", "60.00", "0.980", "+10.00"],
+                        "`run-long`": ["20", "80.00", "1.070", "60.00", "0.980", "+20.00"]}
     figures = []
     plt = report.pyplot()
     original = plt.close
