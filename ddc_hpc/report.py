@@ -9,7 +9,9 @@ puts finished runs side by side, one column each, in the layout of the paper's T
 (SNet-k range, GNet-T not trained, GNet-T-trained, GNet-R-trained; top-1 and top-5) with the wall
 time per phase, and draws Fig. 3.1 / 3.5 (time per phase) and Fig. 3.2 / 3.6 (validation accuracy
 per epoch, GNet-T against GNet-R): DIR/report.md, phase_seconds.png, accuracy.png,
-time_to_accuracy.png. The markdown is also printed.
+time_to_accuracy.png. Budgeted runs add each strategy's budget, elapsed seconds and landing, the
+frontier across them (score against budget) and a budget mark on the figures. The markdown is
+also printed.
 """
 
 from __future__ import annotations
