@@ -174,8 +174,11 @@ def steps_per_epoch(config: PhaseConfig, samples: int) -> int:
 def lr_at(config: PhaseConfig, epoch: int, step: int, steps: int) -> float:
     """The lr of a step (pure): linear warm-up over `warmup_epochs`, then the milestone factors
     (schedule "step"), or a cosine or linear decay over the rest of the phase that reaches zero at
-    its last step (annealed at the end, as budgeted training wants it)."""
-    t, warm = epoch * steps + step, round(config.warmup_epochs * steps)
+    its last step (annealed at the end, as budgeted training wants it): a decayed phase keeps at least
+    its last step out of the warm-up, so every phase, of one step or more, ends at lr 0."""
+    t, warm, total = epoch * steps + step, round(config.warmup_epochs * steps), config.epochs * steps
+    if config.schedule != "step":
+        warm = min(warm, max(total - 2, 0))  # one step at the warmed-up lr, then the decay's last at zero
     lr = config.lr
     if t < warm:
         return lr * (t + 1) / warm
@@ -184,7 +187,7 @@ def lr_at(config: PhaseConfig, epoch: int, step: int, steps: int) -> float:
             if epoch >= milestone:
                 lr *= factor
         return lr
-    progress = min((t - warm) / max(config.epochs * steps - warm - 1, 1), 1.0)  # 1 at the last step: lr 0
+    progress = min((t - warm) / (total - warm - 1), 1.0) if total - warm > 1 else 1.0  # 1 at the last step: lr 0
     return lr * (0.5 * (1 + math.cos(math.pi * progress)) if config.schedule == "cosine" else 1 - progress)
 
 
