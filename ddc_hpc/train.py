@@ -258,8 +258,9 @@ def combine_moments(parts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(count, mean, M2) of the union of disjoint parts given as (count, mean, M2) each, M2 being the
     sum of squared deviations from the part's mean (per channel): Chan, Golub and LeVeque's
     parallel formula, M2 = sum_i M2_i + sum_i n_i (mean_i - mean)^2, exact where averaging the
-    parts' variances would drop the spread of their means."""
-    counts = torch.stack([torch.as_tensor(n, dtype=torch.float64) for n, _, _ in parts])
+    parts' variances would drop the spread of their means. Counts (tensors or Python numbers) are
+    taken to the means' device: on a GPU a CPU count would meet CUDA means."""
+    counts = torch.stack([torch.as_tensor(n, dtype=torch.float64, device=m.device) for n, m, _ in parts])
     means = torch.stack([m.double() for _, m, _ in parts])
     count = counts.sum(0)
     mean = (counts.reshape(-1, *[1] * (means.dim() - 1)) * means).sum(0) / count
@@ -268,10 +269,11 @@ def combine_moments(parts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(count, mean, M2) per channel (dim 1) of one BatchNorm input, in float64."""
+    """(count, mean, M2) per channel (dim 1) of one BatchNorm input, in float64, on its device."""
     x = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)
     mean = x.mean(1)
-    return torch.tensor(float(x.shape[1]), dtype=torch.float64), mean, ((x - mean[:, None]) ** 2).sum(1)
+    count = torch.tensor(float(x.shape[1]), dtype=torch.float64, device=x.device)
+    return count, mean, ((x - mean[:, None]) ** 2).sum(1)
 
 
 @torch.no_grad()
@@ -310,8 +312,9 @@ def recalibrate_bn(model: nn.Module, data: PhaseData, device: torch.device, batc
             hook.remove()
         model.train(was_training)
     for m in norms:
-        count, mean, m2 = moments.get(m, (torch.zeros((), dtype=torch.float64), torch.zeros(m.num_features,
-                                          dtype=torch.float64), torch.zeros(m.num_features, dtype=torch.float64)))
+        none = dict(dtype=torch.float64, device=m.running_mean.device)  # a rank with no batch: nothing seen
+        count, mean, m2 = moments.get(m, (torch.zeros((), **none), torch.zeros(m.num_features, **none),
+                                          torch.zeros(m.num_features, **none)))
         total = comm.all_reduce_sum(torch.cat([count.reshape(1), count * mean]), group)  # a rank may have no batch
         overall = total[1:] / total[0]
         m2 = comm.all_reduce_sum(m2 + count * (mean - overall) ** 2, group)  # combine_moments over the ranks
