@@ -226,8 +226,9 @@ def evaluate(model: nn.Module, data: PhaseData, device: torch.device, task: Task
     was_training = model.training
     model.eval()
     indices = np.asarray(shard_range(len(data.val), comm.group_rank(group), comm.group_size(group)))
-    # loss, then top-1 hits and top-5 hits (classification) or |error| and error^2 sums, elements, samples
-    sums = torch.zeros(5, dtype=torch.float64)
+    # loss, then top-1 hits and top-5 hits (classification) or |error| and error^2 sums, elements, samples;
+    # on the host, as the outputs they count (gloo reduces CPU tensors beside NCCL's CUDA ones)
+    sums = torch.zeros(5, dtype=torch.float64, device="cpu")
     for start in range(0, len(indices), batch_size):
         images, labels = data.val.read(indices[start : start + batch_size])
         x = make_batch(images, mean=data.mean, tile=data.tile, augment=False, generator=None)
@@ -239,11 +240,11 @@ def evaluate(model: nn.Module, data: PhaseData, device: torch.device, task: Task
         if task.name == "classification":
             top = output.topk(min(5, output.shape[1]), dim=1).indices
             hits = [(top[:, 0] == target).sum().item(), (top == target[:, None]).any(dim=1).sum().item()]
-            sums += torch.tensor([loss, *hits, len(target), len(target)], dtype=torch.float64)
+            sums += torch.tensor([loss, *hits, len(target), len(target)], dtype=torch.float64, device="cpu")
         else:
             error = output - target.float().reshape(output.shape)
             sums += torch.tensor([loss, error.abs().sum().item(), error.pow(2).sum().item(), error.numel(),
-                                  len(target)], dtype=torch.float64)
+                                  len(target)], dtype=torch.float64, device="cpu")
     comm.all_reduce_sum(sums, group)
     model.train(was_training)
     loss, first, second, elements, samples = sums.tolist()
@@ -476,7 +477,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         model.train()
         tic = time.perf_counter()
         resumed = epoch == start_epoch and start_step > 0
-        loss_sum = torch.tensor(partial["loss"][peer] if resumed else 0.0, dtype=torch.float64)
+        loss_sum = torch.tensor(partial["loss"][peer] if resumed else 0.0, dtype=torch.float64, device="cpu")
         seen = partial["seen"][peer] if resumed else 0
         earlier_seconds = partial["seconds"] if resumed else 0.0
         skipped = partial.get("skipped", 0) if resumed else 0  # fp16 steps GradScaler skipped this epoch
@@ -511,7 +512,8 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                 recalibrate_bn(job.module, data, device, cfg.bn_recalibrate_batches, cfg.batch_size, job.seed,
                                job.group, precision=job.precision)
             metrics = evaluate(model, data, device, job.task, job.group, precision=job.precision)
-        totals = comm.all_reduce_sum(torch.tensor([loss_sum.item(), seen], dtype=torch.float64), job.group)
+        totals = comm.all_reduce_sum(torch.tensor([loss_sum.item(), seen], dtype=torch.float64, device="cpu"),
+                                     job.group)
         samples = int(totals[1].item())
         row = {"phase": job.name, "epoch": epoch + 1, "loss": totals[0].item() / max(samples, 1), **metrics,
                "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds, "train_samples": samples,
