@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError
 
 from fake_cuda import CUDA, fake_cuda
 
@@ -48,7 +49,7 @@ from ddc_hpc.models import _REGISTRY, build_model, input_options
 from ddc_hpc.partition import default_grid, tile_shape, tile_slices_nd
 from ddc_hpc.run import _composed_adam_state, _payload
 from ddc_hpc.train import (Job, PhaseData, Task, combine_moments, fit, make_optimizer, recalibrate_bn,
-                           time_evaluation, time_steps, to_cuda_layout)
+                           time_evaluation, time_steps, to_cuda_layout, to_device)
 
 # One model of every family: the stored sample shape (*spatial, channels) and K. Sizes are free
 # under the fake mode (nothing is computed), so each is the smallest its layers accept.
@@ -112,6 +113,31 @@ def _assert_on_cuda(module: nn.Module, optimizer_state: dict | None = None) -> N
         for key, value in state.items():
             if key != "step":  # Adam keeps its step count on the CPU unless capturable or fused
                 assert value.device == CUDA, (i, key)
+
+
+def test_the_fake_device_refuses_what_a_gpu_refuses():
+    """The harness itself: a CPU tensor meeting a CUDA one raises (a 0-dim CPU tensor is a scalar,
+    which CUDA kernels accept), and a 'backward' fills gradients on each parameter's device."""
+    with fake_cuda():
+        with torch.device(CUDA):
+            layer = nn.Linear(3, 2)
+        with pytest.raises(FakeTensorDeviceMismatchError):
+            torch.cat([torch.zeros(1), torch.zeros(1, device=CUDA)])
+        with pytest.raises(FakeTensorDeviceMismatchError):
+            layer(torch.zeros(4, 3))
+        assert (torch.tensor(2.0) * torch.ones(2, device=CUDA)).device == CUDA
+        layer(torch.zeros(4, 3, device=CUDA)).sum().backward()
+        assert [p.grad.device for p in layer.parameters()] == [CUDA, CUDA]
+
+
+def test_batches_reach_the_device_in_its_layout():
+    """The loader's copy (train.to_device): from pinned host memory, without blocking, images in
+    channels_last and volumes in channels_last_3d, labels and signals as they are."""
+    with fake_cuda():
+        for shape, layout in (((4, 3, 8, 8), torch.channels_last), ((4, 1, 4, 4, 4), torch.channels_last_3d),
+                              ((4, 1, 32), torch.contiguous_format), ((4,), torch.contiguous_format)):
+            moved = to_device(torch.zeros(shape), CUDA)
+            assert moved.device == CUDA and moved.is_contiguous(memory_format=layout), shape
 
 
 def test_every_family_of_the_registry_is_checked():
