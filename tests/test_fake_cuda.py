@@ -58,8 +58,8 @@ FAMILIES = {
     "resnet18": ((64, 64, 3), 4),  # 2-D ImageNet ResNet (bottleneck-free, stride 32)
     "cnn11": ((32, 32, 3), 4),  # the paper's 10-conv net
     "vgg11": ((64, 64, 3), 4),  # flatten-FC head: tile fields
-    "cnn3d": ((8, 8, 8, 1), 8),  # 3-D volumes, channels_last_3d
-    "resnet3d": ((8, 8, 8, 1), 8),
+    "cnn3d": ((8, 8, 8, 1), 4),  # 3-D volumes, channels_last_3d
+    "resnet3d": ((8, 8, 8, 1), 4),
     "cnn1d": ((32, 1), 4),  # 1-D signals
     "gru": ((16, 1), 4),  # recurrent
     "mlp": ((32, 1), 4),  # fully connected, reads input tiles
@@ -206,23 +206,24 @@ def test_budget_calibration_times_on_cuda():
     with fake_cuda():
         for partitions in (4, 1):
             job = _job("cifar_resnet20", FAMILIES["cifar_resnet20"][0], "fp16", "adam", partitions)
-            assert time_steps(job, CUDA, steps=2, warmup=1, barrier=lambda: None) >= 0
+            assert time_steps(job, CUDA, steps=1, warmup=1, barrier=lambda: None) >= 0
             assert min(time_evaluation(job, CUDA, val_samples=N, barrier=lambda: None, samples_per_peer=4)) >= 0
 
 
 # -- composition: weights, carried Adam moments, Theorem 2.1 ----------------------------------------------
 
-def _trained_subnets(name: str, shape, K: int, tiles, carry: bool) -> list[list[nn.Module]]:
-    """K sub-networks on cuda:0 after one Adam step each, as the sub phase hands them to compose:
-    [network] or, with global.carry_optimizer, [network, exp_avg, exp_avg_sq] (run._payload)."""
+def _subnets(name: str, shape, K: int, tiles, carry: bool) -> list[list[nn.Module]]:
+    """K sub-networks on cuda:0 as the sub phase hands them to compose: [network] or, with
+    global.carry_optimizer, after an Adam step [network, exp_avg, exp_avg_sq] (run._payload)."""
     sub_shape = tile_shape(tiles) + shape[-1:]
     payloads = []
     for _ in range(K):
         sub = _on_cuda(name, sub_shape, K)
         optimizer = make_optimizer(sub.parameters(), PhaseConfig(optimizer="adam"))
-        for p in sub.parameters():
-            p.grad = torch.ones_like(p)
-        optimizer.step()
+        if carry:
+            for p in sub.parameters():
+                p.grad = torch.ones_like(p)
+            optimizer.step()
         payloads.append(_payload(sub.eval(), [], optimizer.state_dict(), carry))
     return payloads
 
@@ -235,7 +236,7 @@ def test_composition_on_cuda(name):
     task = "autoencoder" if name == "mlp_autoencoder" else "classification"
     tiles = _tiles(shape, K)
     with fake_cuda():
-        subnets = [p[0] for p in _trained_subnets(name, shape, K, tiles, carry=False)]
+        subnets = [p[0] for p in _subnets(name, shape, K, tiles, carry=False)]
         global_net = compose(subnets, _on_cuda(name, shape), task=task, tiles=tiles, input_size=shape[:-1]).eval()
         _assert_on_cuda(global_net)
         images, _ = _samples(shape).read(np.arange(4))
@@ -251,7 +252,7 @@ def test_carried_adam_moments_on_cuda():
     shape, K = FAMILIES["cifar_resnet20"]
     tiles = _tiles(shape, K)
     with fake_cuda():
-        payloads = _trained_subnets("cifar_resnet20", shape, K, tiles, carry=True)
+        payloads = _subnets("cifar_resnet20", shape, K, tiles, carry=True)
         global_net = compose([p[0] for p in payloads], _on_cuda("cifar_resnet20", shape))
         moments = [compose([p[i] for p in payloads], _on_cuda("cifar_resnet20", shape)) for i in (1, 2)]
         optimizer = make_optimizer(global_net.parameters(), PhaseConfig(optimizer="adam"))
@@ -277,7 +278,7 @@ def test_a_cpu_checkpoint_resumes_on_cuda(tmp_path):
     resume = slot.load_latest()
     assert resume["epoch"] == 1 and resume["scaler"]["scale"] > 0
     with fake_cuda():
-        job = _job("cifar_resnet20", shape, "fp16", "adam", epochs=2)
+        job = _job("cifar_resnet20", shape, "fp16", "adam", epochs=2, steps_per_epoch=1)
         assert len(fit(job, CUDA, resume=resume)) == 2
         _assert_on_cuda(job.module, job.optimizer_state)
 
