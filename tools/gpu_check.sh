@@ -248,7 +248,8 @@ print(f"DDC landed at {landed:.3f} of its budget"); sys.exit(not 0.9 <= landed <
   record budget "$rc" "$((SECONDS - tic))" 1
 fi
 
-# resume: stopped in the global phase (exit 75), resumed, weights bitwise equal to an uninterrupted run's.
+# resume: stopped after the global phase's first step (exit 75; mid-epoch in both modes) and resumed:
+# its final weights bitwise equal to an uninterrupted run's.
 resume=("${tiny[@]}" model.name=mlp data.source=synthetic1d:n=128 data.augment=false global.epochs=2
         run.deterministic=true)
 if due resume 1; then
@@ -256,7 +257,7 @@ if due resume 1; then
   {
     pipeline "$work/resume-whole" 1 "${resume[@]}"
     whole=$?
-    DDC_STOP_AT=global:1:2 pipeline "$work/resume-stopped" 1 "${resume[@]}"
+    DDC_STOP_AT=global:1:1 pipeline "$work/resume-stopped" 1 "${resume[@]}"
     stopped=$?
     pipeline "$work/resume-stopped" 1 "${resume[@]}"
     resumed=$?
