@@ -10,7 +10,7 @@ FakeTensorDeviceMismatchError exactly where a real GPU run would stop with a dev
 Keep the code under test out of `with torch.device(cuda)`: that context sends every factory call
 without a device (`torch.tensor(1.0)`) to the GPU, hiding the very mistakes this is for.
 
-Three things a CPU-only build cannot do under the mode are replaced, each for a reason that keeps
+What a CPU-only build cannot do under the mode is replaced, each in a way that keeps
 the device check sound (tests/test_fake_cuda.py's docstring has the long form):
 - `Tensor.backward()` (the autograd engine asks the CUDA driver for a context: "hasPrimaryContext
   expects a valid device index", pytorch issue 92627): every leaf the loss depends on (the
