@@ -577,7 +577,9 @@ def _composed_adam_state(global_net: torch.nn.Module, exp_avg: torch.nn.Module, 
     """GNet-T's Adam state from the composed moments (zeros across blocks), the sub-networks'
     step count kept for Adam's bias correction; the param groups of GNet-T's own optimizer."""
     groups = make_optimizer(global_net.parameters(), config).state_dict()["param_groups"]
-    state = {i: {"step": torch.tensor(float(steps)), "exp_avg": m.detach().clone(), "exp_avg_sq": v.detach().clone()}
+    # Adam keeps its step count on the CPU (unless capturable or fused), the moments on the parameters' device
+    state = {i: {"step": torch.tensor(float(steps), device="cpu"), "exp_avg": m.detach().clone(),
+                 "exp_avg_sq": v.detach().clone()}
              for i, (m, v) in enumerate(zip(exp_avg.parameters(), exp_avg_sq.parameters()))}
     return {"state": state, "param_groups": groups}
 
