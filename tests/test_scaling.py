@@ -174,25 +174,6 @@ def test_bad_arguments_exit_2(main, args, message):
 
 # ---- submit ---------------------------------------------------------------------------------------
 
-@pytest.fixture
-def fake_sbatch(tmp_path, monkeypatch):
-    """An sbatch stand-in on PATH: records each command line, answers with job ids 101, 102, ..."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "sbatch.log"
-    script = bin_dir / "sbatch"
-    script.write_text(f"""#!{sys.executable}
-import json, sys
-log = {str(log)!r}
-calls = open(log).read().splitlines() if __import__('os').path.exists(log) else []
-open(log, 'a').write(json.dumps(sys.argv[1:]) + '\\n')
-print(f"{{101 + len(calls)}};ddc")
-""")
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return log
-
-
 def test_submit_one_job_per_node_count_and_a_dependent_collect(tmp_path, fake_sbatch, main):
     log = fake_sbatch
     out = tmp_path / "study"
@@ -202,7 +183,7 @@ def test_submit_one_job_per_node_count_and_a_dependent_collect(tmp_path, fake_sb
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(calls) == 4
     for call, n in zip(calls[:3], (1, 2, 4)):
-        assert call[:3] == ["--parsable", f"--nodes={n}", f"--job-name=ddc-scale-n{n}"]
+        assert call[:3] == ["--parsable", f"--nodes={n}", f"--job-name=ddc-scaling-n{n}"]
         assert f"--output={out}/n{n}/slurm-%j.out" in call and "--account=me" in call
         assert call[-5:] == ["slurm/gpu.sbatch", "jobs/quickstart.toml", str(out / f"n{n}"), "--set", "sub.epochs=1"]
         assert (out / f"n{n}").is_dir()
