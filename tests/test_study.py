@@ -149,3 +149,17 @@ def test_launch_sh_hands_each_array_task_its_own_point(tmp_path):
 def test_bad_arguments_exit_2(main, args, message):
     done = main(*args)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_an_array_task_requeues_itself_not_its_array(monkeypatch):
+    """The array's last task has SLURM_JOB_ID == the array's id, and `scontrol requeue <array id>`
+    requeues every task (seen on SLURM 22.05: the other point was stopped too): a task names itself."""
+    from ddc_hpc.comm import lifecycle
+
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    assert lifecycle.slurm_job() == "41"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "41")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    assert lifecycle.slurm_job() == "41_1"

@@ -62,9 +62,17 @@ def any_stop_requested(group=None) -> bool:
     return bool(all_reduce_sum(flag, group).item() > 0)
 
 
+def slurm_job() -> str | None:
+    """This SLURM job as scontrol and squeue name it, None outside SLURM. A job array's task is
+    `<array>_<task>`: its bare SLURM_JOB_ID is, for the array's last task, also the array's id, and
+    `scontrol requeue` of that requeues every task of the array (a study's points: ddc_hpc.study)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
 def requeue() -> bool:
     """Under SLURM, put the job back in the queue; the requeued job resumes from its out dir."""
-    job = os.environ.get("SLURM_JOB_ID")
+    job = slurm_job()
     if not job:
         return False
     faults.slow_requeue_point()
@@ -102,7 +110,7 @@ def restart_count() -> int:
 def slurm_time_left() -> str | None:
     """squeue's %L for this SLURM job (the time left before its limit), or None outside SLURM or
     when squeue cannot say (run.budget = "slurm")."""
-    job = os.environ.get("SLURM_JOB_ID")
+    job = slurm_job()
     if not job:
         return None
     try:
