@@ -5,10 +5,11 @@
                                      [--set k=v ...] [--sbatch-arg=--account=me ...] [--out DIR]
     python -m ddc_hpc.scaling collect DIR [DIR ...] [--out DIR]
 
-`local` runs the job under mpiexec once per rank count on this machine; `submit` sbatches the
-template once per node count (`--nodes N`) plus a collect job that runs after all of them
-(`--dependency=afterany:...`). Both write DIR/n<count>/ (one ddc_hpc.run out dir each) and
-DIR/scaling.json (what was run), and collect writes DIR/scaling.csv, DIR/scaling_speedup.png and
+A study (ddc_hpc/study.py) with one point per count: `local` runs the job under mpiexec once per rank
+count on this machine; `submit` sbatches the template once per node count (`--nodes N`) plus a collect
+job that runs after all of them (`--dependency=afterany:...`). Both write DIR/n<count>/ (one
+ddc_hpc.run out dir each) and DIR/scaling.json (the study and what was run; the same command again
+continues it), and collect writes DIR/scaling.csv, DIR/scaling_speedup.png and
 DIR/scaling_efficiency.png.
 
 Strong scaling (the default) keeps the whole problem fixed: speedup = T(n0) / T(n), ideal n / n0.
@@ -347,7 +348,7 @@ def cmd_collect(args) -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ddc_hpc.scaling", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="See docs/CLUSTER.md, section 'Scaling studies'.")
+                                     epilog="See docs/CLUSTER.md, section 'Studies'.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def job_args(p):
