@@ -469,8 +469,6 @@ def cmd_local(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    if not Path(args.template).is_file():
-        raise study.UsageError(f"--template {args.template}: no such file (e.g. slurm/cpu.sbatch)")
     points = frontier_points(args)
     root = Path(args.out)
     manifest = study.prepare(root, TOOL, _definition(args, "slurm"), points)
@@ -496,10 +494,7 @@ def cmd_check_docs(args) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ddc_hpc.frontier", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="See docs/RESULTS.md and docs/CLUSTER.md, section 'Studies'.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = study.parser(TOOL, __doc__, "See docs/RESULTS.md and docs/CLUSTER.md, section 'Studies'.")
 
     def job(p, out):
         p.add_argument("--budgets", type=float, nargs="+", default=[300, 600, 1200], metavar="SECONDS")
@@ -510,7 +505,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     def mpi(p):
         p.add_argument("--ranks", type=int, default=4, help="MPI ranks per point (default %(default)s)")
-        p.add_argument("--launcher", default="mpiexec -n {ranks}", help="starts {ranks} MPI ranks (default %(default)r)")
+        study.launcher_arg(p)
 
     def scored(p):
         p.add_argument("--test", help="also score every final network on this source's test split")
@@ -526,13 +521,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     submit = sub.add_parser("submit", help="sbatch the points (a job array) and a collect job after them")
     job(submit, "runs/frontier")
-    submit.add_argument("--template", required=True, help="sbatch template, e.g. slurm/cpu.sbatch")
+    study.submit_args(submit)
     submit.add_argument("--nodes", type=int, default=1, help="nodes per point (ranks per node: the template's)")
-    submit.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                        help="extra sbatch option for every job, e.g. --sbatch-arg=--account=me (repeatable)")
     submit.add_argument("--test", help="the collect job also scores every final network on this source's test split")
-    submit.add_argument("--no-collect", action="store_true", help="do not submit the collect job")
-    submit.add_argument("--dry-run", action="store_true", help="print the sbatch commands, submit nothing")
     submit.set_defaults(func=cmd_submit)
 
     col = sub.add_parser("collect", help="score and tabulate the finished points")

@@ -327,8 +327,6 @@ def cmd_local(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    if not Path(args.template).is_file():
-        raise UsageError(f"--template {args.template}: no such file (e.g. slurm/gpu.sbatch)")
     if not args.config:
         raise UsageError("submit needs --config (the job every run of the study executes)")
     root, manifest, points = _study(args, "nodes")
@@ -346,10 +344,7 @@ def cmd_collect(args) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ddc_hpc.scaling", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="See docs/CLUSTER.md, section 'Studies'.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = study.parser(TOOL, __doc__, "See docs/CLUSTER.md, section 'Studies'.")
 
     def job_args(p):
         p.add_argument("--config", help="job TOML (local: default the built-in quickstart)")
@@ -362,18 +357,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     local = sub.add_parser("local", help="run the job under mpiexec at several rank counts on this machine")
     local.add_argument("--ranks", type=int, nargs="+", required=True, metavar="N")
     job_args(local)
-    local.add_argument("--launcher", default="mpiexec -n {ranks}",
-                       help="command that starts {ranks} MPI ranks (default: %(default)r)")
+    study.launcher_arg(local)
     local.set_defaults(func=cmd_local)
 
     submit = sub.add_parser("submit", help="sbatch the template once per node count, then a collect job")
     submit.add_argument("--nodes", type=int, nargs="+", required=True, metavar="N")
-    submit.add_argument("--template", required=True, help="sbatch template, e.g. slurm/gpu.sbatch")
     job_args(submit)
-    submit.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                        help="extra sbatch option for every job, e.g. --sbatch-arg=--account=me (repeatable)")
-    submit.add_argument("--no-collect", action="store_true", help="do not submit the collect job")
-    submit.add_argument("--dry-run", action="store_true", help="print the sbatch commands, submit nothing")
+    study.submit_args(submit)
     submit.set_defaults(func=cmd_submit)
 
     col = sub.add_parser("collect", help="tabulate and plot finished runs")

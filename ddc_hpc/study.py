@@ -13,6 +13,7 @@ stopped one resumes from its checkpoints; a dir made by another definition is re
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import shlex
@@ -227,3 +228,32 @@ def submit(root: Path, tool: str, manifest: dict, points: list[Point], *, templa
 def collect_command(tool: str, *args: str) -> list[str]:
     """The collect job's command line: this interpreter, `-m ddc_hpc.<tool> collect ARGS`."""
     return [_python(), "-m", f"ddc_hpc.{tool}", "collect", *args]
+
+
+# ---- the command lines' shared parts ----------------------------------------------------------------
+
+def parser(tool: str, doc: str, epilog: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """`python -m ddc_hpc.<tool>` and its subcommands."""
+    top = argparse.ArgumentParser(prog=f"python -m ddc_hpc.{tool}", description=doc.split("\n")[0],
+                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
+    return top, top.add_subparsers(dest="command", required=True)
+
+
+def _template(path: str) -> str:
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"{path}: no such file (e.g. slurm/cpu.sbatch)")
+    return path
+
+
+def launcher_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--launcher", default="mpiexec -n {ranks}",
+                   help="command that starts {ranks} MPI ranks (default: %(default)r)")
+
+
+def submit_args(p: argparse.ArgumentParser) -> None:
+    """submit's options: the template, extra sbatch options, no collect job, a dry run."""
+    p.add_argument("--template", required=True, type=_template, help="sbatch template, e.g. slurm/cpu.sbatch")
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="extra sbatch option for every job, e.g. --sbatch-arg=--account=me (repeatable)")
+    p.add_argument("--no-collect", action="store_true", help="do not submit the collect job")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch commands, submit nothing")

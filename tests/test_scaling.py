@@ -3,6 +3,7 @@ submit's sbatch commands (against a stand-in sbatch), and one real `local` study
 
 from __future__ import annotations
 
+import functools
 import csv
 import json
 import os
@@ -27,19 +28,9 @@ def cli(*args, env=None, timeout=300):
 
 
 @pytest.fixture
-def main(capsys, monkeypatch):
-    """scaling.main in this process (no interpreter start per call): (exit code, stdout, stderr)."""
-    monkeypatch.chdir(REPO)
-
-    def run(*args):
-        try:
-            code = scaling.main([str(a) for a in args])
-        except SystemExit as exit_:  # argparse's own usage errors
-            code = exit_.code
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
+def main(in_process):
+    """scaling.main in this process: (exit code, stdout, stderr)."""
+    return functools.partial(in_process, scaling.main)
 
 
 def fake_results(world_size, sub=8.0, compose=0.5, glob=4.0, resumed=False, model="cifar_resnet20"):

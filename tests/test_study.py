@@ -7,6 +7,7 @@ srun); the real runs: tests/test_scaling.py's local study and tests/test_slurm.p
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -23,19 +24,9 @@ JOB = ["--config", "jobs/quickstart.toml", *LINEAR]
 
 
 @pytest.fixture
-def main(capsys, monkeypatch):
+def main(in_process):
     """frontier.main in this process: (exit code, stdout, stderr)."""
-    monkeypatch.chdir(REPO)
-
-    def run(*args):
-        try:
-            code = frontier.main([str(a) for a in args])
-        except SystemExit as exit_:
-            code = exit_.code
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
+    return functools.partial(in_process, frontier.main)
 
 
 @pytest.fixture
