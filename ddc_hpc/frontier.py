@@ -504,7 +504,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to every point")
 
     def mpi(p):
-        p.add_argument("--ranks", type=int, default=4, help="MPI ranks per point (default %(default)s)")
+        p.add_argument("--ranks", type=study.count, default=4, help="MPI ranks per point (default %(default)s)")
         study.launcher_arg(p)
 
     def scored(p):
@@ -522,7 +522,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     submit = sub.add_parser("submit", help="sbatch the points (a job array) and a collect job after them")
     job(submit, "runs/frontier")
     study.submit_args(submit)
-    submit.add_argument("--nodes", type=int, default=1, help="nodes per point (ranks per node: the template's)")
+    submit.add_argument("--nodes", type=study.count, default=1, help="nodes per point (ranks per node: the template's)")
     submit.add_argument("--test", help="the collect job also scores every final network on this source's test split")
     submit.set_defaults(func=cmd_submit)
 

@@ -355,13 +355,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="weak scaling: multiply the integer config KEY (e.g. data.limit) by count/smallest")
 
     local = sub.add_parser("local", help="run the job under mpiexec at several rank counts on this machine")
-    local.add_argument("--ranks", type=int, nargs="+", required=True, metavar="N")
+    local.add_argument("--ranks", type=study.count, nargs="+", required=True, metavar="N")
     job_args(local)
     study.launcher_arg(local)
     local.set_defaults(func=cmd_local)
 
     submit = sub.add_parser("submit", help="sbatch the template once per node count, then a collect job")
-    submit.add_argument("--nodes", type=int, nargs="+", required=True, metavar="N")
+    submit.add_argument("--nodes", type=study.count, nargs="+", required=True, metavar="N")
     job_args(submit)
     study.submit_args(submit)
     submit.set_defaults(func=cmd_submit)

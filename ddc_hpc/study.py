@@ -61,10 +61,19 @@ def check_config(config: str | None, sets: list[str]):
         raise UsageError(str(err)) from None
 
 
+def count(text: str) -> int:
+    """A rank or node count on the command line (argparse type): a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def counts(values: list[int], what: str) -> list[int]:
-    """Rank or node counts: positive, each once, ascending."""
-    if any(v <= 0 for v in values):
-        raise UsageError(f"{what} must be positive integers, got {values}")
+    """Rank or node counts (each a `count`): each once, ascending."""
     if len(set(values)) != len(values):
         raise UsageError(f"{what} lists a count twice: {values}")
     return sorted(values)

@@ -7,7 +7,6 @@ import functools
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 

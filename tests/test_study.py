@@ -135,6 +135,7 @@ def test_launch_sh_hands_each_array_task_its_own_point(tmp_path):
     (["collect", "--out", "/no/such/study"], "no such study folder"),
     (["submit", *JOB, "--template", "slurm/none.sbatch"], "no such file"),
     (["local", *JOB, "--launcher", "mpiexec -n 4"], "{ranks}"),
+    (["local", *JOB, "--ranks", "0"], "--ranks: must be a positive integer, got '0'"),
     (["local", "--config", "jobs/quickstart.toml"], "schedule"),  # a budget needs a schedule that anneals
 ])
 def test_bad_arguments_exit_2(main, args, message):
