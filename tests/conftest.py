@@ -171,23 +171,6 @@ print(f"{{101 + len(calls)}};ddc")
     return log
 
 
-@pytest.fixture
-def in_process(capsys, monkeypatch):
-    """A tool's main(argv) in this process, from the repository root (no interpreter start per call):
-    in_process(main, *args) -> (exit code, stdout, stderr) as a CompletedProcess."""
-    monkeypatch.chdir(REPO)
-
-    def run(main, *args):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exit_:  # argparse's own usage errors, run_serial's exit 2
-            code = exit_.code
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
-
-
 def sets(*overrides: str) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
 

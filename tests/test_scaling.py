@@ -3,7 +3,6 @@ submit's sbatch commands (against a stand-in sbatch), and one real `local` study
 
 from __future__ import annotations
 
-import functools
 import csv
 import json
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, job
+from conftest import REPO, cli as in_process, job
 from ddc_hpc import scaling
 from ddc_hpc.results import Results
 
@@ -27,9 +26,10 @@ def cli(*args, env=None, timeout=300):
 
 
 @pytest.fixture
-def main(in_process):
-    """scaling.main in this process: (exit code, stdout, stderr)."""
-    return functools.partial(in_process, scaling.main)
+def main(monkeypatch):
+    """scaling.main in this process, from the repository root: (exit code, stdout, stderr)."""
+    monkeypatch.chdir(REPO)
+    return lambda *args: in_process(scaling.main, *map(str, args))
 
 
 def fake_results(world_size, sub=8.0, compose=0.5, glob=4.0, resumed=False, model="cifar_resnet20"):

@@ -7,7 +7,6 @@ srun); the real runs: tests/test_scaling.py's local study and tests/test_slurm.p
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shlex
@@ -16,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, sets
+from conftest import REPO, cli, sets
 from ddc_hpc import frontier
 
 LINEAR = sets("sub.schedule=linear", "global.schedule=linear", "random.schedule=linear")
@@ -24,9 +23,10 @@ JOB = ["--config", "jobs/quickstart.toml", *LINEAR]
 
 
 @pytest.fixture
-def main(in_process):
-    """frontier.main in this process: (exit code, stdout, stderr)."""
-    return functools.partial(in_process, frontier.main)
+def main(monkeypatch):
+    """frontier.main in this process, from the repository root: (exit code, stdout, stderr)."""
+    monkeypatch.chdir(REPO)
+    return lambda *args: cli(frontier.main, *map(str, args))
 
 
 @pytest.fixture
