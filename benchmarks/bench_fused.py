@@ -19,7 +19,10 @@ preparation included in both; each is timed as S steps of all members between tw
 one warm-up step. A ratio sequential / fused > 1 means fused is faster.
 
     python benchmarks/bench_fused.py [--model cifar_resnet20] [--widths 16 32 64]
-        [--sub-batches 64] [--rounds 2] [--steps 3] [--write]
+        [--sub-batches 64] [--rounds 2] [--steps 3] [--device cpu|cuda] [--write]
+
+With --device cuda (tools/gpu_check.sh's `fused` check) both ranks share the GPU and every timed
+step ends with torch.cuda.synchronize(), so the clock sees the kernels, not their launch.
 """
 
 from __future__ import annotations
@@ -119,10 +122,24 @@ def worker(args) -> None:
             return torch.stack(xs), torch.stack(ys)
         return draw
 
+    device = torch.device(args.device)
+
+    def on_device(draw):
+        def drawn(i: int):
+            return tuple(t.to(device) for t in draw(i))
+        return drawn
+
+    def synchronised(step):
+        def timed(i: int) -> None:
+            step(i)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        return timed
+
     def per_step(mode: str, width: int, batch: int, seed: int) -> float:
         torch.manual_seed(world.rank)
-        models = [build_model(args.model, 10, partitions=PARTITIONS, width=width) for _ in mine]
-        draw = batches(seed, batch)
+        models = [build_model(args.model, 10, partitions=PARTITIONS, width=width).to(device) for _ in mine]
+        draw = on_device(batches(seed, batch))
         if mode == "fused":
             fused = Fused(models)
 
@@ -133,7 +150,7 @@ def worker(args) -> None:
 
             def step(i: int) -> None:
                 sequential_step(models, optimizers, *draw(i))
-        return time_steps(step, args.steps, world)
+        return time_steps(synchronised(step), args.steps, world)
 
     configs = [(w, b) for w in args.widths for b in args.sub_batches]
     rounds, loads = [], [load()]
@@ -150,7 +167,7 @@ def worker(args) -> None:
         loads.append(load())
     if world.is_root:
         Path(args.json).write_text(json.dumps({"rounds": rounds, "loads": loads, "args": vars(args), "data": source,
-                                               "members_per_rank": len(mine)}, indent=1))
+                                               "members_per_rank": len(mine), "device": str(device)}, indent=1))
     comm.shutdown_distributed()
 
 
@@ -180,6 +197,7 @@ def main() -> None:
     p.add_argument("--sub-batches", type=int, nargs="+", default=[64])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both ranks train (cuda: one GPU shared)")
     p.add_argument("--write", action="store_true", help="record the table in benchmarks/RESULTS.md")
     args = p.parse_args()
     if args.worker:

@@ -17,16 +17,18 @@ import re
 
 UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 SLURM = "slurm"
-SLURM_MARGIN = 0.05  # of the job's remaining time, at least SLURM_MARGIN_SECONDS: results, plots, requeue
-SLURM_MARGIN_SECONDS = 60.0
+# run.budget = "slurm": what the job's remaining time keeps back, so that every strategy ends before SLURM does
+SLURM_OVERSHOOT = 0.10  # a strategy may run this far over its budget (measured: up to 9.3 %, benchmarks/RESULTS.md)
+SLURM_SIGNAL_LEAD = 120.0  # seconds: slurm/*.sbatch's --signal=USR1@120 (the stop-and-requeue warning)
+SLURM_RESULTS_SECONDS = 60.0  # results.json, metrics.csv and plots after the last strategy
 
 
-def parse_budget(text: str) -> float | str:
-    """'600', '600s', '20min', '1.5h' -> seconds; 'slurm' -> 'slurm'; ValueError otherwise."""
+def parse_budget(text: str | float) -> float | str:
+    """'600', '600s', '20min', '1.5h', '1e-05', 600.0 -> seconds; 'slurm' -> 'slurm'; ValueError otherwise."""
     text = str(text).strip().lower()
     if text == SLURM:
         return SLURM
-    match = re.fullmatch(r"([0-9][0-9.e+]*|\.[0-9]+)\s*([a-z]*)", text)
+    match = re.fullmatch(r"([0-9.][0-9.e+-]*)\s*([a-z]*)", text)
     try:
         seconds = float(match.group(1)) * UNITS[match.group(2)]
     except (AttributeError, ValueError, KeyError):
@@ -38,19 +40,22 @@ def parse_budget(text: str) -> float | str:
 
 
 def budgets_per_strategy(spec: str, strategies: list[str], slurm_remaining: float | None) -> dict[str, float]:
-    """Each strategy's seconds: the budget itself, or with "slurm" the job's remaining time less a
-    margin, shared equally by the strategies that run one after the other."""
+    """Each strategy's seconds: the budget itself, or with "slurm" an equal share of the job's
+    remaining time less what it keeps back: the templates' USR1 lead and the results' seconds,
+    and each strategy's overshoot, since the strategies run one after the other."""
     value = parse_budget(spec)
     if value != SLURM:
         return dict.fromkeys(strategies, value)
     if slurm_remaining is None:
         raise ValueError("run.budget = \"slurm\" but this job has no SLURM time limit to read (not under SLURM, "
                          "or an unlimited job): give the budget in seconds instead")
-    usable = slurm_remaining - max(SLURM_MARGIN * slurm_remaining, SLURM_MARGIN_SECONDS)
-    if usable <= 0:
-        raise ValueError(f"the SLURM job has {slurm_remaining:.0f} s left, not more than the {SLURM_MARGIN_SECONDS:.0f} s "
-                         "margin a run keeps for its results")
-    return dict.fromkeys(strategies, usable / len(strategies))
+    kept = SLURM_SIGNAL_LEAD + SLURM_RESULTS_SECONDS
+    each = (slurm_remaining - kept) / (len(strategies) * (1 + SLURM_OVERSHOOT))
+    if each <= 0:
+        raise ValueError(f"the SLURM job has {slurm_remaining:.0f} s left, not more than the {kept:.0f} s a budgeted "
+                         f"run keeps back ({SLURM_SIGNAL_LEAD:.0f} s before SLURM's USR1 warning, "
+                         f"{SLURM_RESULTS_SECONDS:.0f} s for the results): give the job a longer --time")
+    return dict.fromkeys(strategies, each)
 
 
 def parse_slurm_time(text: str) -> float | None:
@@ -117,6 +122,9 @@ def plan_phase(seconds: float, rates: PhaseRates, eval_every: int, warmup_passes
                      seconds=epochs * steps * rates.step + scored * rates.evaluation)
 
 
+PHASES = {"ddc": ("sub", "global"), "random": ("random",)}  # the phases a strategy's budget is planned for
+
+
 def plan_budget(budgets: dict[str, float], calibration: dict[str, float], fixed: dict[str, float],
                 rates: dict[str, PhaseRates], eval_every: dict[str, int], warmup: dict[str, float],
                 sub_share: float) -> dict:
@@ -125,30 +133,59 @@ def plan_budget(budgets: dict[str, float], calibration: dict[str, float], fixed:
     `calibration`: seconds of calibration each strategy is charged; `fixed`: what a strategy pays
     outside its phases' steps and scores (DDC: compose, GNet-T's setup and its start's BN
     recalibration and scores; GNet-R: its setup); `rates` per phase ("sub", "global", "random").
-    DDC's remaining seconds go `sub_share` to the sub phase, the rest to GNet-T.
+    DDC's remaining seconds go `sub_share` to the sub phase, the rest to GNet-T. A budget that
+    cannot hold a phase raises BudgetTooSmall with the least budget that holds them all.
     """
-    phases = {"ddc": ("sub", "global"), "random": ("random",)}
+    plan, short = _fit(budgets, calibration, fixed, rates, eval_every, warmup, sub_share)
+    if short is not None:
+        strategy, phase = short
+        left = max(budgets[strategy] - calibration[strategy] - fixed[strategy], 0)
+        least = least_budget(list(budgets), calibration, fixed, rates, eval_every, warmup, sub_share)
+        raise BudgetTooSmall(
+            f"a budget of {budgets[strategy]:g} s cannot hold {strategy}'s {phase} phase: calibration "
+            f"{calibration[strategy]:.1f} s and fixed costs {fixed[strategy]:.1f} s leave {left:.1f} s, and one "
+            f"{phase} step ({rates[phase].step:.2f} s) and one evaluation ({rates[phase].evaluation:.2f} s) need "
+            f"more of it; give at least {least} s (at these calibrated rates every phase of every strategy fits "
+            "from there on; a new calibration measures afresh, so leave some room)")
+    return plan
+
+
+def _fit(budgets: dict[str, float], calibration: dict[str, float], fixed: dict[str, float],
+         rates: dict[str, PhaseRates], eval_every: dict[str, int], warmup: dict[str, float],
+         sub_share: float) -> tuple[dict, tuple[str, str] | None]:
+    """plan_budget's plan, and the first (strategy, phase) its budget cannot hold (None: all fit)."""
     plan = {"budget_seconds": budgets, "calibration_seconds": calibration, "fixed_seconds": fixed,
             "sub_share": sub_share, "rates": {k: dataclasses.asdict(v) for k, v in rates.items()}, "phases": {},
             "planned_seconds": {}}
     for strategy, budget in budgets.items():
         left = budget - calibration[strategy] - fixed[strategy]
-        shares = {"sub": sub_share, "global": 1 - sub_share} if strategy == "ddc" else {"random": 1.0}
         total = calibration[strategy] + fixed[strategy]
-        for phase in phases[strategy]:
-            planned = plan_phase(left * shares[phase], rates[phase], eval_every[phase], warmup[phase])
+        for phase in PHASES[strategy]:
+            planned = plan_phase(left * _share(phase, sub_share), rates[phase], eval_every[phase], warmup[phase])
             if planned is None:
-                least = calibration[strategy] + fixed[strategy] + (rates[phase].step + rates[phase].evaluation) \
-                    / shares[phase]
-                raise BudgetTooSmall(
-                    f"a budget of {budget:.0f} s cannot hold {strategy}'s {phase} phase: calibration "
-                    f"{calibration[strategy]:.1f} s and fixed costs {fixed[strategy]:.1f} s leave "
-                    f"{max(left, 0):.1f} s, and one {phase} step ({rates[phase].step:.2f} s) and one evaluation "
-                    f"({rates[phase].evaluation:.2f} s) need more of it; give at least ~{math.ceil(least)} s")
+                return plan, (strategy, phase)
             plan["phases"][phase] = dataclasses.asdict(planned) | {"steps": planned.steps}
             total += planned.seconds
         plan["planned_seconds"][strategy] = total
-    return plan
+    return plan, None
+
+
+def _share(phase: str, sub_share: float) -> float:
+    """The part of its strategy's seconds (after calibration and fixed costs) a phase gets."""
+    return {"sub": sub_share, "global": 1 - sub_share, "random": 1.0}[phase]
+
+
+def least_budget(strategies: list[str], calibration: dict[str, float], fixed: dict[str, float],
+                 rates: dict[str, PhaseRates], eval_every: dict[str, int], warmup: dict[str, float],
+                 sub_share: float) -> int:
+    """The fewest whole seconds per strategy for which plan_budget plans every phase of every
+    strategy in `strategies` at these rates: each phase's share must hold one step and one score."""
+    least = max(math.ceil(calibration[s] + fixed[s] + (rates[p].step + rates[p].evaluation) / _share(p, sub_share))
+                for s in strategies for p in PHASES[s])
+    while _fit(dict.fromkeys(strategies, float(least)), calibration, fixed, rates, eval_every, warmup,
+               sub_share)[1] is not None:  # the share's float rounding may want a second more
+        least += 1
+    return least
 
 
 def phase_plan(plan: dict, phase: str) -> PhasePlan:
@@ -172,7 +209,7 @@ def describe(plan: dict) -> list[str]:
     for strategy, seconds in plan["budget_seconds"].items():
         parts = [f"{name} {p['steps']} steps ({p['epochs']} x {p['steps_per_epoch']}), {p['evaluations']} score(s), "
                  f"{p['seconds']:.0f} s" for name, p in plan["phases"].items()
-                 if name in (("sub", "global") if strategy == "ddc" else ("random",))]
+                 if name in PHASES[strategy]]
         lines.append(f"  budget {STRATEGY_NAMES[strategy]} {seconds:.0f} s: calibration "
                      f"{plan['calibration_seconds'][strategy]:.1f} s + fixed {plan['fixed_seconds'][strategy]:.1f} s + "
                      + " + ".join(parts) + f" = {plan['planned_seconds'][strategy]:.0f} s planned"

@@ -9,7 +9,9 @@ puts finished runs side by side, one column each, in the layout of the paper's T
 (SNet-k range, GNet-T not trained, GNet-T-trained, GNet-R-trained; top-1 and top-5) with the wall
 time per phase, and draws Fig. 3.1 / 3.5 (time per phase) and Fig. 3.2 / 3.6 (validation accuracy
 per epoch, GNet-T against GNet-R): DIR/report.md, phase_seconds.png, accuracy.png,
-time_to_accuracy.png. The markdown is also printed.
+time_to_accuracy.png. Budgeted runs add each strategy's budget, elapsed seconds and landing, the
+frontier across them (score against budget) and a budget mark on the figures. The markdown is
+also printed.
 """
 
 from __future__ import annotations
@@ -157,35 +159,75 @@ def _score(value, metric: str) -> str:
 
 
 def table(results: Results, out: Path | str | None = None) -> str:
-    """The comparison the paper reports: SNet-k, GNet-T before/after training, GNet-R, times, and
-    where the run was written (`out`). Each SNet shows its own training seconds; the sub phase row
-    its wall time, the sub-networks having trained side by side on their ranks."""
-    metric, rows = results.metric, []
-    if results.has_ddc:
-        sub, comp = results.sub, results.compose
-        for k, value in enumerate(sub.per_subnet):
-            rows.append((f"SNet-{k} (own tile)", value, sum(row["seconds"] for row in sub.histories[k])))
-        ranks = results.world_size or 1
-        rows.append((f"  sub phase: {len(sub.histories)} SNets on {ranks} rank{'s' * (ranks > 1)}", None,
-                     sub.seconds))
-        rows.append(("  compose: Gatherv, Theorem 2.1 check", None, comp.seconds))
-        rows.append(("GNet-T, composed, not trained: evaluation", comp.init(metric), comp.init_eval_seconds))
-        if comp.recalibrated(metric) is not None:
-            rows.append(("GNet-T, BN recalibrated: + evaluation", comp.recalibrated(metric), comp.recalibrate_seconds))
-        rows.append(("GNet-T, trained", results.global_.get(metric), results.global_.seconds))
-    if results.random:
-        rows.append(("GNet-R, trained", results.random.get(metric), results.random.seconds))
+    """The comparison the paper reports and where its seconds went: each SNet's score (its own
+    training seconds in its name: they are inside the sub phase's row), then every part of each
+    strategy in exactly one row (segments: ddc_segments / random_segments), the rows of a strategy
+    summing to its total; a budgeted run's verdict; where the run was written (`out`)."""
+    metric = results.metric
+    scores = {"score_composed": results.compose and results.compose.init(metric),
+              "score_recalibrated": results.compose and results.compose.recalibrated(metric),
+              "global": results.global_ and results.global_.get(metric),
+              "random": results.random and results.random.get(metric)}
     label = "val acc" if metric == CLASSIFICATION else metric[4:]
-    lines = [f"{'network':38} {label:>8} {'seconds':>9}", "-" * 57]
-    lines += [f"{name:38} {'' if v is None else _score(v, metric):>8} {'' if s is None else f'{s:9.1f}'}"
-              for name, v, s in rows]
+    lines = [f"{'network / part':44} {label:>8} {'seconds':>9}", "-" * 63]
+
+    def row(name: str, value, seconds) -> str:
+        return f"{name:44} {'' if value is None else _score(value, metric):>8} {'' if seconds is None else f'{seconds:9.1f}'}"
+
+    if results.has_ddc:
+        for k, value in enumerate(results.sub.per_subnet):
+            lines.append(row(f"SNet-{k} (own tile, {sum(r['seconds'] for r in results.sub.histories[k]):.1f} s "
+                             "of the sub phase)", value, None))
+    for strategy, (segments, total_name) in _strategy_segments(results).items():
+        lines.append(f"{budget.STRATEGY_NAMES[strategy]}:")
+        for part, seconds in segments:
+            lines.append(row("  " + SEGMENT_LABELS[part], scores.get(part), seconds))
+        lines.append(row(f"  {total_name}", None, sum(seconds for _, seconds in segments)))
     if results.has_ddc and results.random:
-        lines.append(f"wall time {DDC_TOTAL} {_ddc_seconds(results):.1f} s vs GNet-R {results.random.seconds:.1f} s")
+        lines.append(f"wall time {DDC_TOTAL} {_ddc_seconds(results):.1f} s vs {RANDOM_TOTAL} "
+                     f"{_random_seconds(results):.1f} s")
+    lines += verdict(results)
     if results.compose and results.compose.max_abs_error is not None:
         lines.append(f"Theorem 2.1 check: max |F(x) - sum_k F_k(x)| = {results.compose.max_abs_error:.3g}")
     if out is not None:
         lines.append(f"written to {out}/ (results.json, metrics.csv, plots, models, logs)")
     return "\n".join(lines)
+
+
+def verdict(results: Results) -> list[str]:
+    """A budgeted run's answer: one line per strategy (its budget, its final score on the
+    validation split, its elapsed seconds and where that landed against the budget), and with
+    both strategies one line saying which got further and by how much; nothing without a budget."""
+    plan = results.budget
+    if not plan or "elapsed_seconds" not in plan:
+        return []
+    metric, lines, final = results.metric, [], {}
+    for strategy, seconds in plan["budget_seconds"].items():
+        phase = results.global_ if strategy == "ddc" else results.random
+        final[strategy] = phase.get(metric) if phase else None
+        elapsed, landed = plan["elapsed_seconds"].get(strategy), plan["landed"].get(strategy)
+        lines.append(f"budget {budget.STRATEGY_NAMES[strategy]} {seconds:.0f} s: {_verdict_score(final[strategy], metric)}"
+                     f" on the validation split, elapsed {elapsed:.1f} s, landed at {landed:.3f} of its budget")
+    if None not in final.values() and len(final) == 2:
+        ddc, rand = final["ddc"], final["random"]
+        higher = metric == CLASSIFICATION or metric.endswith(("accuracy", "top5"))
+        ahead = "ddc" if (ddc > rand) == higher else "random"
+        if ddc == rand:
+            lines.append(f"DDC and GNet-R got equally far ({_verdict_score(ddc, metric)}) in their budgets")
+        else:
+            first, second = (ddc, rand) if ahead == "ddc" else (rand, ddc)
+            gap = (f"{100 * abs(ddc - rand):.2f} points" if metric == CLASSIFICATION
+                   else f"{abs(ddc - rand):.4g} {metric[4:]}")
+            lines.append(f"{budget.STRATEGY_NAMES[ahead]} got further: {_verdict_score(first, metric)} against "
+                         f"{_verdict_score(second, metric)}, {gap} ahead, each in its own "
+                         f"{plan['budget_seconds'][ahead]:.0f} s budget")
+    return lines
+
+
+def _verdict_score(value, metric: str) -> str:
+    if value is None:
+        return f"{metric} not scored"
+    return f"{metric} {100 * value:.2f} %" if metric == CLASSIFICATION else f"{metric} {value:.4g}"
 
 
 # ----------------------------------------------------------------------------- several runs (the CLI)
@@ -235,17 +277,43 @@ def accuracy_rows(results: Results, metric: str) -> dict[str, str]:
             "GNet-R-trained": _num(results.random and results.random.get(key), digits, scale)}
 
 
-DDC_TOTAL = "DDC total (sub + compose + evaluation + global)"  # the one name of the one sum, everywhere
+DDC_TOTAL = "DDC total"  # the one name of the one sum of DDC's parts, everywhere
+RANDOM_TOTAL = "GNet-R total"  # likewise GNet-R's
+# every part a strategy's seconds go to, in order, and what each says happened (one row each)
+SEGMENT_LABELS = {"calibration": "calibration (the budget's plan)", "sub": "SNets trained side by side (sub)",
+                  "compose": "compose: Gatherv, Theorem 2.1 check", "score_composed": "GNet-T as composed: scored",
+                  "recalibrate": "GNet-T BN recalibration (full images)",
+                  "score_recalibrated": "GNet-T BN-recalibrated: scored", "global": "GNet-T trained (global)",
+                  "random": "GNet-R trained (random)"}
+
+
+def _calibration(results: Results, strategy: str) -> list[tuple[str, float]]:
+    plan = results.budget
+    return [("calibration", plan["calibration_seconds"][strategy])] if plan and strategy in plan.get(
+        "calibration_seconds", {}) else []
 
 
 def ddc_segments(results: Results) -> list[tuple[str, float]]:
-    """DDC's wall time in its parts, in order: sub, compose, GNet-T's evaluation before training
-    (with BN recalibration and its evaluation), global. The table, report.md and phase_seconds.png
+    """DDC's wall time in its parts, in order, each second in exactly one: a budget's calibration,
+    sub, compose, GNet-T's start (the composed net's score, BN recalibration, the score after it;
+    a part the run did not do is left out) and global. The table, report.md and phase_seconds.png
     all add up exactly these."""
     comp = results.compose
-    return [("sub", results.sub.seconds or 0.0), ("compose", comp.seconds or 0.0),
-            ("evaluate", (comp.init_eval_seconds or 0.0) + (comp.recalibrate_seconds or 0.0)),
-            ("global", results.global_.seconds or 0.0)]
+    start = [("score_composed", comp.init_eval_seconds), ("recalibrate", comp.recalibrate_seconds),
+             ("score_recalibrated", comp.recalibrated_eval_seconds)]
+    return (_calibration(results, "ddc") + [("sub", results.sub.seconds or 0.0), ("compose", comp.seconds or 0.0)]
+            + [(part, seconds) for part, seconds in start if seconds] + [("global", results.global_.seconds or 0.0)])
+
+
+def random_segments(results: Results) -> list[tuple[str, float]]:
+    """GNet-R's wall time in its parts: a budget's calibration, then its training."""
+    return _calibration(results, "random") + [("random", results.random.seconds or 0.0)]
+
+
+def _strategy_segments(results: Results) -> dict[str, tuple[list[tuple[str, float]], str]]:
+    """Each strategy the run has: its segments and the name of their sum."""
+    return ({"ddc": (ddc_segments(results), DDC_TOTAL)} if results.has_ddc else {}) | (
+        {"random": (random_segments(results), RANDOM_TOTAL)} if results.random else {})
 
 
 def _ddc_seconds(results: Results):
@@ -253,34 +321,38 @@ def _ddc_seconds(results: Results):
     return sum(seconds for _, seconds in ddc_segments(results)) if results.has_ddc else None
 
 
+def _random_seconds(results: Results):
+    """RANDOM_TOTAL: the sum of random_segments."""
+    return sum(seconds for _, seconds in random_segments(results)) if results.random else None
+
+
 def _per_epoch(history) -> float | None:
     return sum(r["seconds"] for r in history) / len(history) if history else None
 
 
 def time_rows(results: Results) -> dict[str, str]:
-    """Wall time per phase (seconds) and the DDC / GNet-R comparison of one run."""
-    sub, comp, glob, rand = results.sub, results.compose, results.global_, results.random
-    ddc = _ddc_seconds(results)
+    """Wall time per part (seconds, the segments of the table) and the DDC / GNet-R comparison of
+    one run; a budgeted run's budget, elapsed seconds and landing per strategy."""
+    sub, glob, rand = results.sub, results.global_, results.random
+    ddc, baseline = _ddc_seconds(results), _random_seconds(results)
     snet_epoch = max(_per_epoch(h) or 0.0 for h in sub.histories) if sub and sub.histories else None
-
-    def seconds(phase):
-        return _num(phase.seconds, 1, 1.0) if phase else "-"
-
-    return {
-        "SNets, in parallel (sub)": seconds(sub),
-        "sub imbalance (slowest - fastest rank)": _num(sub and sub.imbalance_seconds, 1, 1.0),
-        "compose (Gatherv, Theorem 2.1 check)": seconds(comp),
-        "GNet-T evaluated before training (+ BN recalibration)": _num(
-            None if comp is None or comp.init_eval_seconds is None else
-            comp.init_eval_seconds + (comp.recalibrate_seconds or 0.0), 1, 1.0),
-        "GNet-T training (global)": seconds(glob),
-        DDC_TOTAL: _num(ddc, 1, 1.0),
-        "GNet-R training (random)": seconds(rand),
-        "DDC / GNet-R": "-" if ddc is None or not rand or not rand.seconds else f"{ddc / rand.seconds:.2f}",
-        "one SNet epoch (slowest)": _num(snet_epoch, 2, 1.0),
-        "one GNet-T epoch": _num(_per_epoch(glob and glob.history), 2, 1.0),
-        "one GNet-R epoch": _num(_per_epoch(rand and rand.history), 2, 1.0),
-    }
+    parts = {"ddc": dict(ddc_segments(results)) if results.has_ddc else {},
+             "random": dict(random_segments(results)) if rand else {}}
+    rows = {f"{budget.STRATEGY_NAMES[s]}: {label}": _num(parts[s].get(part), 1, 1.0)
+            for s, names in (("ddc", [p for p in SEGMENT_LABELS if p != "random"]), ("random", ["calibration", "random"]))
+            for part, label in ((p, SEGMENT_LABELS[p]) for p in names)}
+    rows |= {"sub imbalance (slowest - fastest rank)": _num(sub and sub.imbalance_seconds, 1, 1.0),
+             DDC_TOTAL: _num(ddc, 1, 1.0), RANDOM_TOTAL: _num(baseline, 1, 1.0),
+             "DDC / GNet-R": "-" if ddc is None or not baseline else f"{ddc / baseline:.2f}",
+             "one SNet epoch (slowest)": _num(snet_epoch, 2, 1.0),
+             "one GNet-T epoch": _num(_per_epoch(glob and glob.history), 2, 1.0),
+             "one GNet-R epoch": _num(_per_epoch(rand and rand.history), 2, 1.0)}
+    plan = results.budget or {}
+    for strategy, name in budget.STRATEGY_NAMES.items():
+        rows |= {f"{name} budget": _num(plan.get("budget_seconds", {}).get(strategy), 0, 1.0),
+                 f"{name} elapsed": _num(plan.get("elapsed_seconds", {}).get(strategy), 1, 1.0),
+                 f"{name} landing (elapsed / budget)": _num(plan.get("landed", {}).get(strategy), 3, 1.0)}
+    return rows
 
 
 def _epochs(results: Results) -> str:
@@ -304,6 +376,10 @@ def describe(run: dict) -> str:
                     + f"overlap {dec.get('overlap', 0)}, crop {dec.get('crop', 0)}")
     bits.append(f"{r.world_size or '?'} rank(s) on {r.device or '?'}")
     bits.append(f"strategy {r.strategy or '?'}, epochs SNet + GNet-T / GNet-R: {_epochs(r)}")
+    if r.budget:
+        bits.append("budget " + ", ".join(f"{budget.STRATEGY_NAMES[s]} {seconds:.0f} s"
+                                          for s, seconds in r.budget["budget_seconds"].items())
+                    + " (the plan set the epochs)")
     if r.compose and r.compose.max_abs_error is not None:
         bits.append(f"Theorem 2.1 max |F(x) - sum F_k(x)| = {r.compose.max_abs_error:.2g}")
     return "; ".join(bits)
@@ -350,8 +426,29 @@ def markdown(runs: list[dict]) -> str:
         add("mae", "Validation MAE", regressors)
     parts += ["Wall time [s] per phase (paper Tables 3.2 / 3.4, Figs. 3.1 / 3.5)", "",
               _markdown_table("seconds", names, [time_rows(run["results"]) for run in runs])]
+    budgeted = sorted((run for run in runs if (run["results"].budget or {}).get("elapsed_seconds")),
+                      key=lambda run: max(run["results"].budget["budget_seconds"].values()))
+    if budgeted:
+        parts += ["", "Against the budget: each strategy's final score in its own budget, one row a budgeted run", "",
+                  frontier_table(budgeted)]
     parts += ["", "Runs:", ""] + [f"- `{run['name']}`: {describe(run)}" for run in runs]
     return "\n".join(parts) + "\n"
+
+
+def frontier_table(runs: list[dict]) -> str:
+    """The frontier across budgeted runs, in budget order: per run the budget, each strategy's final
+    score (top-1 in %, or the regression metric) with its landing, and DDC's lead over GNet-R."""
+    lines = ["| run | budget [s] | DDC | DDC landing | GNet-R | GNet-R landing | DDC - GNet-R |", "|" + "---|" * 7]
+    for run in runs:
+        r, plan = run["results"], run["results"].budget
+        scale = 100.0 if r.metric == CLASSIFICATION else 1.0
+        ddc, rand = r.global_ and r.global_.get(r.metric), r.random and r.random.get(r.metric)
+        lead = "-" if ddc is None or rand is None else f"{scale * (ddc - rand):+.2f}"
+        budgets = sorted({f"{b:.0f}" for b in plan["budget_seconds"].values()})
+        lines.append(f"| `{run['name']}` | {' / '.join(budgets)} | {_num(ddc, 2, scale)} | "
+                     f"{_num(plan['landed'].get('ddc'), 3, 1.0)} | {_num(rand, 2, scale)} | "
+                     f"{_num(plan['landed'].get('random'), 3, 1.0)} | {lead} |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -384,6 +481,11 @@ def accuracy_figure(runs: list[dict], path: Path, axis: int = 0) -> None:
             curve = random_curve(r)
             ax.plot(curve[axis], [scale * a for a in curve[2]], marker="s", ms=3, color="C3",
                     label="GNet-R (random init)")
+        plan = r.budget or {}
+        for strategy, seconds in plan.get("budget_seconds", {}).items() if axis == 1 else ():
+            # the curves' clock starts after the calibration the budget paid for
+            ax.axvline(seconds - plan["calibration_seconds"][strategy], color="C0" if strategy == "ddc" else "C3",
+                       ls="--", lw=1, label=f"{budget.STRATEGY_NAMES[strategy]}'s budget (less its calibration)")
         ax.set_xlabel("epoch (SNet epochs + GNet-T epochs)" if axis == 0 else "wall time [s]")
         ax.set_ylabel("validation accuracy [%]" if scale == 100 else f"validation {r.metric[4:].upper()}")
         ax.set_title(run["name"], fontsize=10)
@@ -398,47 +500,50 @@ def accuracy_figure(runs: list[dict], path: Path, axis: int = 0) -> None:
     plt.close(fig)
 
 
-PHASE_COLOURS = {"sub": "C2", "compose": "C1", "evaluate": "C4", "global": "C0", "random": "C3"}
-PHASE_LABELS = {"sub": "SNets (sub)", "compose": "compose", "evaluate": "GNet-T evaluated before training",
-                "global": "GNet-T training", "random": "GNet-R training"}
+PHASE_COLOURS = {"calibration": "C7", "sub": "C2", "compose": "C1", "score_composed": "C4", "recalibrate": "C8",
+                 "score_recalibrated": "C9", "global": "C0", "random": "C3"}
 
 
 def phase_seconds_figure(runs: list[dict], path: Path) -> None:
-    """Fig. 3.1 / 3.5: wall time per phase; per run a stacked DDC bar and a GNet-R bar."""
+    """Fig. 3.1 / 3.5: wall time per part; per run a stacked DDC bar and a stacked GNet-R bar, the
+    segments of the table (a part that took no time draws nothing), a budgeted run's budget a
+    dashed line over each bar."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 2.4 * len(runs) + 1.5), 4.4))
     labelled = set()
 
-    def ddc_phases(r: Results) -> list[tuple[str, float]]:  # a part that took no time draws nothing
-        return [(part, seconds) for part, seconds in ddc_segments(r) if seconds > 0] if r.has_ddc else []
+    def stacks(r: Results) -> list[tuple[int, str, list[tuple[str, float]]]]:
+        return [(offset, strategy, [(part, seconds) for part, seconds in segments if seconds > 0])
+                for offset, (strategy, (segments, _)) in zip((0, 1) if r.has_ddc else (1,),
+                                                             _strategy_segments(r).items())]
 
-    tallest = max([sum(s for _, s in ddc_phases(r["results"])) for r in runs]
-                  + [r["results"].random.seconds if r["results"].random else 0.0 for r in runs])
+    tallest = max([sum(s for _, s in parts) for run in runs for _, _, parts in stacks(run["results"])]
+                  + [max((run["results"].budget or {}).get("budget_seconds", {0: 0}).values()) for run in runs])
     for i, run in enumerate(runs):
         r = run["results"]
-        x = 3 * i
-        bottom = 0.0
-        for phase, seconds in ddc_phases(r):
-            thin = seconds < 0.02 * tallest  # e.g. compose: an edge keeps it a visible line
-            ax.bar(x, seconds, bottom=bottom, color=PHASE_COLOURS[phase], edgecolor=PHASE_COLOURS[phase],
-                   linewidth=2.5 if thin else 0, zorder=3 if thin else 2,
-                   label=None if phase in labelled else PHASE_LABELS[phase])
-            ax.text(x - 0.43, bottom + seconds / 2, f"{seconds:.1f} s", ha="right", va="center", fontsize=7)
-            labelled.add(phase)
-            bottom += seconds
-        if bottom:
-            ax.text(x, bottom, f"DDC\n{bottom:.1f} s", ha="center", va="bottom", fontsize=8)
-        if r.random:
-            seconds = r.random.seconds
-            ax.bar(x + 1, seconds, color=PHASE_COLOURS["random"],
-                   label=None if "random" in labelled else PHASE_LABELS["random"])
-            labelled.add("random")
-            ax.text(x + 1, seconds, f"GNet-R\n{seconds:.1f} s", ha="center", va="bottom", fontsize=8)
+        for offset, strategy, parts in stacks(r):
+            x, bottom = 3 * i + offset, 0.0
+            for part, seconds in parts:
+                thin = seconds < 0.02 * tallest  # e.g. compose: an edge keeps it a visible line
+                ax.bar(x, seconds, bottom=bottom, color=PHASE_COLOURS[part], edgecolor=PHASE_COLOURS[part],
+                       linewidth=2.5 if thin else 0, zorder=3 if thin else 2,
+                       label=None if part in labelled else SEGMENT_LABELS[part])
+                if strategy == "ddc":
+                    ax.text(x - 0.43, bottom + seconds / 2, f"{seconds:.1f} s", ha="right", va="center", fontsize=7)
+                labelled.add(part)
+                bottom += seconds
+            name = "DDC" if strategy == "ddc" else "GNet-R"
+            ax.text(x, bottom, f"{name}\n{bottom:.1f} s", ha="center", va="bottom", fontsize=8)
+            seconds = (r.budget or {}).get("budget_seconds", {}).get(strategy)
+            if seconds:
+                ax.hlines(seconds, x - 0.45, x + 0.45, colors="k", linestyles="--", lw=1,
+                          label=None if "budget" in labelled else "budget")
+                labelled.add("budget")
     ax.set_xticks([3 * i + 0.5 for i in range(len(runs))], [_wrap(run["name"]) for run in runs], fontsize=8)
     ax.set_xlim(-1, 3 * len(runs) - 1)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # room for the labels above the bars
     ax.set_ylabel("wall time [s]")
-    ax.set_title(f"wall time per phase: {DDC_TOTAL} and GNet-R", fontsize=9)
+    ax.set_title(f"wall time per part: {DDC_TOTAL} and {RANDOM_TOTAL}", fontsize=9)
     ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -112,14 +112,17 @@ class Sub:
 
 @dataclasses.dataclass(frozen=True)
 class Compose:
-    """Composition: seconds from the slowest sub-network's arrival to the composed, checked net;
-    GNet-T's evaluation before training (and after BN recalibration) is timed in its own fields."""
+    """Composition: seconds from the slowest sub-network's arrival to the composed, checked net.
+    GNet-T's start is timed part by part in its own fields: the score of the composed net
+    (init_eval_seconds), BN recalibration alone (recalibrate_seconds; in files written before
+    recalibrated_eval_seconds existed it includes the score after it) and the score after it."""
 
     seconds: float | None = None
     init_metrics: dict = dataclasses.field(default_factory=dict)  # GNet-T as composed, not trained
     recalibrated_metrics: dict = dataclasses.field(default_factory=dict)  # after BN recalibration (or none)
     init_eval_seconds: float | None = None
     recalibrate_seconds: float | None = None
+    recalibrated_eval_seconds: float | None = None
     max_abs_error: float | None = None  # Theorem 2.1: max |F(x) - sum_k F_k(x)|
     max_rel_error: float | None = None
     bytes_gathered: int | None = None
@@ -135,6 +138,7 @@ class Compose:
                 **{f"init_{k}": v for k, v in self.init_metrics.items()},
                 **{f"recalibrated_{k}": v for k, v in self.recalibrated_metrics.items()},
                 "init_eval_seconds": self.init_eval_seconds, "recalibrate_seconds": self.recalibrate_seconds,
+                "recalibrated_eval_seconds": self.recalibrated_eval_seconds,
                 "max_abs_error": self.max_abs_error, "max_rel_error": self.max_rel_error,
                 "bytes_gathered": self.bytes_gathered}
 
@@ -145,7 +149,8 @@ class Compose:
 
         return cls(seconds=d.get("seconds"), init_metrics=prefixed("init_") or _val_metrics(d),
                    recalibrated_metrics=prefixed("recalibrated_"), init_eval_seconds=d.get("init_eval_seconds"),
-                   recalibrate_seconds=d.get("recalibrate_seconds"), max_abs_error=d.get("max_abs_error"),
+                   recalibrate_seconds=d.get("recalibrate_seconds"),
+                   recalibrated_eval_seconds=d.get("recalibrated_eval_seconds"), max_abs_error=d.get("max_abs_error"),
                    max_rel_error=d.get("max_rel_error"), bytes_gathered=d.get("bytes_gathered"))
 
 
@@ -223,6 +228,7 @@ def ddc_sections(compose_info: dict, trained: dict, metric: str, sub_epochs: int
                       recalibrated_metrics=_val_metrics(trained["recalibrated"] or {}),
                       init_eval_seconds=trained["init_eval_seconds"],
                       recalibrate_seconds=trained["recalibrate_seconds"],
+                      recalibrated_eval_seconds=trained["recalibrated_eval_seconds"],
                       max_abs_error=compose_info["max_abs_error"], max_rel_error=compose_info["max_rel_error"],
                       bytes_gathered=compose_info["bytes_gathered"])
     return sub, compose, Phase.from_trained(trained)

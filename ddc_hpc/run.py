@@ -17,6 +17,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import time
 import tomllib
 from pathlib import Path
@@ -138,6 +139,10 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
     """Parse and check everything; raises BadInput before any work is done. Each of the
     `ranks_per_node` ranks of this node loads its own copy of the data."""
     config = load_config(args.config, args.set)
+    if config.run.budget and budget.parse_budget(config.run.budget) == budget.SLURM and comm.slurm_job() is None:
+        raise BadInput("run.budget = \"slurm\" takes its seconds from the SLURM job's time limit, but this run is "
+                       "not inside a SLURM job (no SLURM_JOB_ID): give the budget in seconds (run.budget=600) or as "
+                       "a duration (\"20min\"), or submit it with sbatch (docs/CLUSTER.md, 'Budgets')")
     d = config.decompose
     data = load_from_config(config, metadata_only=args.dry_run, copies_per_node=ranks_per_node)
     if not len(data.val):  # nothing to score, and the Theorem 2.1 check's probe batch comes from it
@@ -200,10 +205,10 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
     if config.run.precision == "fp16" and device == "cpu":
         raise BadInput("run.precision = 'fp16' needs GPUs (its gradient scaling is for CUDA's fp16 kernels); "
                        "on CPUs use 'bf16' or 'fp32'")
-    source = source_identity(config.data.source) | {"started_in": str(Path.cwd())}
-    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend, source=source,
+    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend,
                 share_rule=share_rule(config.run.sub_share_trials) if config.run.sub_share == budget.AUTO
-                and config.run.strategy != "random" and not (out / PLAN_FILE).exists() else None)  # a resume keeps its plan
+                and config.run.strategy != "random" and not (digests and (out / PLAN_FILE).exists())
+                else None)  # a resume keeps its plan; a folder where nothing trained may plan again
 
 
 def share_rule(path: str) -> dict:
@@ -221,6 +226,12 @@ def share_rule(path: str) -> dict:
         raise BadInput(f"run.sub_share_trials = {path!r} is not a trials file of python -m ddc_hpc.frontier tune "
                        f"({type(err).__name__}: {err})") from None
     return rule | {"trials": path, "trials_digest": "sha256:" + hashlib.sha256(content).hexdigest()[:16]}
+
+
+def identify_source(config: Config) -> dict:
+    """data.source as identified (source_identity: kind, resolved path, options, content digest) and
+    the directory the run started in: what results.json and every saved network record."""
+    return source_identity(config.data.source) | {"started_in": str(Path.cwd())}
 
 
 def finished_run(args: argparse.Namespace) -> dict | None:
@@ -441,7 +452,9 @@ def sub_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
             save_torch(_model_file(job.module, plan, plan.tiles[k]), plan.out / f"subnet_{k}.pt")
             trained[k] = (job.module, history, job.optimizer_state)
     comm.leave_sub_group(local)
-    return {"trained": trained, "seconds": time.perf_counter() - tic, "preempted": preempted,
+    here = time.perf_counter() - tic
+    return {"trained": trained, "seconds": here, "preempted": preempted,
+            "recorded_seconds": pieces_seconds(here, [history for _, history, _ in trained.values()]),
             "reach": local.size,
             "elapsed_start": started, "elapsed_end": plan.clock()}
 
@@ -489,7 +502,8 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
                                                       for net in _payload(*sub["trained"][k], carry)])
     summaries = comm.allgather(world, {"histories": {k: sub["trained"][k][1] for k in mine},
                                        "steps": {k: _adam_steps(sub["trained"][k][2]) for k in mine if carry},
-                                       "seconds": sub["seconds"], "preempted": sub["preempted"],
+                                       "seconds": sub["seconds"], "recorded_seconds": sub["recorded_seconds"],
+                                       "preempted": sub["preempted"],
                                        "reach": sub["reach"],
                                        "elapsed_start": sub["elapsed_start"], "elapsed_end": sub["elapsed_end"]},
                                "gathering sub-network metrics")
@@ -499,7 +513,7 @@ def compose_phase(plan: Plan, world: comm.World, sub: dict, log: Logger) -> tupl
         raise comm.Preempted(f"rank {stopped[0][0]} was stopped in the sub phase ({stopped[0][1]}); "
                              "every sub-network is checkpointed")
     gathered = comm.gatherv(world, flat)
-    info = {"seconds_sub": max(s["seconds"] for s in summaries), "histories": {},
+    info = {"seconds_sub": max(s["recorded_seconds"] for s in summaries), "histories": {},
             "reach_per_rank": [s["reach"] for s in summaries],
             "imbalance_seconds": max(s["seconds"] for s in summaries) - min(s["seconds"] for s in summaries),
             "sub_elapsed": (min(s["elapsed_start"] for s in summaries), max(s["elapsed_end"] for s in summaries))}
@@ -563,7 +577,9 @@ def _composed_adam_state(global_net: torch.nn.Module, exp_avg: torch.nn.Module, 
     """GNet-T's Adam state from the composed moments (zeros across blocks), the sub-networks'
     step count kept for Adam's bias correction; the param groups of GNet-T's own optimizer."""
     groups = make_optimizer(global_net.parameters(), config).state_dict()["param_groups"]
-    state = {i: {"step": torch.tensor(float(steps)), "exp_avg": m.detach().clone(), "exp_avg_sq": v.detach().clone()}
+    # Adam keeps its step count on the CPU (unless capturable or fused), the moments on the parameters' device
+    state = {i: {"step": torch.tensor(float(steps), device="cpu"), "exp_avg": m.detach().clone(),
+                 "exp_avg_sq": v.detach().clone()}
              for i, (m, v) in enumerate(zip(exp_avg.parameters(), exp_avg_sq.parameters()))}
     return {"state": state, "param_groups": groups}
 
@@ -586,27 +602,43 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
               checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
               progress_seconds=cfg.run.progress_seconds, log=log, clock=plan.clock, optimizer_state=optimizer_state)
     timed = {"history": [], "initial": None, "recalibrated": None, "init_eval_seconds": 0.0,
-             "recalibrate_seconds": 0.0}
-    if name == "global":  # GNet-T before training: timed apart, not part of compose or global seconds
-        setup, tic = time.perf_counter() - tic, time.perf_counter()
+             "recalibrate_seconds": 0.0, "recalibrated_eval_seconds": 0.0}
+    if name == "global":  # GNet-T before training, each part timed apart: in neither compose's nor global's seconds
+        setup = time.perf_counter() - tic
         scored = phase_cfg.eval_every != 0  # 0: GNet-T is scored only after its last epoch
+
+        def timed_part(key: str, work) -> dict:
+            part = time.perf_counter()
+            done = work()
+            timed[key] = time.perf_counter() - part
+            return done
+
+        def score():
+            return evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
+
         if scored and (phase_cfg.evaluate_before_recalibration or not phase_cfg.bn_recalibrate_batches):
-            timed["initial"] = evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
-        timed["init_eval_seconds"] = time.perf_counter() - tic
+            timed["initial"] = timed_part("init_eval_seconds", score)
         if phase_cfg.bn_recalibrate_batches:  # statistics of full images, not the tiles' (measured both)
-            tic = time.perf_counter()
-            recalibrate_bn(job.module, job.data, world.device, phase_cfg.bn_recalibrate_batches,
-                           phase_cfg.batch_size, job.seed, precision=cfg.run.precision)
+            timed_part("recalibrate_seconds", lambda: recalibrate_bn(
+                job.module, job.data, world.device, phase_cfg.bn_recalibrate_batches, phase_cfg.batch_size, job.seed,
+                precision=cfg.run.precision))
             if scored:
-                timed["recalibrated"] = evaluate(ddp, job.data, world.device, plan.task, precision=cfg.run.precision)
-            timed["recalibrate_seconds"] = time.perf_counter() - tic
+                timed["recalibrated"] = timed_part("recalibrated_eval_seconds", score)
         tic = time.perf_counter() - setup
     started = plan.clock()
     timed["history"] = run_job(job, world, name, plan)
     release(ddp)
     if world.is_root:
         save_torch(_model_file(job.module, plan), plan.out / ("model.pt" if name == "global" else "random_model.pt"))
-    return timed | {"seconds": time.perf_counter() - tic, "elapsed_start": started, "elapsed_end": plan.clock()}
+    return timed | {"seconds": pieces_seconds(time.perf_counter() - tic, [timed["history"]]),
+                    "elapsed_start": started, "elapsed_end": plan.clock()}
+
+
+def pieces_seconds(here: float, histories: list[list[dict]]) -> float:
+    """A phase's seconds across a stop and resume: what this process spent on it (`here`), or, when
+    more, the sum of the recorded pieces, its epochs' seconds (every process that trained them: a
+    resumed epoch's row carries its earlier part) over the histories one after the other."""
+    return max(here, sum(row["seconds"] for history in histories for row in history))
 
 
 CALIBRATION_STEPS, CALIBRATION_WARMUP = 3, 1  # timed and untimed training steps per phase
@@ -720,20 +752,53 @@ def _budget_costs(plan: Plan, measured: dict, world: comm.World) -> tuple[dict, 
     return calibration, fixed, rates
 
 
-def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = False) -> dict:
-    """run.budget's plan: the one recorded in the out dir (a resume never plans anew), or a new one
-    from a calibration, written to plan.json before any training. A budget too small for the
-    calibration, the fixed costs and one step of each phase stops the job with exit 2."""
-    recorded = None
+def plan_binding(plan: Plan, world: comm.World) -> dict:
+    """What a budget plan is made for: the settings that shape it (the training digest: budget, sub
+    share, phases, data, model ...), the rank count it was calibrated at and the strategies it plans."""
+    return {"config_digest": plan.config.digest(), "ranks": world.size, "strategies": plan.strategies}
+
+
+def binding_differences(recorded: dict, current: dict) -> list[str]:
+    """How the job a plan was made for (`recorded`, plan.json's `made_for`) differs from `current`."""
+    names = {"config_digest": "the configuration digest", "ranks": "the rank count", "strategies": "the strategies"}
+    return [f"{names[key]} {recorded.get(key)} -> {value}" for key, value in current.items()
+            if recorded.get(key) != value]
+
+
+def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = False, fresh_out: bool = False) -> dict:
+    """run.budget's plan: the one recorded in the out dir for this very job (a resume never plans
+    anew), or a new one from a calibration, written to plan.json before any training. A recorded
+    plan made for another job (settings, rank count, strategies) is made anew while nothing has
+    trained, and refused (exit 2, the difference named) once something has. A budget too small for
+    the calibration, the fixed costs and one step of each phase stops the job with exit 2, and
+    removes the out dir when this run made it (`fresh_out`)."""
+    recorded, refusal, binding = None, None, plan_binding(plan, world)
     if world.is_root and (plan.out / PLAN_FILE).exists():
         recorded = json.loads((plan.out / PLAN_FILE).read_text())
-    recorded = comm.bcast(world, recorded, "reading the recorded budget plan")
+        differences = binding_differences(recorded.get("made_for", {}), binding)
+        if differences and checkpointed(plan):
+            refusal = (f"{plan.out / PLAN_FILE} holds a budget plan made for another job ({'; '.join(differences)}) "
+                       "and the run has checkpoints trained to it: a plan is never changed under a run that "
+                       "has started. Rerun with the settings it was made for, or choose a new --out")
+        elif differences:
+            log(f"[budget] the recorded plan was made for another job ({'; '.join(differences)}) and nothing has "
+                "trained yet: planning anew")
+            recorded = None
+    recorded, refusal = comm.bcast(world, (recorded, refusal), "reading the recorded budget plan")
+    if refusal is not None:
+        raise comm.collective_error(refusal)
     if recorded is not None:
         plan.clock.resume_at(recorded["calibration_end"])
         log(f"[budget] the recorded plan ({plan.out / PLAN_FILE}); no new calibration")
         return recorded
-    slurm = budget.parse_budget(plan.config.run.budget) == budget.SLURM
-    left = budget.parse_slurm_time(comm.slurm_time_left() or "") if slurm else None  # before calibrating
+    spec, count = budget.parse_budget(plan.config.run.budget), len(plan.strategies)
+    # rank 0 alone asks squeue (before calibrating) and plans; the plan reaches the others
+    left = budget.parse_slurm_time(comm.slurm_time_left() or "") if spec == budget.SLURM and world.is_root else None
+    each = f"{spec:g} s" if spec != budget.SLURM else "an equal share of the SLURM job's time left"
+    log(f"[budget] this job takes {count} strateg{'ies' if count > 1 else 'y'} x {each}"
+        + (", one after the other," if count > 1 else "") + " + start-up"
+        + ("; this dry run calibrates too (on the real ranks, as the run will) and plans, trains nothing: the run "
+           "calibrates afresh and may plan a little differently" if dry_run else ""))
     log(f"[budget] calibrating: {CALIBRATION_WARMUP} + {CALIBRATION_STEPS} steps and one score per phase "
         "(on the clock, charged to the budgets)")
     measured = calibrate_phase(plan, world, log)
@@ -752,9 +817,13 @@ def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = Fal
             made = budget.plan_budget(budgets, calibration, fixed, rates,
                                       {n: plan.phase(n).eval_every for n in phases},
                                       {n: plan.phase(n).warmup_epochs for n in phases}, share)
-            made |= chosen | {"spec": plan.config.run.budget, "measured": measured, "calibration_end": plan.clock()}
+            made |= chosen | {"spec": plan.config.run.budget, "measured": measured, "calibration_end": plan.clock(),
+                              "made_for": binding}
         except ValueError as err:
             error = f"run.budget = {plan.config.run.budget!r}: {err}"
+            if fresh_out and not dry_run:  # nothing of this run is worth keeping: its folder goes too
+                shutil.rmtree(plan.out, ignore_errors=True)
+                error += f" ({plan.out}, made by this run, is removed again)"
     made, error = comm.bcast(world, (made, error), "sharing the budget plan")
     if error is not None:
         raise comm.collective_error(error)
@@ -774,8 +843,9 @@ def budget_record(made: dict, elapsed: dict[str, float]) -> dict:
 def pipeline(args: argparse.Namespace) -> None:
     world = comm.init_world()
     args.out = args.out or str(default_out(args))
-    finished, error = None, None
+    finished, error, fresh_out = None, None, False
     if world.is_root:  # one reader decides for all, before anything is written
+        fresh_out = not Path(args.out).exists()  # this run makes its out dir (removed again if the budget is refused)
         try:
             finished = finished_run(args)
         except BadInput as err:
@@ -799,6 +869,8 @@ def pipeline(args: argparse.Namespace) -> None:
     comm.raise_first_bad_input(world, error)
     cfg = plan.config
     comm.agree(world, (cfg.full_digest(), code_version()), "the configuration and code version")
+    if not args.dry_run:  # one rank reads (hashes) the data file, once; a dry run reads no sample
+        plan.source = comm.bcast(world, identify_source(cfg) if world.is_root else None, "identifying the data source")
     if args.dry_run:  # refuses what the run would refuse, choosing nothing
         refusal = rank_count_refusal(plan.out, checkpointed(plan), world.size)
         comm.raise_first_bad_input(world, BadInput(refusal) if refusal else None)
@@ -823,7 +895,7 @@ def pipeline(args: argparse.Namespace) -> None:
         atomic_write(plan.out / "config.toml", cfg.to_toml().encode())
     comm.install_stop_handlers()
     if cfg.run.budget:
-        plan.budget = budget_phase(plan, world, log)
+        plan.budget = budget_phase(plan, world, log, fresh_out=fresh_out)
     log(report.plan_text(plan, world, threads))
     results = Results(strategy=cfg.run.strategy, world_size=world.size, partitions=plan.partitions,
                       model=cfg.model.name, dataset=cfg.data.source, threads=threads, device=str(world.device),
@@ -872,7 +944,7 @@ def run_here(argv: list[str]) -> int:
     runs whole jobs in its pytest-mpi stages): the exit code main() would exit with, and the process
     left as it was (comm.run_contained; raises comm.RankFailed where main() would abort the job)."""
     args = parse_args(argv)
-    return comm.run_contained(lambda: pipeline(args), debug=args.debug)
+    return comm.run_contained(lambda: resumable(args), debug=args.debug)
 
 
 if __name__ == "__main__":

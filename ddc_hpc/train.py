@@ -174,8 +174,11 @@ def steps_per_epoch(config: PhaseConfig, samples: int) -> int:
 def lr_at(config: PhaseConfig, epoch: int, step: int, steps: int) -> float:
     """The lr of a step (pure): linear warm-up over `warmup_epochs`, then the milestone factors
     (schedule "step"), or a cosine or linear decay over the rest of the phase that reaches zero at
-    its last step (annealed at the end, as budgeted training wants it)."""
-    t, warm = epoch * steps + step, round(config.warmup_epochs * steps)
+    its last step (annealed at the end, as budgeted training wants it): a decayed phase keeps at least
+    its last step out of the warm-up, so every phase, of one step or more, ends at lr 0."""
+    t, warm, total = epoch * steps + step, round(config.warmup_epochs * steps), config.epochs * steps
+    if config.schedule != "step":
+        warm = min(warm, max(total - 2, 0))  # one step at the warmed-up lr, then the decay's last at zero
     lr = config.lr
     if t < warm:
         return lr * (t + 1) / warm
@@ -184,7 +187,7 @@ def lr_at(config: PhaseConfig, epoch: int, step: int, steps: int) -> float:
             if epoch >= milestone:
                 lr *= factor
         return lr
-    progress = min((t - warm) / max(config.epochs * steps - warm - 1, 1), 1.0)  # 1 at the last step: lr 0
+    progress = min((t - warm) / (total - warm - 1), 1.0) if total - warm > 1 else 1.0  # 1 at the last step: lr 0
     return lr * (0.5 * (1 + math.cos(math.pi * progress)) if config.schedule == "cosine" else 1 - progress)
 
 
@@ -226,8 +229,9 @@ def evaluate(model: nn.Module, data: PhaseData, device: torch.device, task: Task
     was_training = model.training
     model.eval()
     indices = np.asarray(shard_range(len(data.val), comm.group_rank(group), comm.group_size(group)))
-    # loss, then top-1 hits and top-5 hits (classification) or |error| and error^2 sums, elements, samples
-    sums = torch.zeros(5, dtype=torch.float64)
+    # loss, then top-1 hits and top-5 hits (classification) or |error| and error^2 sums, elements, samples;
+    # on the host, as the outputs they count (gloo reduces CPU tensors beside NCCL's CUDA ones)
+    sums = torch.zeros(5, dtype=torch.float64, device="cpu")
     for start in range(0, len(indices), batch_size):
         images, labels = data.val.read(indices[start : start + batch_size])
         x = make_batch(images, mean=data.mean, tile=data.tile, augment=False, generator=None)
@@ -239,11 +243,11 @@ def evaluate(model: nn.Module, data: PhaseData, device: torch.device, task: Task
         if task.name == "classification":
             top = output.topk(min(5, output.shape[1]), dim=1).indices
             hits = [(top[:, 0] == target).sum().item(), (top == target[:, None]).any(dim=1).sum().item()]
-            sums += torch.tensor([loss, *hits, len(target), len(target)], dtype=torch.float64)
+            sums += torch.tensor([loss, *hits, len(target), len(target)], dtype=torch.float64, device="cpu")
         else:
             error = output - target.float().reshape(output.shape)
             sums += torch.tensor([loss, error.abs().sum().item(), error.pow(2).sum().item(), error.numel(),
-                                  len(target)], dtype=torch.float64)
+                                  len(target)], dtype=torch.float64, device="cpu")
     comm.all_reduce_sum(sums, group)
     model.train(was_training)
     loss, first, second, elements, samples = sums.tolist()
@@ -258,8 +262,9 @@ def combine_moments(parts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(count, mean, M2) of the union of disjoint parts given as (count, mean, M2) each, M2 being the
     sum of squared deviations from the part's mean (per channel): Chan, Golub and LeVeque's
     parallel formula, M2 = sum_i M2_i + sum_i n_i (mean_i - mean)^2, exact where averaging the
-    parts' variances would drop the spread of their means."""
-    counts = torch.stack([torch.as_tensor(n, dtype=torch.float64) for n, _, _ in parts])
+    parts' variances would drop the spread of their means. Counts (tensors or Python numbers) are
+    taken to the means' device: on a GPU a CPU count would meet CUDA means."""
+    counts = torch.stack([torch.as_tensor(n, dtype=torch.float64, device=m.device) for n, m, _ in parts])
     means = torch.stack([m.double() for _, m, _ in parts])
     count = counts.sum(0)
     mean = (counts.reshape(-1, *[1] * (means.dim() - 1)) * means).sum(0) / count
@@ -268,10 +273,11 @@ def combine_moments(parts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(count, mean, M2) per channel (dim 1) of one BatchNorm input, in float64."""
+    """(count, mean, M2) per channel (dim 1) of one BatchNorm input, in float64, on its device."""
     x = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)
     mean = x.mean(1)
-    return torch.tensor(float(x.shape[1]), dtype=torch.float64), mean, ((x - mean[:, None]) ** 2).sum(1)
+    count = torch.tensor(float(x.shape[1]), dtype=torch.float64, device=x.device)
+    return count, mean, ((x - mean[:, None]) ** 2).sum(1)
 
 
 @torch.no_grad()
@@ -310,8 +316,9 @@ def recalibrate_bn(model: nn.Module, data: PhaseData, device: torch.device, batc
             hook.remove()
         model.train(was_training)
     for m in norms:
-        count, mean, m2 = moments.get(m, (torch.zeros((), dtype=torch.float64), torch.zeros(m.num_features,
-                                          dtype=torch.float64), torch.zeros(m.num_features, dtype=torch.float64)))
+        none = dict(dtype=torch.float64, device=m.running_mean.device)  # a rank with no batch: nothing seen
+        count, mean, m2 = moments.get(m, (torch.zeros((), **none), torch.zeros(m.num_features, **none),
+                                          torch.zeros(m.num_features, **none)))
         total = comm.all_reduce_sum(torch.cat([count.reshape(1), count * mean]), group)  # a rank may have no batch
         overall = total[1:] / total[0]
         m2 = comm.all_reduce_sum(m2 + count * (mean - overall) ** 2, group)  # combine_moments over the ranks
@@ -473,7 +480,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         model.train()
         tic = time.perf_counter()
         resumed = epoch == start_epoch and start_step > 0
-        loss_sum = torch.tensor(partial["loss"][peer] if resumed else 0.0, dtype=torch.float64)
+        loss_sum = torch.tensor(partial["loss"][peer] if resumed else 0.0, dtype=torch.float64, device="cpu")
         seen = partial["seen"][peer] if resumed else 0
         earlier_seconds = partial["seconds"] if resumed else 0.0
         skipped = partial.get("skipped", 0) if resumed else 0  # fp16 steps GradScaler skipped this epoch
@@ -508,7 +515,8 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                 recalibrate_bn(job.module, data, device, cfg.bn_recalibrate_batches, cfg.batch_size, job.seed,
                                job.group, precision=job.precision)
             metrics = evaluate(model, data, device, job.task, job.group, precision=job.precision)
-        totals = comm.all_reduce_sum(torch.tensor([loss_sum.item(), seen], dtype=torch.float64), job.group)
+        totals = comm.all_reduce_sum(torch.tensor([loss_sum.item(), seen], dtype=torch.float64, device="cpu"),
+                                     job.group)
         samples = int(totals[1].item())
         row = {"phase": job.name, "epoch": epoch + 1, "loss": totals[0].item() / max(samples, 1), **metrics,
                "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds, "train_samples": samples,

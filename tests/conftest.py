@@ -273,6 +273,17 @@ def results(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+def assert_seconds_cover_the_recorded_pieces(result: dict) -> None:
+    """After a stop and resume each phase's seconds still count every process that ran it: at least
+    its epochs' recorded seconds (a resumed epoch's row carries its earlier part), not only what the
+    last process spent (a sub phase loaded from checkpoints took that one a fraction of a second)."""
+    for k, history in enumerate(result.get("sub", {}).get("histories", [])):
+        assert result["sub"]["seconds"] >= sum(row["seconds"] for row in history) > 0, k
+    for phase in ("global", "random"):
+        if phase in result:
+            assert result[phase]["seconds"] >= sum(row["seconds"] for row in result[phase]["history"]) > 0, phase
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One finished TINY run (strategy both) at this stage's world size, shared by tests that only

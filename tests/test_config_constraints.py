@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import results, run_pipeline_here
 from ddc_hpc import config as config_module
+from ddc_hpc.budget import budgets_per_strategy
 from ddc_hpc.config import SECTIONS, Check, _coerce, key, load_config, phases
 from ddc_hpc.data import make_batch
 from ddc_hpc.errors import BadInput
@@ -111,6 +112,13 @@ ABSURD = st.one_of(
 )
 
 
+# run.budget: numbers in any notation, durations, "slurm" (there is no SLURM job here), junk
+BUDGETS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e-05, 2.5e-300, 0.0, 7]),
+                    st.builds("{}{}".format, st.floats(-1, 1e6).map(lambda x: f"{x:.3g}"),
+                              st.sampled_from(["", "s", " min", "h", "x", "sec", "1"])),
+                    st.sampled_from(["slurm", "SLURM", "1e-05", "1E3s", ".5h", "-5", "inf", ""]), st.text(max_size=6))
+
+
 def _hints(section: str) -> dict:
     return typing.get_type_hints(type(SECTIONS[section].default_factory()))
 
@@ -132,6 +140,8 @@ def _plausible(section: str, name: str):
         low = check.at_least if check.at_least is not None else (check.above or 0.0)
         high = check.at_most if check.at_most is not None else (check.below if check.below is not None else 4.0)
         value = st.one_of(st.floats(min_value=low, max_value=high), st.sampled_from([low, high, low - 0.5]))
+    elif kind == float | str:
+        value = BUDGETS
     else:
         value = st.just(getattr(SECTIONS[section].default_factory(), name))
     return st.lists(value, max_size=4).map(tuple) if element is not kind else value
@@ -154,6 +164,8 @@ def assert_trains(plan) -> None:
     the optimizer and plateau rule accept them, every step's lr is a finite number, the seeds and
     the collective deadline are in range, and a batch of the sub-networks' tiles can be made."""
     cfg, n = plan.config, len(plan.data.train)
+    if cfg.run.budget:  # seconds each strategy is planned for (no SLURM job here: "slurm" was refused)
+        assert budgets_per_strategy(cfg.run.budget, ["ddc", "random"], None)["ddc"] > 0
     for name, p, epochs in phases(cfg):
         p = dataclasses.replace(p, epochs=epochs)
         param = torch.nn.Parameter(torch.ones(3))
@@ -191,6 +203,23 @@ def test_a_config_is_refused_before_any_work_or_it_trains(settings_, tmp_path_fa
         assert str(err).strip(), overrides
         return
     assert_trains(plan)
+
+
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=BUDGETS)
+def test_a_budget_the_run_would_refuse_is_refused_before_any_work(value, tmp_path_factory):
+    """Every budget prepare lets through is one the run plans with (seconds, in any notation);
+    whatever it refuses ("slurm" outside a SLURM job included) is refused before the out dir exists."""
+    out = tmp_path_factory.mktemp("budget") / "run"
+    overrides = [*BASE, "sub.schedule=linear", "global.schedule=linear", "random.schedule=linear",
+                 _override("run", "budget", value)]
+    args = argparse.Namespace(config=None, set=overrides, out=str(out), resume=False, dry_run=False, debug=False)
+    try:
+        plan = prepare(args)
+    except BadInput as err:
+        assert str(err).strip() and not out.exists(), overrides
+        return
+    assert not plan.config.run.budget or budgets_per_strategy(plan.config.run.budget, ["ddc", "random"], None)["ddc"] > 0
 
 
 @pytest.mark.ranks(1)

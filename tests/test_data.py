@@ -345,11 +345,15 @@ def test_cli(tmp_path, npz_split, arrays, capsys):
     out = capsys.readouterr().out
     assert "(verified)" in out and "c9" in out and "train     200 images, shape (200, 32, 32, 3)" in out
     assert "test      40 images" in out
+    assert main(["info", str(npz_split)]) == 0  # an npz, which run.py reads too, says what it is
+    out = capsys.readouterr().out
+    assert "format    npz (numpy archive" in out and "train     200 images, shape (200, 32, 32, 3)" in out
+    assert "test      40 images" in out and "c9" in out
     np.savez(tmp_path / "bad.npz", x=x, y=y - 1)  # a label -1
     for args, message in ((["import", "npz", str(npz_split), str(tmp_path / "ok.h5")], "already exists"),
                           (["import", "cifar10", str(tmp_path), str(tmp_path / "c.h5")], "cifar-10-batches-py"),
                           (["import", "npz", str(tmp_path / "x.npz"), str(tmp_path / "no" / "x.h5")], "does not exist"),
-                          (["info", str(npz_split)], "not HDF5")):
+                          (["info", str(npz_split), "--verify"], "records no content checksum")):
         assert main(args) == 2, args
         assert message in capsys.readouterr().err
     # as a user runs it (test_serial_tools launches it): exit status 2, one message, no traceback

@@ -74,6 +74,7 @@ def test_results_keep_each_ranks_reach_and_no_collective_counter():
             "sub_elapsed": (0.0, 1.0), "seconds": 0.1, "max_abs_error": 0.0, "max_rel_error": 0.0,
             "bytes_gathered": 4}
     trained = {"initial": None, "recalibrated": None, "init_eval_seconds": 0.0, "recalibrate_seconds": 0.0,
+               "recalibrated_eval_seconds": 0.0,
                "history": [row], "seconds": 1.0, "elapsed_start": 1.0, "elapsed_end": 2.0}
     sub, _, _ = ddc_sections(info, trained, "val_accuracy", 1)
     written = Results(model="m", partitions=1, sub=sub).to_dict()["sub"]

@@ -49,7 +49,7 @@ def test_a_rerun_of_the_plain_command_prints_the_finished_table(tmp_path, monkey
         main([])
     printed = capsys.readouterr().out
     assert exited.value.code == 0 and "runs/quickstart finished earlier" in printed
-    assert "GNet-T, trained" in printed and not (out / "checkpoints").exists()
+    assert "GNet-T trained" in printed and not (out / "checkpoints").exists()
 
 
 def test_ddcs_total_is_the_same_sum_in_the_table_the_report_and_the_figure(monkeypatch, tmp_path):
@@ -58,9 +58,8 @@ def test_ddcs_total_is_the_same_sum_in_the_table_the_report_and_the_figure(monke
     table = report.table(results)
     assert f"wall time {report.DDC_TOTAL} {total:.1f} s" in table
     assert report.time_rows(results)[report.DDC_TOTAL] == f"{total:.1f}"
-    # the composed net's row shows its evaluation's seconds, compose's own row its 0.3 s
-    assert any(line.startswith("GNet-T, composed, not trained: evaluation") and line.endswith("1.5")
-               for line in table.splitlines())
+    # the composed net's score shows its seconds, compose's own row its 0.3 s
+    assert any(line.startswith("  GNet-T as composed: scored") and line.endswith("1.5") for line in table.splitlines())
     assert any(line.startswith("  compose: Gatherv") and line.endswith("0.3") for line in table.splitlines())
     figures = []
     plt = report.pyplot()

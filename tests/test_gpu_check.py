@@ -17,6 +17,7 @@ from conftest import REPO, job
 
 SCRIPT = REPO / "tools" / "gpu_check.sh"
 FAMILIES = ("resnet18", "cnn11", "vgg11", "cnn3d", "resnet3d", "cnn1d", "mlp", "gru")  # the script's order
+NEW_CHECKS = ("theorem", "budget", "resume", "fused")  # issue 29: between the families and the 2-rank checks
 
 
 def _run(out: Path, *args: str, budget: str = "420", timeout: float = 400) -> subprocess.CompletedProcess:
@@ -30,14 +31,28 @@ def test_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
 
 
+def test_help_lists_every_check():
+    """Issue 29 item 4: --help names every check a GPU machine runs (one line of stdout each at the end)."""
+    shown = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0
+    listed = set(shown.stdout.replace("family-<model>", " ".join(f"family-{m}" for m in FAMILIES)).split())
+    for name in ("1rank-fp32", "1rank-bf16", "1rank-fp16", *NEW_CHECKS, "2rank-nccl", "2rank-gloo", "2rank-mpi4py",
+                 "ratio-fp32", "ratio-bf16"):
+        assert name in listed, name
+    assert all(m in shown.stdout for m in FAMILIES)
+
+
 def test_cpu_smoke_runs_a_check_and_writes_the_report(tmp_path):
     done = _run(tmp_path, "--cpu-smoke", budget="0")
     report = (tmp_path / "report.md").read_text()
     assert done.returncode == 1, done.stderr[-3000:]  # the checks after the budget are not passes
     assert "CPU smoke: plumbing only, no GPU numbers" in report
     assert "| 1rank-bf16 | 1 | 0 |" in report
-    families = ", ".join(f"family-{m}" for m in FAMILIES)
-    assert f"skipped (time budget spent): 1rank-fp32, {families}, 2rank-gloo, ratio-fp32" in report
+    later = ["1rank-fp32", *(f"family-{m}" for m in FAMILIES), *NEW_CHECKS, "2rank-gloo", "ratio-fp32"]
+    assert f"skipped (time budget spent): {', '.join(later)}" in report
+    lines = done.stdout.splitlines()  # one line per check, then where the report is
+    assert lines[0].startswith("PASS 1rank-bf16 (") and lines[-1] == f"report: {tmp_path / 'report.md'}"
+    assert lines[1:-1] == [f"SKIP {name} (0 s) (time budget spent)" for name in later]
     r = json.loads((tmp_path / "1rank-bf16.results.json").read_text())
     assert r["precision"] == "bf16" and r["device"] == "cpu"
 

@@ -41,7 +41,7 @@ def test_pipeline_completes_with_every_promised_key(ranks, tiny_run):
                  "accuracy.png", "phase_seconds.png", *(f"subnet_{k}.pt" for k in range(4))):
         assert (out / name).exists(), name
     assert len(list((out / "logs").glob("rank*.log"))) == ranks
-    assert "GNet-T, composed, not trained" in done.stdout
+    assert "GNet-T as composed: scored" in done.stdout and "DDC total" in done.stdout
 
 
 @pytest.mark.ranks(1)
@@ -229,7 +229,8 @@ def test_schedules_and_bn_recalibration_through_the_pipeline(mpi_tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     r = results(out)
     assert 0 <= r["compose"]["recalibrated_val_accuracy"] <= 1 and r["compose"]["recalibrate_seconds"] > 0
-    assert "GNet-T, BN recalibrated" in done.stdout
+    assert "GNet-T BN recalibration (full images)" in done.stdout and "GNet-T BN-recalibrated: scored" in done.stdout
+    assert r["compose"]["recalibrated_eval_seconds"] > 0
     glob, rand = r["global"]["history"], r["random"]["history"]
     assert glob[-1]["lr"] < 0.2 * glob[0]["lr"]  # cosine: near zero at the end of the phase
     assert [row["lr"] for row in rand] == pytest.approx([2e-3, 1e-3, 1e-4])
@@ -271,7 +272,7 @@ def test_rerunning_a_finished_run_rewrites_nothing_at_one_and_two_ranks(ranks, t
     again = run_pipeline_here(out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "finished earlier (results.json written " in again.stdout, again.stdout
-    assert "GNet-T, trained" in again.stdout and f"written to {out}/" in again.stdout
+    assert "GNet-T trained (global)" in again.stdout and f"written to {out}/" in again.stdout
     assert again.stdout.count("finished earlier") == 1  # rank 0 speaks for all
     assert _snapshot(out) == before, f"rerun at {ranks} rank(s) changed the finished run"
     changed = run_pipeline_here(out, "sub.lr=0.1")
@@ -318,4 +319,4 @@ def test_no_global_epochs_reports_the_composed_network_as_gnet_t(tmp_path):
     r = results(out)
     assert "init_val_accuracy" not in r["compose"]
     assert r["global"]["epochs"] == 0 and r["global"]["val_accuracy"] == r["compose"]["recalibrated_val_accuracy"]
-    assert "GNet-T, trained" in done.stdout
+    assert "GNet-T trained (global)" in done.stdout

@@ -74,9 +74,11 @@ def test_tables_have_the_papers_rows_one_column_per_run():
     top5 = rows_of(text, "top-5 [%]")
     assert top5["SNet-k, each (range over k)"][0] == "80.00-83.00" and top5["GNet-T-trained"][0] == "95.00"
     seconds = rows_of(text, "seconds")
-    assert seconds["SNets, in parallel (sub)"] == ["2.5", "2.5", "-"]
-    assert seconds["DDC total (sub + compose + evaluation + global)"] == ["7.0", "7.0", "-"]
-    assert seconds["GNet-R training (random)"] == ["12.0", "-", "12.0"]
+    assert seconds["DDC: SNets trained side by side (sub)"] == ["2.5", "2.5", "-"]
+    assert seconds["DDC total"] == ["7.0", "7.0", "-"]
+    assert seconds["GNet-R: GNet-R trained (random)"] == ["12.0", "-", "12.0"]
+    assert seconds["GNet-R total"] == ["12.0", "-", "12.0"]
+    assert seconds["DDC: calibration (the budget's plan)"] == ["-", "-", "-"] and seconds["DDC budget"] == ["-"] * 3
     assert seconds["DDC / GNet-R"] == ["0.58", "-", "-"]
     assert seconds["one SNet epoch (slowest)"][0] == "1.00" and seconds["one GNet-T epoch"][0] == "4.00"
     assert seconds["one GNet-R epoch"] == ["4.00", "-", "4.00"]
@@ -118,7 +120,7 @@ def test_cli_on_finished_runs_writes_tables_and_figures(tiny_run, tmp_path):
     assert top1["GNet-R-trained"] == [f"{100 * r['random']['val_accuracy']:.2f}", "-"]
     snets = sorted(r["sub"]["per_subnet_val_accuracy"])
     assert top1["SNet-k, each (range over k)"][0].startswith(f"{100 * snets[0]:.2f}")
-    assert rows_of(text, "seconds")["GNet-R training (random)"][0] == f"{r['random']['seconds']:.1f}"
+    assert rows_of(text, "seconds")["GNet-R: GNet-R trained (random)"][0] == f"{r['random']['seconds']:.1f}"
     assert "top-5 [%]" in text  # 10 classes
     for name in ("accuracy.png", "time_to_accuracy.png", "phase_seconds.png"):
         assert (tmp_path / "report" / name).read_bytes()[:8] == PNG
@@ -193,10 +195,10 @@ def test_regression_runs_get_rmse_and_mae_tables_beside_classification(tmp_path)
 
 def test_the_run_table_shows_each_subnetworks_seconds_and_where_the_run_is():
     text = report.table(Results.from_dict(fabricated("both")["results"]), "runs/first")
-    lines = {line[:38].strip(): line[38:].split() for line in text.splitlines()}
-    for k in range(4):
-        assert lines[f"SNet-{k} (own tile)"][-1] == "2.0"  # two 1.0 s epochs of its own
-    assert lines["sub phase: 4 SNets on 4 ranks"] == ["2.5"]
+    lines = {line[:44].strip(): line[44:].split() for line in text.splitlines()}
+    for k in range(4):  # two 1.0 s epochs of its own, inside the sub phase's row: no seconds of its own
+        assert lines[f"SNet-{k} (own tile, 2.0 s of the sub phase)"] == [f"{30 + 10 + k:.2f}%"]
+    assert lines["SNets trained side by side (sub)"] == ["2.5"]
     assert text.splitlines()[-1].startswith("written to runs/first/")
 
 
@@ -216,3 +218,62 @@ def test_a_tiny_compose_bar_is_still_drawn(tmp_path):
     orange = (abs(pixels - [1.0, 0.498, 0.055]).max(axis=-1) < 0.02)  # matplotlib's C1, the compose colour
     legend_rows = orange[int(0.85 * len(orange)):]  # the legend's patch sits below the axes
     assert orange.sum() - legend_rows.sum() > 50, "the compose bar is not visible in the plot area"
+
+
+def budgeted(run: dict) -> dict:
+    """`run` as a budgeted run records it: 10 s budgets, 1.5 s of calibration each, GNet-T's start
+    part by part (a BN recalibration, no score: global.eval_every = 0)."""
+    r = copy.deepcopy(run)
+    r["results"]["compose"] |= {"init_val_accuracy": None, "val_accuracy": None, "init_val_top5": None,
+                                "init_eval_seconds": 0.0, "recalibrate_seconds": 0.7, "recalibrated_eval_seconds": 0.0}
+    r["results"]["budget"] = {"budget_seconds": {"ddc": 10.0, "random": 10.0},
+                              "calibration_seconds": {"ddc": 1.5, "random": 1.5},
+                              "elapsed_seconds": {"ddc": 10.7, "random": 9.8}, "landed": {"ddc": 1.07, "random": 0.98}}
+    return r
+
+
+def test_a_budgeted_runs_table_adds_up_and_ends_with_its_verdict():
+    results = Results.from_dict(budgeted(fabricated("both"))["results"])
+    table = report.table(results, "runs/x")
+    lines = table.splitlines()
+
+    def seconds_of(prefix: str) -> float:
+        return float(next(line for line in lines if line.startswith(prefix)).split()[-1])
+
+    ddc_parts = [seconds_of("  " + report.SEGMENT_LABELS[p]) for p in
+                 ("calibration", "sub", "compose", "recalibrate", "global")]
+    assert ddc_parts == [1.5, 2.5, 0.5, 0.7, 4.0]  # every part once, in its own row
+    assert seconds_of(f"  {report.DDC_TOTAL}") == pytest.approx(sum(ddc_parts))
+    assert seconds_of(f"  {report.RANDOM_TOTAL}") == 13.5
+    assert "scored" not in table and "evaluat" not in table  # nothing was scored before training: no such row
+    assert "budget DDC 10 s: val_accuracy 70.00 % on the validation split, elapsed 10.7 s, landed at 1.070" in table
+    assert "budget GNet-R 10 s: val_accuracy 60.00 % on the validation split, elapsed 9.8 s, landed at 0.980" in table
+    assert "DDC got further: val_accuracy 70.00 % against val_accuracy 60.00 %, 10.00 points ahead" in table
+    assert table.index("DDC got further") > table.index(f"wall time {report.DDC_TOTAL}")
+
+
+def test_the_report_gives_a_budgeted_runs_budget_elapsed_and_landing(tmp_path):
+    runs = typed(budgeted(fabricated("both")), fabricated("ddc"))
+    seconds = rows_of(report.markdown(runs), "seconds")
+    assert seconds["DDC budget"] == ["10", "-"] and seconds["GNet-R elapsed"] == ["9.8", "-"]
+    assert seconds["DDC landing (elapsed / budget)"] == ["1.070", "-"]
+    assert seconds["DDC: GNet-T BN recalibration (full images)"] == ["0.7", "-"]
+    assert "budget DDC 10 s, GNet-R 10 s" in report.markdown(runs)
+    longer = budgeted(fabricated("both"))
+    longer["name"], longer["results"]["budget"]["budget_seconds"] = "run-long", {"ddc": 20.0, "random": 20.0}
+    longer["results"]["global"]["val_accuracy"] = 0.8
+    frontier = rows_of(report.markdown(typed(longer) + runs), "run")  # budgeted runs only, in budget order
+    assert frontier == {"`run-both`": ["10", "70.00", "1.070", "60.00", "0.980", "+10.00"],
+                        "`run-long`": ["20", "80.00", "1.070", "60.00", "0.980", "+20.00"]}
+    figures = []
+    plt = report.pyplot()
+    original = plt.close
+    try:
+        plt.close = figures.append
+        report.phase_seconds_figure(runs, tmp_path / "p.png")
+        report.accuracy_figure(runs, tmp_path / "t.png", axis=1)
+    finally:
+        plt.close = original
+    bars, curves = figures[0].axes[0], figures[1].axes[0]
+    assert [line.get_segments()[0][0][1] for line in bars.collections] == [10.0, 10.0]  # a budget mark per bar
+    assert any(line.get_xdata()[0] == 10.0 - 1.5 for line in curves.lines if line.get_linestyle() == "--")

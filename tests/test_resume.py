@@ -16,7 +16,8 @@ import warnings
 import pytest
 import torch
 
-from conftest import REPO, TINY, job, run_pipeline, run_pipeline_here, sets, shared_tmp
+from conftest import (REPO, TINY, assert_seconds_cover_the_recorded_pieces, job, run_pipeline, run_pipeline_here, sets,
+                      shared_tmp)
 from ddc_hpc.checkpoint import CheckpointSeries
 from ddc_hpc.errors import BadInput
 from ddc_hpc.evaluate import load_network
@@ -58,6 +59,24 @@ def test_stopped_and_resumed_run_is_bitwise_identical(uninterrupted, stop_at, mp
         a, b = _weights(uninterrupted / name), _weights(out / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert _metrics(out) == _metrics(uninterrupted)
+    assert_seconds_cover_the_recorded_pieces(json.loads((out / "results.json").read_text()))
+
+
+@pytest.mark.ranks(2)
+def test_ctrl_c_checkpoints_at_the_next_step_exits_130_and_the_run_resumes(mpi_tmp_path):
+    """Ctrl-C on an interactive mpiexec (SIGINT to every rank) stops like SIGTERM: a checkpoint at
+    the next step boundary, exit 130, one message naming the folder to resume from."""
+    from mpi4py import MPI
+
+    out = mpi_tmp_path / "run"
+    stopped = run_pipeline_here(out, "run.strategy=random", env={"DDC_INTERRUPT_AT": "random:1:2"})
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    said = [line for line in stopped.stderr.splitlines() if line.strip()]  # every rank's, in rank order
+    assert len(said) == 1 and said[0].startswith("interrupted (Ctrl-C): stop signal in phase random at epoch 1, "
+                                                 "step 2: checkpoint written") and str(out) in said[0], said
+    resumed = run_pipeline_here(out, "run.strategy=random")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[random] resuming at epoch 1, step 3" in (out / "logs" / "rank0.log").read_text()
 
 
 def test_changed_config_is_refused(tiny_run):

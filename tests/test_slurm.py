@@ -212,18 +212,19 @@ def test_scaling_submit_runs_and_collects_on_slurm(slurm, tmp_path):
 
 
 def test_a_slurm_budget_shares_the_jobs_time_left_between_the_strategies(slurm, tmp_path):
-    """run.budget = "slurm": the time left of a 3-minute job (squeue %L), less the 60 s margin,
-    halved for DDC and GNet-R; a dry run calibrates, prints the plan and writes nothing."""
+    """run.budget = "slurm": the time left of a 5-minute job (squeue %L, asked by rank 0 alone), less
+    the templates' 120 s USR1 lead and 60 s for the results, shared by DDC and GNet-R with room for
+    10 % overshoot each; a dry run calibrates, prints the plan and writes nothing."""
     out, log = tmp_path / "run", tmp_path / "job.out"
     command = [sys.executable, "-m", "ddc_hpc.run", "--out", str(out), "--dry-run",
                *sets(*TINY, "run.strategy=both", "run.budget=slurm", "sub.schedule=linear", "global.schedule=linear",
                      "random.schedule=linear")]
-    job = submit(slurm, "--ntasks=1", "--time=3", f"--output={log}", "--wrap", " ".join(command))
+    job = submit(slurm, "--ntasks=1", "--time=5", f"--output={log}", "--wrap", " ".join(command))
     info = wait_for(slurm, job, 150, log)
     text = log.read_text()
     assert info["JobState"] == "COMPLETED", text[-3000:]
     budgets = [float(s) for s in re.findall(r"budget (?:DDC|GNet-R) (\d+) s: calibration", text)]
-    assert len(budgets) == 2 and budgets[0] == budgets[1] and 45 <= budgets[0] <= 60, text[-3000:]
+    assert len(budgets) == 2 and budgets[0] == budgets[1] and 30 <= budgets[0] <= 55, text[-3000:]  # (300 - 180) / 2.2
     assert not out.exists()
 
 

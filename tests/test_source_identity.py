@@ -10,10 +10,11 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import results, run_pipeline_here
 from ddc_hpc.checkpoint import save_torch
 from ddc_hpc.data import resolve_source, same_data, source_identity
 from ddc_hpc.evaluate import main as evaluate_main
-from ddc_hpc.run import _model_file, build, prepare
+from ddc_hpc.run import _model_file, build, identify_source, prepare
 
 
 def _npz(path):
@@ -33,6 +34,7 @@ def saved_network(tmp_path, monkeypatch):
                                                 "data.val_fraction=0.2"],
                               out=str(started / "run"), resume=False, dry_run=False, debug=False)
     plan = prepare(args)
+    plan.source = identify_source(plan.config)  # as the pipeline does it, on rank 0
     path = started / "run" / "model.pt"
     save_torch(_model_file(build(plan.config, 1, plan.data.train.image_shape, 0), plan), path)
     elsewhere = tmp_path / "elsewhere"
@@ -78,6 +80,30 @@ def test_identities_compare_kind_options_and_content(tmp_path):
     a = _npz(tmp_path / "a.npz")
     assert resolve_source("npz:a.npz", tmp_path) == f"npz:{a}" and resolve_source("a.npz", tmp_path) == str(a)
     assert resolve_source(f"npz:{a}", "/elsewhere") == f"npz:{a}" and resolve_source("synthetic", tmp_path) == "synthetic"
+    # a path spelled like its kind: the path is resolved, the kind kept (so evaluate --run finds the data)
+    assert resolve_source("cifar10:cifar10", tmp_path) == f"cifar10:{tmp_path / 'cifar10'}"
+    assert resolve_source("h5:h5?x=1", tmp_path) == f"h5:{tmp_path / 'h5'}?x=1"
     assert same_data(source_identity("npz:a.npz", tmp_path), source_identity(f"{a}"))
     assert not same_data(source_identity("synthetic:n=10"), source_identity("synthetic:n=20"))
     assert same_data(source_identity("synthetic:n=10"), source_identity("synthetic:n=10"))
+
+
+@pytest.mark.ranks(1, 2)
+def test_the_data_file_is_hashed_once_by_rank_0_and_not_by_a_dry_run(mpi_tmp_path, monkeypatch):
+    from mpi4py import MPI
+
+    from ddc_hpc import run
+
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        _npz(mpi_tmp_path / "data.npz")
+    MPI.COMM_WORLD.Barrier()
+    hashed = []
+    monkeypatch.setattr(run, "source_identity", lambda *a, **k: hashed.append(a) or source_identity(*a, **k))
+    args = ("data.source=npz:" + str(mpi_tmp_path / "data.npz"), "model.num_classes=5", "data.val_fraction=0.2",
+            "run.strategy=random")
+    dry = run_pipeline_here(mpi_tmp_path / "dry", *args, extra=("--dry-run",))
+    assert dry.returncode == 0 and hashed == [], dry.stderr
+    done = run_pipeline_here(mpi_tmp_path / "run", *args)
+    assert done.returncode == 0, done.stderr
+    assert len(hashed) == (MPI.COMM_WORLD.Get_rank() == 0)
+    assert results(mpi_tmp_path / "run")["source"]["digest"].startswith("sha256:")

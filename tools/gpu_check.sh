@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# Every CUDA path one GPU can exercise, in one short run (< 8 minutes on one GPU), with a report.
+# Every CUDA path one GPU can exercise, in one short run (< 8 minutes on one H100), with a report.
 #
 #   tools/gpu_check.sh [--out DIR]        on a machine with a GPU; DIR defaults to $OUT, else runs/gpu-check-<time>
 #   tools/gpu_check.sh --cpu-smoke [--out DIR]   the same plumbing on the CPU, tiny jobs: no GPU numbers
 #   tools/gpu_check.sh --only 'family-*' ...     only the checks whose name matches the pattern
 #
-# Checks: (1) the pipeline at 1 rank on cuda in fp32, bf16 and fp16 (cifar_resnet20, a 2-D CIFAR ResNet);
-# (2) one model of every other family of the registry at 1 rank (family-<model>: 2-D ImageNet ResNet and
-# CNN11, 3-D cnn3d and resnet3d, 1-D cnn1d, mlp, vgg11, the recurrent gru), whose layouts and kernels
-# differ on the GPU; (3) 2 ranks sharing the GPU with
-# NCCL, and when NCCL refuses (one device for two ranks) the same with gloo, said so in the report; the
-# toolkit's own MPI engine (run.backend=mpi4py) at 2 ranks; (4) the sub/global phase time ratio on the
-# GPU (cifar_resnet32 width 64, K=4, 640 images, fp32 and bf16) from results.json. Writes DIR/report.md,
-# DIR/<check>.log and DIR/<check>.results.json. Exit 0 when every check passed, 1 otherwise.
-# DDC_CHECK_BUDGET (default 420): no check starts after that many seconds of checks (it is reported
-# as skipped); a check runs at most 240 s and ends by DDC_CHECK_DEADLINE (default 480) seconds.
+# The checks, in this order; at the end one line per check on stdout (PASS, FAIL or SKIP):
+#   1rank-fp32 1rank-bf16 1rank-fp16  the pipeline at 1 rank on cuda (cifar_resnet20), NCCL backend, BN
+#                   recalibration before every score of the global phase, in each precision
+#   family-<model>  one model of every other family at 1 rank, whose layouts and kernels differ on the
+#                   GPU: resnet18, cnn11, vgg11, cnn3d, resnet3d, cnn1d, mlp, gru
+#   theorem         every family's sub-networks composed on the GPU: forward, backward and Theorem 2.1's
+#                   max relative error (<= 1e-4) on cuda, fp32
+#   budget          a budgeted run (run.budget = DDC_CHECK_RUN_BUDGET s, default 60; calibration timed with
+#                   the GPU synchronised): passes when DDC's wall time lands within 10 % of its budget
+#   resume          a run stopped by a signal in the global phase and resumed (mlp, run.deterministic): its
+#                   final weights bitwise equal to an uninterrupted run's (every step reseeds the CPU and
+#                   CUDA generators from (seed, epoch, step), so a checkpoint needs no RNG state)
+#   fused           a rank's 2 sub-networks trained fused (vmap) against one after the other, ms per step
+#                   on the GPU (benchmarks/bench_fused.py --device cuda, 2 ranks, width 64)
+#   2rank-nccl      2 ranks sharing the GPU with NCCL; when NCCL refuses one device for two ranks,
+#   2rank-gloo      the same with gloo (said so in the report, with NCCL's message)
+#   2rank-mpi4py    the toolkit's own MPI engine (run.backend=mpi4py) at 2 ranks
+#   ratio-fp32 ratio-bf16  the sub/global phase time ratio (cifar_resnet32 width 64, K=4, 640 images)
+# Writes DIR/report.md, DIR/<check>.log and DIR/<check>.results.json. Exit 0 when every check passed,
+# 1 otherwise. DDC_CHECK_BUDGET (default 420): no check starts after that many seconds of checks (it is
+# reported as skipped); a check runs at most 240 s and ends by DDC_CHECK_DEADLINE (default 480) seconds.
 #
 # Python: $DDC_PYTHON, else ./.venv, else python3 if it has torch, mpi4py and the dependencies; else a
 # venv ./.venv (with the system's site packages, so a preinstalled CUDA torch is kept) gets
@@ -31,7 +42,7 @@ while [[ $# -gt 0 ]]; do
     --cpu-smoke) smoke=1 ;;
     --out) out=$2; shift ;;
     --only) only=$2; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -77,6 +88,8 @@ if [[ $smoke == 1 ]]; then
          sub.batch_size=32 global.batch_size=32 run.threads=1 run.strategy=ddc)
   precisions=(bf16 fp32)
   ratio_precisions=(fp32)
+  run_budget=${DDC_CHECK_RUN_BUDGET:-40}
+  fused=(--widths 8 --rounds 1 --steps 1)
 else
   device=cuda
   if ! "$python" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
@@ -90,6 +103,8 @@ else
          global.epochs=3 sub.batch_size=128 global.batch_size=128 run.strategy=ddc)
   precisions=(fp32 bf16 fp16)
   ratio_precisions=(fp32 bf16)
+  run_budget=${DDC_CHECK_RUN_BUDGET:-60}
+  fused=(--widths 64 --rounds 2 --steps 10)
 fi
 started=$SECONDS
 
@@ -107,45 +122,169 @@ declare -A family=(
   [gru]="model.name=gru data.source=synthetic1d:n=96 data.augment=false"
 )
 
-# check NAME RANKS OVERRIDE...: one pipeline run; its log, exit code and results.json land in $out.
-# A check whose name does not match --only is left out (not run, not reported).
-check() {
-  local name=$1 ranks=$2; shift 2
-  local args=() o rc tic limit
+# due NAME: whether check NAME runs now. A name that does not match --only is left out (not run, not
+# reported); after the time budget it is reported as skipped. Sets $limit, the seconds it may take.
+due() {
   # shellcheck disable=SC2053  # $only is a glob pattern
-  [[ $name == $only ]] || return 0
-  for o in "$@"; do args+=(--set "$o"); done
-  limit=$(( deadline - (SECONDS - started) ))
-  (( limit > 240 )) && limit=240
+  [[ $1 == $only ]] || return 1
   if (( SECONDS - started > budget )); then
-    say "$name: skipped (time budget of ${budget} s spent)"
-    printf '%s\t%s\t%s\t%s\n' "$name" skipped 0 "$ranks" >> "$out/checks.tsv"
+    say "$1: skipped (time budget of ${budget} s spent)"
+    printf '%s\t%s\t%s\t%s\n' "$1" skipped 0 "${2:-1}" >> "$out/checks.tsv"
     return 1
   fi
-  say "$name: $ranks rank(s) ..."
-  tic=$SECONDS
-  if [[ $ranks == 1 ]]; then
-    timeout "$limit" "$python" -m ddc_hpc.run --out "$work/$name" --set run.device=$device "${args[@]}" \
-      > "$out/$name.log" 2>&1
-  else
-    timeout "$limit" "$mpiexec" -n "$ranks" "$python" -m ddc_hpc.run --out "$work/$name" --set run.device=$device \
-      "${args[@]}" > "$out/$name.log" 2>&1
-  fi
-  rc=$?
-  [[ -f $work/$name/results.json ]] && cp "$work/$name/results.json" "$out/$name.results.json"
-  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - tic))" "$ranks" >> "$out/checks.tsv"
-  say "$name: exit $rc in $((SECONDS - tic)) s"
-  return $rc
+  limit=$(( deadline - (SECONDS - started) ))
+  (( limit > 240 )) && limit=240
+  say "$1 ..."
+  return 0
 }
 
+# record NAME RC SECONDS RANKS: one row of checks.tsv; returns RC.
+record() {
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$out/checks.tsv"
+  say "$1: exit $2 in $3 s"
+  return "$2"
+}
+
+# pipeline DIR RANKS OVERRIDE...: one ddc_hpc.run into DIR (log on stdout and stderr), its exit code.
+pipeline() {
+  local dir=$1 ranks=$2 args=() o; shift 2
+  for o in "$@"; do args+=(--set "$o"); done
+  if [[ $ranks == 1 ]]; then
+    timeout "$limit" "$python" -m ddc_hpc.run --out "$dir" --set run.device=$device "${args[@]}"
+  else
+    timeout "$limit" "$mpiexec" -n "$ranks" "$python" -m ddc_hpc.run --out "$dir" --set run.device=$device "${args[@]}"
+  fi
+}
+
+# check NAME RANKS OVERRIDE...: one pipeline run; its log, exit code and results.json land in $out.
+check() {
+  local name=$1 ranks=$2 tic rc; shift 2
+  due "$name" "$ranks" || return $?
+  tic=$SECONDS
+  pipeline "$work/$name" "$ranks" "$@" > "$out/$name.log" 2>&1
+  rc=$?
+  [[ -f $work/$name/results.json ]] && cp "$work/$name/results.json" "$out/$name.results.json"
+  record "$name" "$rc" "$((SECONDS - tic))" "$ranks"
+}
+
+# run_python NAME RANKS ARG... <<'PY' ... PY: a Python check (stdin) under $python, logged like a run.
+run_python() {
+  local name=$1 ranks=$2 tic rc; shift 2
+  due "$name" "$ranks" || { cat > /dev/null; return 1; }
+  tic=$SECONDS
+  timeout "$limit" "$python" - "$@" > "$out/$name.log" 2>&1
+  rc=$?
+  record "$name" "$rc" "$((SECONDS - tic))" "$ranks"
+}
+
+if [[ $smoke == 1 ]]; then one_rank=(global.bn_recalibrate_batches=2); else one_rank=(run.backend=nccl global.bn_recalibrate_batches=2); fi
 for p in "${precisions[@]}"; do
-  check "1rank-$p" 1 "${tiny[@]}" "run.precision=$p"
+  check "1rank-$p" 1 "${tiny[@]}" "${one_rank[@]}" "run.precision=$p"
 done
 
 for model in resnet18 cnn11 vgg11 cnn3d resnet3d cnn1d mlp gru; do
   read -ra overrides <<< "${family[$model]}"
   check "family-$model" 1 "${tiny[@]}" "${overrides[@]}"
 done
+
+run_python theorem 1 "$device" <<'PY'
+"""Every family on the device: sub-networks trained one SGD step each on their tiles (forward and
+backward), composed there, the composed net's forward and backward, and Theorem 2.1 in strict fp32
+(TF32 off: cuDNN convolutions would otherwise round to 10-bit mantissas)."""
+import sys
+import torch
+import torch.nn.functional as F
+from ddc_hpc.compose import compose, theorem_error
+from ddc_hpc.models import build_model, input_options
+from ddc_hpc.partition import default_grid, tile_shape, tile_slices_nd
+from ddc_hpc.train import memory_format, to_cuda_layout
+
+device = torch.device(sys.argv[1])
+cuda = device.type == "cuda"  # the layouts a run takes there (data_parallel, to_device)
+torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+cases = {"cifar_resnet20": ((32, 32, 3), 4), "resnet18": ((64, 64, 3), 4), "cnn11": ((32, 32, 3), 4),
+         "vgg11": ((64, 64, 3), 4), "cnn3d": ((8, 8, 8, 1), 8), "resnet3d": ((8, 8, 8, 1), 8),
+         "cnn1d": ((32, 1), 4), "gru": ((16, 1), 4), "mlp": ((32, 1), 4)}
+failed = []
+for name, (shape, K) in cases.items():
+    torch.manual_seed(0)
+    tiles = tile_slices_nd(shape[:-1], default_grid(K, len(shape) - 1))
+
+    def build(partitions, sample):
+        net = build_model(name, 10, partitions=partitions, width=16,
+                          **input_options(name, sample[:-1], sample[-1])).to(device)
+        return to_cuda_layout(net) if cuda else net
+
+    x = torch.randn(8, shape[-1], *shape[:-1], device=device)
+    x = x.contiguous(memory_format=memory_format(x.ndim)) if cuda else x
+    y = torch.randint(0, 10, (8,), device=device)
+    subs = [build(K, tile_shape(tiles) + shape[-1:]) for _ in range(K)]
+    for sub, tile in zip(subs, tiles):
+        F.cross_entropy(sub(x[(slice(None), slice(None), *tile)]), y).backward()
+        torch.optim.SGD(sub.parameters(), lr=0.1).step()
+    net = compose([sub.eval() for sub in subs], build(1, shape), tiles=tiles, input_size=shape[:-1])
+    error = theorem_error(net, subs, x, tiles=tiles)
+    F.cross_entropy(net.train()(x), y).backward()  # after the check: a train-mode forward moves BN statistics
+    grads = {p.grad.device for p in net.parameters()}
+    ok = grads == {x.device} and error["max_rel"] <= 1e-4
+    failed += [] if ok else [name]
+    print(f"{name}: K={K} on {x.device}: max rel. error {error['max_rel']:.2g}, gradients on "
+          f"{sorted(map(str, grads))}: {'ok' if ok else 'FAILED'}", flush=True)
+sys.exit(1 if failed else 0)
+PY
+
+# budget: DDC's wall time within 10 % of its budget (results.json budget.landed).
+if due budget 1; then
+  tic=$SECONDS
+  pipeline "$work/budget" 1 "${tiny[@]}" sub.schedule=linear global.schedule=cosine "run.budget=$run_budget" \
+    > "$out/budget.log" 2>&1
+  rc=$?
+  if [[ -f $work/budget/results.json ]]; then
+    cp "$work/budget/results.json" "$out/budget.results.json"
+    "$python" -c 'import json, sys; landed = json.load(open(sys.argv[1]))["budget"]["landed"]["ddc"]
+print(f"DDC landed at {landed:.3f} of its budget"); sys.exit(not 0.9 <= landed <= 1.1)' \
+      "$work/budget/results.json" >> "$out/budget.log" 2>&1 || rc=1
+  fi
+  record budget "$rc" "$((SECONDS - tic))" 1
+fi
+
+# resume: stopped after the global phase's first step (exit 75; mid-epoch in both modes) and resumed:
+# its final weights bitwise equal to an uninterrupted run's.
+resume=("${tiny[@]}" model.name=mlp data.source=synthetic1d:n=128 data.augment=false global.epochs=2
+        run.deterministic=true)
+if due resume 1; then
+  tic=$SECONDS
+  {
+    pipeline "$work/resume-whole" 1 "${resume[@]}"
+    whole=$?
+    DDC_STOP_AT=global:1:1 pipeline "$work/resume-stopped" 1 "${resume[@]}"
+    stopped=$?
+    pipeline "$work/resume-stopped" 1 "${resume[@]}"
+    resumed=$?
+    echo "gpu_check: uninterrupted exit $whole, stopped exit $stopped (75 expected), resumed exit $resumed"
+    (( whole == 0 && stopped == 75 && resumed == 0 )) && "$python" - "$work/resume-whole/model.pt" \
+      "$work/resume-stopped/model.pt" <<'PY'
+import sys
+import torch
+from ddc_hpc.checkpoint import load_torch
+
+a, b = (load_torch(path)["state_dict"] for path in sys.argv[1:])
+differ = [k for k in a if not torch.equal(a[k], b[k])]
+print(f"resumed vs uninterrupted: {len(a) - len(differ)} of {len(a)} tensors bitwise equal"
+      + (f"; differ: {', '.join(differ)}" if differ else ""))
+sys.exit(1 if differ or a.keys() != b.keys() else 0)
+PY
+  } > "$out/resume.log" 2>&1
+  record resume "$?" "$((SECONDS - tic))" 1
+fi
+
+if due fused 2; then
+  tic=$SECONDS
+  # its worker directly: the numbers go to $out/fused.json, not over benchmarks/last_fused.json (the CPU table's)
+  timeout "$limit" "$mpiexec" -n 2 "$python" benchmarks/bench_fused.py --worker --json "$out/fused.json" \
+    --device "$device" "${fused[@]}" > "$out/fused.log" 2>&1
+  record fused "$?" "$((SECONDS - tic))" 2
+fi
 
 if [[ $smoke == 1 ]]; then
   echo "NCCL needs GPUs: not tried in --cpu-smoke" > "$out/2rank-nccl.log"
@@ -231,6 +370,23 @@ for name in [n for n in names if n.startswith("ratio-")]:
     lines.append(f"- {name}: {r['model']} K={r['partitions']}: one sub-network epoch {per_sub:.3f} s, one global "
                  f"epoch {glob_last:.3f} s: global/sub = **{glob_last / per_sub:.1f}x**; whole phases: sub "
                  f"{r['sub']['seconds']:.1f} s (K sub-networks one after another), global {r['global']['seconds']:.1f} s")
+summarised = [n for n in ("theorem", "budget", "resume") if n in names]
+lines += ["", f"## {', '.join(summarised)} (the end of each log)", ""] if summarised else []
+for name in summarised:
+    log = out / f"{name}.log"
+    tail = log.read_text(errors="replace").splitlines()[-(9 if name == "theorem" else 1):] if log.exists() else []
+    lines += [f"- {name}: `{line}`" for line in tail] or [f"- {name}: no output"]
+if "fused" in names:
+    lines += ["", "## fused sub-networks against one after the other (benchmarks/bench_fused.py)", ""]
+    if (out / "fused.json").exists():
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("bench_fused", "benchmarks/bench_fused.py")
+        bench_fused = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench_fused)
+        lines += bench_fused.table(json.loads((out / "fused.json").read_text()))
+    else:
+        lines.append(f"- no result (see fused.log: `{last_error('fused')}`)")
 if smoke:
     lines += ["", "CPU smoke run: these times are not GPU measurements."]
 skipped = [n for n, rc, *_ in rows if rc == "skipped"]
@@ -240,6 +396,11 @@ lines += ["", "Failed: " + (", ".join(failed) if failed else "none") + "; skippe
 for name in failed:
     lines.append(f"- {name}: `{last_error(name)}`")
 (out / "report.md").write_text("\n".join(lines) + "\n")
-print("\n".join(lines))
+for name, rc, seconds, ranks in rows:  # one line per check
+    verdict = "SKIP" if rc == "skipped" else "FAIL" if name in failed else "PASS"
+    why = (" (time budget spent)" if rc == "skipped" else f": {last_error(name)}" if verdict == "FAIL"
+           else " (NCCL refused one device for two ranks, as expected; gloo ran)" if rc != "0" else "")
+    print(f"{verdict} {name} ({seconds} s){why}")
+print(f"report: {out / 'report.md'}")
 sys.exit(1 if failed or skipped else 0)
 PY

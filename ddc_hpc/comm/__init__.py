@@ -60,6 +60,7 @@ from .lifecycle import (
     run_contained,
     run_guarded,
     set_phase,
+    slurm_job,
     slurm_time_left,
     stop_requested,
 )

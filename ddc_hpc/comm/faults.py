@@ -47,11 +47,13 @@ def stray_point(world: World) -> None:
 def signal_point(job: str, epoch: int, step: int) -> None:
     """Test hooks after a training step (1-based epoch and step), as a cluster would do it:
     DDC_STOP_AT=<job>:<epoch>:<step> sends SIGUSR1 (SLURM's pre-timeout warning) to this rank;
-    DDC_KILL_AT=<job>:<epoch>:<step>:<rank> SIGKILLs that rank; DDC_HANG_AT (same form) makes it
+    DDC_INTERRUPT_AT (same form) SIGINT, as Ctrl-C on an interactive mpiexec does; DDC_KILL_AT=<job>:<epoch>:<step>:<rank> SIGKILLs that rank; DDC_HANG_AT (same form) makes it
     hang there, alive and making no progress."""
     here = f"{job}:{epoch}:{step}"
     if os.environ.get("DDC_STOP_AT") == here:
         signal.raise_signal(signal.SIGUSR1)
+    if os.environ.get("DDC_INTERRUPT_AT") == here:
+        signal.raise_signal(signal.SIGINT)
     kill_at, _, rank = os.environ.get("DDC_KILL_AT", "").rpartition(":")
     if kill_at == here and _is_my_rank(rank):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -21,6 +21,7 @@ from . import faults, state
 from .distributed import all_reduce_sum, shutdown_distributed
 
 EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: checkpoint written, run again (or requeued) to resume
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C: checkpoint written, run again to resume
 
 
 class Preempted(Exception):
@@ -37,16 +38,19 @@ def set_phase(name: str) -> None:
 # ---- preemption ------------------------------------------------------------------------------
 
 _stop_signal: int | None = None
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
 def install_stop_handlers() -> None:
-    """SIGUSR1 (SLURM's warning before the time limit) and SIGTERM only raise a flag; the training
-    loop checkpoints at the next step boundary."""
+    """SIGUSR1 (SLURM's warning before the time limit), SIGTERM and SIGINT (Ctrl-C; the terminal
+    sends it to every rank of an interactive mpiexec) only raise a flag; the training loop
+    checkpoints at the next step boundary. A second Ctrl-C interrupts at once."""
 
     def handler(signum, _frame):
         global _stop_signal
         _stop_signal = signum
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
@@ -67,7 +71,7 @@ def slurm_job() -> str | None:
     `<array>_<task>`: its bare SLURM_JOB_ID is, for the array's last task, also the array's id, and
     `scontrol requeue` of that requeues every task of the array (a study's points: ddc_hpc.study)."""
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID") or None
 
 
 def requeue() -> bool:
@@ -160,15 +164,17 @@ def _outcome(main, rank: int, size: int, debug: bool, log) -> tuple[int, bool]:
         if debug:
             traceback.print_exc()
     except Preempted as err:  # raised on every rank at once (they agree to stop): said once
-        code, abort = EXIT_PREEMPTED, False
+        interrupted = _stop_signal == signal.SIGINT
+        code, abort = EXIT_INTERRUPTED if interrupted else EXIT_PREEMPTED, False
         if rank == 0:
-            print(f"stopped: {err}", file=sys.stderr, flush=True)
+            print(f"{'interrupted (Ctrl-C)' if interrupted else 'stopped'}: {err}", file=sys.stderr, flush=True)
     except BaseException as err:  # noqa: BLE001 - the whole point is to catch everything
-        code = 130 if isinstance(err, KeyboardInterrupt) else 1
+        code = EXIT_INTERRUPTED if isinstance(err, KeyboardInterrupt) else 1
         detail = traceback.format_exc()
         if log is not None:
             log(detail)
-        print(f"rank {rank}: {type(err).__name__} in phase {state.current_phase()!r}: {err}", file=sys.stderr,
+        what = err or ("interrupted before a checkpoint could be written" if isinstance(err, KeyboardInterrupt) else "")
+        print(f"rank {rank}: {type(err).__name__} in phase {state.current_phase()!r}: {what}", file=sys.stderr,
               flush=True)
         if debug or size == 1:
             print(detail, file=sys.stderr, flush=True)
@@ -186,13 +192,14 @@ def abort(code: int) -> None:
 def run_guarded(main, debug: bool = False, log=None) -> None:
     """Run main(); any exception on any rank ends the whole job with the rank and cause named.
 
-    Exit 0 done, 2 bad input, 75 preempted (checkpoint written), 1 anything else. A failure that
+    Exit 0 done, 2 bad input, 75 preempted (checkpoint written), 130 Ctrl-C (checkpoint written, or
+    before the stop handlers were installed), 1 anything else. A failure that
     other ranks cannot know about is turned into MPI Abort, so nobody waits in a collective.
     """
     comm = state.MPI.COMM_WORLD
     rank = comm.Get_rank()
     code, must_abort = _outcome(main, rank, comm.Get_size(), debug, log)
-    if code == EXIT_PREEMPTED:
+    if not must_abort and code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):  # every rank stopped at a checkpoint
         _leave_after_stop(comm, rank)
     if must_abort:
         abort(code)

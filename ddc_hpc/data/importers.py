@@ -73,7 +73,10 @@ def import_dataset(kind: str, source: str, out, *, size: int | None = None, down
 
 
 def describe(path, verify: bool = False) -> dict:
-    """What ``info`` prints, as a dict (``--json``)."""
+    """What ``info`` prints, as a dict (``--json``): of an HDF5 file, or of an npz archive (which
+    run.py also reads, as ``data.source = "npz:FILE"``; it records no provenance or checksum)."""
+    if Path(path).suffix.lower() == ".npz":
+        return _describe_npz(Path(path), verify)
     meta = H5Meta(path)
     info = {
         "file": str(meta.path),
@@ -88,22 +91,43 @@ def describe(path, verify: bool = False) -> dict:
         "classes": meta.classes,
         "splits": {},
     }
-    for split, (n, shape, labels) in meta.splits.items():
-        info["splits"][split] = {"count": n, "shape": [n, *shape]}
-        if meta.task == "regression":
-            flat = labels.reshape(len(labels), -1).astype(np.float64)
-            info["target_shape"] = list(meta.target_shape)
-            info["splits"][split]["targets"] = {
-                stat: (getattr(np, stat)(flat, axis=0).tolist() if len(flat) else [None] * flat.shape[1])
-                for stat in ("mean", "std", "min", "max")}
-        else:
-            info["splits"][split]["per_class"] = np.bincount(labels, minlength=len(meta.classes)).tolist()
+    _add_splits(info, {split: (shape, labels) for split, (_, shape, labels) in meta.splits.items()})
     if verify:
         t = time.perf_counter()
         actual = content_checksum(path)
         info["checksum_verified"] = actual == info["checksum"]
         info["checksum_actual"] = actual
         info["verify_seconds"] = round(time.perf_counter() - t, 2)
+    return info
+
+
+def _add_splits(info: dict, splits: dict) -> None:
+    """info["splits"] (and a regression file's target_shape): count and shape of each split, its
+    samples per class or its target statistics; `splits`: name -> (sample shape, labels)."""
+    for split, (shape, labels) in splits.items():
+        n = len(labels)
+        info["splits"][split] = {"count": n, "shape": [n, *shape]}
+        if info["task"] == "regression":
+            flat = labels.reshape(len(labels), -1).astype(np.float64)
+            info["target_shape"] = list(labels.shape[1:])
+            info["splits"][split]["targets"] = {
+                stat: (getattr(np, stat)(flat, axis=0).tolist() if len(flat) else [None] * flat.shape[1])
+                for stat in ("mean", "std", "min", "max")}
+        else:
+            info["splits"][split]["per_class"] = np.bincount(labels, minlength=len(info["classes"])).tolist()
+
+
+def _describe_npz(path: Path, verify: bool) -> dict:
+    if verify:
+        raise BadInput(f"{path} is an npz archive: it records no content checksum to verify (an HDF5 file made "
+                       f"with `python -m ddc_hpc.data import npz {path} OUT.h5` does)")
+    raw = open_raw(f"npz:{path}", in_memory=False)
+    stores = {"train": raw.train} | ({"test": raw.test} if raw.test is not None else {})
+    info = {"file": str(path), "bytes": path.stat().st_size,
+            "format": "npz (numpy archive; run.py reads it as data.source = \"npz:FILE\")",
+            "source": "", "command": "", "created": "", "checksum": "(none recorded: npz)",
+            "image_shape": list(raw.train.image_shape), "task": raw.task, "classes": raw.classes, "splits": {}}
+    _add_splits(info, {split: (store.image_shape, store.labels) for split, store in stores.items()})
     return info
 
 

@@ -203,7 +203,9 @@ def resolve_source(source: str, base: str | Path | None) -> str:
     kind, arg, _ = parse_source(source)
     if not arg or base is None or Path(arg).is_absolute():
         return source
-    return source.strip().replace(arg, str(Path(base, arg).resolve()), 1)
+    text = source.strip()
+    prefix = f"{kind}:" if text.startswith(f"{kind}:") and text.partition(":")[0] in KINDS else ""  # else a bare path
+    return prefix + str(Path(base, arg).resolve()) + text[len(prefix) + len(arg):]
 
 
 DIGEST_CONTENT_LIMIT = 1 << 30  # bytes: a folder holding more is identified by its file names and sizes
