@@ -1,5 +1,6 @@
-"""The accuracy-versus-budget frontier, DDC against GNet-R, each at its own wall-time budget: a study
-(ddc_hpc/study.py) whose points are budgets x seeds of one job.
+"""The accuracy-versus-budget frontier, DDC against GNet-R, each at its own wall-time budget.
+
+A study (ddc_hpc/study.py) whose points are budgets x seeds of one job:
 
     python -m ddc_hpc.frontier local   --budgets 300 600 1200 --seeds 0 1 [--config jobs/cifar10-frontier.toml]
                                        [--ranks 4] [--set key=value ...] [--out runs/frontier] [--test SOURCE]

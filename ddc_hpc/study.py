@@ -200,6 +200,7 @@ def submit(root: Path, tool: str, manifest: dict, points: list[Point], *, templa
             lines = [shlex.join([config, str(root / p.name), *_run_command(p, None, sets)]) for p in todo]
             args_file = root / ARGS_FILE
             atomic_write(args_file, ("\n".join(lines) + "\n").encode())
+            print("\n".join(f"  task {i}: {line}" for i, line in enumerate(lines)))
             array = sbatch(["sbatch", "--parsable", f"--nodes={todo[0].nodes}", f"--job-name=ddc-{tool}",
                             f"--array=0-{len(todo) - 1}", f"--output={root}/slurm-%A_%a.out",
                             f"--export=ALL,DDC_STUDY_ARGS={args_file.resolve()}", *sbatch_args, template])
