@@ -102,7 +102,10 @@ def prepare(root: Path, tool: str, definition: dict, points: list[Point]) -> dic
     definition = definition | {"points": [p.record() for p in points]}
     path = manifest_path(root, tool)
     if path.exists():
-        recorded = json.loads(path.read_text())
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{path} is unreadable ({err}): choose a new --out") from None
         differ = [k for k in DEFINITION if recorded.get(k) != definition.get(k)]
         if differ:
             raise UsageError(f"{root} holds another study ({path.name} records other {', '.join(differ)}): run the "
@@ -117,7 +120,7 @@ def prepare(root: Path, tool: str, definition: dict, points: list[Point]) -> dic
 
 
 def _run_command(point: Point, config: str | None, sets: list[str]) -> list[str]:
-    """`--out DIR [--config JOB] --set ...`: the ddc_hpc.run arguments of one point."""
+    """`[--config JOB] --set ...`: one point's ddc_hpc.run arguments beside its --out."""
     return ((["--config", config] if config else []) +
             [a for override in (*sets, *point.sets) for a in ("--set", override)])
 
