@@ -222,10 +222,10 @@ def share_rule(path: str) -> dict:
         rule = budget.fit_sub_passes(budget.best_sub_passes(trials))
     except FileNotFoundError:
         raise BadInput(f"run.sub_share_trials = {path!r} does not exist (relative paths start at {Path.cwd()}): run "
-                       "the share trials first (python benchmarks/frontier.py tune ...), or give run.sub_share a "
+                       "the share trials first (python -m ddc_hpc.frontier tune ...), or give run.sub_share a "
                        "number") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise BadInput(f"run.sub_share_trials = {path!r} is not a trials file of benchmarks/frontier.py tune "
+        raise BadInput(f"run.sub_share_trials = {path!r} is not a trials file of python -m ddc_hpc.frontier tune "
                        f"({type(err).__name__}: {err})") from None
     return rule | {"trials": path, "trials_digest": "sha256:" + hashlib.sha256(content).hexdigest()[:16]}
 
