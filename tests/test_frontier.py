@@ -114,3 +114,19 @@ def test_the_committed_frontier_sections_agree_with_their_records(capsys, monkey
     monkeypatch.chdir(tmp_path)  # paths are the repository's, wherever the check starts
     main(["check-docs"])
     assert "docs/RESULTS.md: every frontier table and time-to-accuracy line agrees" in capsys.readouterr().out
+
+
+def test_the_round_3_command_line_still_runs_the_study():
+    """benchmarks/frontier.py (DESIGN.md's round-3 name) maps its old flags onto the subcommands."""
+    import importlib.util
+
+    from conftest import REPO
+    spec = importlib.util.spec_from_file_location("old_frontier", REPO / "benchmarks" / "frontier.py")
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+    assert old.translate([]) == ["local"]
+    assert old.translate(["--budgets", "200", "--points-only"]) == ["local", "--budgets", "200", "--points-only"]
+    assert old.translate(["--score-only", "--config", "j.toml", "--ranks=4", "--out", "o", "--test", "t"]) == [
+        "collect", "--out", "o", "--test", "t"]
+    assert old.translate(["--check-docs"]) == ["check-docs"]
+    assert old.translate(["tune", "--budgets", "200"]) == ["tune", "--budgets", "200"]
