@@ -21,11 +21,11 @@ import tomli_w
 
 from .budget import AUTO, parse_budget
 from .errors import BadInput
+from .kinds import TASKS, parse_source
 
 STRATEGIES = ("ddc", "random", "both")
 BACKENDS = ("auto", "gloo", "nccl", "mpi", "mpi4py")
 OPTIMIZERS = ("adam", "sgd")
-TASKS = ("classification", "regression", "autoencoder")
 LOSSES = ("auto", "cross_entropy", "mse", "l1")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -51,7 +51,7 @@ class Check:
     at_most: float | None = None  # value <= at_most
     below: float | None = None  # value < below
     choices: tuple[str, ...] | typing.Callable[[], typing.Sequence[str]] = ()  # a callable: read when checked
-    text: typing.Callable[[str], None] | None = None  # reads a string value (`float | str` keys), raises BadInput
+    text: typing.Callable[[str], object] | None = None  # reads a string value (`float | str` keys), raises BadInput
     unit: str = ""  # e.g. " seconds", after the range in messages
     note: str = ""  # what special values mean, e.g. "0 = all samples"
 
@@ -116,12 +116,6 @@ def _model_names() -> list[str]:
     return model_names()
 
 
-def _source_text(source: str) -> None:
-    from .data.sources import parse_source  # the kinds and the KIND:PATH?options syntax
-
-    parse_source(source)
-
-
 def _budget_text(text: str) -> None:
     if text:  # "": no budget
         try:
@@ -165,7 +159,7 @@ class DecomposeConfig:
 
 @_checked
 class DataConfig:
-    source: str = key("synthetic", text=_source_text)
+    source: str = key("synthetic", text=parse_source)
     val_fraction: float = key(0.2, above=0.0, below=1.0)
     limit: int = key(0, at_least=0, note="0 = all samples")  # 0: every training sample
     # 0: the whole validation split; N: a stratified N of it (quick tuning trials)
