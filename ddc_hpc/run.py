@@ -20,6 +20,7 @@ import platform
 import shutil
 import time
 import tomllib
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -315,18 +316,32 @@ def code_version() -> str:
 
 
 class Logger:
-    """Per-rank log file; rank 0 also prints, so the terminal shows one line per epoch."""
+    """Per-rank log file; rank 0 also prints, so the terminal shows one line per epoch. A context
+    manager: the file is closed however the run ends (an in-process job leaves no file open), and
+    an exception that ends the run is written to it first (with its traceback unless it is bad
+    input or a stop), so each rank's file says why the rank stopped."""
 
     def __init__(self, path: Path, echo: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "a", buffering=1)
         self.echo = echo
 
-    def __call__(self, message: str) -> None:
+    def __call__(self, message: str, echo: bool = True) -> None:
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
         self.file.write(f"{stamp} {message}\n")
-        if self.echo:
+        if self.echo and echo:
             print(message, flush=True)
+
+    def __enter__(self) -> Logger:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if error is not None:  # the terminal hears of it from comm.run_guarded
+            expected = isinstance(error, BadInput | comm.Preempted)
+            self(f"ended by {kind.__name__}: {error}"
+                 + ("" if expected else "\n" + "".join(traceback.format_exception(kind, error, trace)).rstrip()),
+                 echo=False)
+        self.file.close()
 
 
 def phase_data(plan: Plan, tile, data: Splits | None = None) -> PhaseData:
@@ -935,7 +950,15 @@ def pipeline(args: argparse.Namespace) -> None:
         if world.is_root:
             print(f"{report.plan_text(plan, world, threads)}\n{dry_run_text(plan, world)}", flush=True)
         return
-    log = Logger(plan.out / "logs" / f"rank{world.rank}.log", echo=world.is_root)
+    with Logger(plan.out / "logs" / f"rank{world.rank}.log", echo=world.is_root) as log:
+        run_phases(plan, world, log, threads, determinism, fresh_out)
+
+
+def run_phases(plan: Plan, world: comm.World, log: Logger, threads: int, determinism: str | None,
+               fresh_out: bool) -> None:
+    """The run proper, once every rank holds the plan: the budget's plan, the strategies' phases and
+    rank 0's report, logged to this rank's file."""
+    cfg = plan.config
     log(f"rank {world.rank} of {world.size}: pid {os.getpid()} on {platform.node()}, local rank "
         f"{world.local_rank} of {world.local_size}, device {world.device}")
     if determinism:

@@ -281,6 +281,36 @@ def test_rerunning_a_finished_run_rewrites_nothing_at_one_and_two_ranks(ranks, t
     assert _snapshot(out) == before
 
 
+def open_files_under(folder) -> list[str]:
+    """The files under `folder` that this process holds open (Linux's /proc/self/fd)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        if target.startswith(f"{folder}/"):
+            held.append(target)
+    return held
+
+
+@each_world(1, 2, 4)
+def test_an_in_process_job_leaves_no_file_of_its_run_open(ranks, tiny_run):
+    out, _ = tiny_run  # this stage's in-process job: every rank logged to its own file, then closed it
+    assert all((out / "logs" / f"rank{r}.log").stat().st_size for r in range(ranks))
+    assert open_files_under(out.resolve()) == []
+
+
+@pytest.mark.ranks(1)
+def test_an_in_process_job_that_fails_leaves_its_log_file_closed(tmp_path):
+    out = tmp_path / "run"  # fails where the sub phase starts, its log open: the traceback holds the pipeline
+    done = run_pipeline_here(out, env={"DDC_FAULT": "sub:0"})
+    assert done.returncode == 1 and "injected fault" in done.stderr, done.stderr[-2000:]
+    logged = (out / "logs" / "rank0.log").read_text()  # why the rank stopped, with where
+    assert "ended by RuntimeError: injected fault DDC_FAULT=sub:0" in logged and "in phase_fault" in logged
+    assert open_files_under(out.resolve()) == []
+
+
 def test_multi_rank_launches_find_the_venvs_mpiexec_without_an_activated_venv(monkeypatch):
     """`python -m pytest` from a venv that is not activated: mpiexec is not on PATH."""
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
