@@ -22,8 +22,8 @@ import tomli_w
 from .budget import AUTO, parse_budget
 from .errors import BadInput
 from .kinds import TASKS, parse_source
+from .strategies import CHOICES, phases as strategy_phases
 
-STRATEGIES = ("ddc", "random", "both")
 BACKENDS = ("auto", "gloo", "nccl", "mpi", "mpi4py")
 OPTIMIZERS = ("adam", "sgd")
 LOSSES = ("auto", "cross_entropy", "mse", "l1")
@@ -220,7 +220,7 @@ class PhaseConfig:
 
 @_checked
 class RunConfig:
-    strategy: str = key("both", choices=STRATEGIES)
+    strategy: str = key("both", choices=tuple(CHOICES))
     seed: int = key(0, at_least=0, at_most=SEED_MAX)
     backend: str = key("auto", choices=BACKENDS)
     device: str = key("auto", choices=DEVICES)
@@ -526,7 +526,7 @@ def _auto_share_has_its_trials(config: Config) -> None:
 
 @relation
 def _sub_networks_train(config: Config) -> None:
-    _require(config.run.strategy == "random" or config.run.budget or config.sub.epochs >= 1,
+    _require("sub" not in strategy_phases(config.run.strategy) or config.run.budget or config.sub.epochs >= 1,
              "sub.epochs must be >= 1 when the strategy trains sub-networks")
 
 
@@ -534,7 +534,7 @@ def _sub_networks_train(config: Config) -> None:
 def _budgets_anneal(config: Config) -> None:
     if not config.run.budget:
         return
-    planned = {"ddc": ("sub", "global"), "random": ("random",), "both": ("sub", "global", "random")}[config.run.strategy]
+    planned = strategy_phases(config.run.strategy)
     for name, p, _ in phases(config):
         _require(name not in planned or p.schedule != "step",
                  f"run.budget plans phases that end annealed (lr at zero at the budget's end), but {name}.schedule = "
