@@ -21,6 +21,7 @@ import shutil
 import time
 import tomllib
 import traceback
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -1011,17 +1012,27 @@ def resumable(args: argparse.Namespace) -> None:
                              f"--out {args.out}) to resume") from None
 
 
-def main(argv=None) -> None:
+def command(argv) -> tuple[typing.Callable[[], None], bool]:
+    """What `python -m ddc_hpc.run argv` runs (the resumable pipeline) and whether it shows
+    tracebacks for bad input (--debug); argparse exits (2, or 0 for --help) on a bad command line."""
     args = parse_args(argv)
-    comm.run_guarded(lambda: resumable(args), debug=args.debug)
+    return (lambda: resumable(args)), args.debug
+
+
+def main(argv=None) -> None:
+    comm.run_guarded(*command(argv))
 
 
 def run_here(argv: list[str]) -> int:
     """main(argv) on this process's MPI world for a caller that goes on afterwards (the test suite
-    runs whole jobs in its pytest-mpi stages): the exit code main() would exit with, and the process
-    left as it was (comm.run_contained; raises comm.RankFailed where main() would abort the job)."""
-    args = parse_args(argv)
-    return comm.run_contained(lambda: resumable(args), debug=args.debug)
+    runs whole jobs in its pytest-mpi stages): the same job, and the exit code main() would exit
+    with, the process left as it was (comm.run_contained; raises comm.RankFailed where main() would
+    abort the job)."""
+    try:
+        work, debug = command(argv)
+    except SystemExit as exited:  # argparse's verdict on the command line, as main() exits with it
+        return exited.code
+    return comm.run_contained(work, debug)
 
 
 if __name__ == "__main__":
