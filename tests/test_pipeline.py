@@ -281,6 +281,18 @@ def test_rerunning_a_finished_run_rewrites_nothing_at_one_and_two_ranks(ranks, t
     assert _snapshot(out) == before
 
 
+@pytest.mark.ranks(1)
+def test_a_finished_run_rerun_at_another_rank_count_prints_its_table_without_training(tiny_run):
+    out, _ = tiny_run  # finished at 1 rank, in this stage; the rerun is launched at 2
+    before = _snapshot(out)
+    again = run_pipeline(2, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("finished earlier (results.json written ") == 1, again.stdout  # rank 0 speaks for all
+    assert "GNet-T trained (global)" in again.stdout and f"written to {out}/" in again.stdout
+    assert _snapshot(out) == before, "the rerun at 2 ranks trained or wrote (logs, checkpoints, results)"
+    assert results(out)["world_size"] == 1 and [c["ranks"] for c in results(out)["rank_counts"]] == [1]
+
+
 def open_files_under(folder) -> list[str]:
     """The files under `folder` that this process holds open (Linux's /proc/self/fd)."""
     held = []
