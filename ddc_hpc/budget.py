@@ -15,6 +15,8 @@ import dataclasses
 import math
 import re
 
+from .strategies import NAMES, PHASES
+
 UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 SLURM = "slurm"
 # run.budget = "slurm": what the job's remaining time keeps back, so that every strategy ends before SLURM does
@@ -122,9 +124,6 @@ def plan_phase(seconds: float, rates: PhaseRates, eval_every: int, warmup_passes
                      seconds=epochs * steps * rates.step + scored * rates.evaluation)
 
 
-PHASES = {"ddc": ("sub", "global"), "random": ("random",)}  # the phases a strategy's budget is planned for
-
-
 def plan_budget(budgets: dict[str, float], calibration: dict[str, float], fixed: dict[str, float],
                 rates: dict[str, PhaseRates], eval_every: dict[str, int], warmup: dict[str, float],
                 sub_share: float) -> dict:
@@ -194,9 +193,6 @@ def phase_plan(plan: dict, phase: str) -> PhasePlan:
     return PhasePlan(**{k: v for k, v in plan["phases"][phase].items() if k in fields})
 
 
-STRATEGY_NAMES = {"ddc": "DDC", "random": "GNet-R"}
-
-
 def _auto_text(plan: dict) -> str:
     rule = plan.get("sub_share_rule")
     return "" if rule is None else (f", auto: {rule['sub_passes']:.2f} sub passes = {rule['coefficient']:.3g} x "
@@ -210,7 +206,7 @@ def describe(plan: dict) -> list[str]:
         parts = [f"{name} {p['steps']} steps ({p['epochs']} x {p['steps_per_epoch']}), {p['evaluations']} score(s), "
                  f"{p['seconds']:.0f} s" for name, p in plan["phases"].items()
                  if name in PHASES[strategy]]
-        lines.append(f"  budget {STRATEGY_NAMES[strategy]} {seconds:.0f} s: calibration "
+        lines.append(f"  budget {NAMES[strategy]} {seconds:.0f} s: calibration "
                      f"{plan['calibration_seconds'][strategy]:.1f} s + fixed {plan['fixed_seconds'][strategy]:.1f} s + "
                      + " + ".join(parts) + f" = {plan['planned_seconds'][strategy]:.0f} s planned"
                      + (f" (sub share {plan['sub_share']:.3g}{_auto_text(plan)})" if strategy == "ddc" else ""))

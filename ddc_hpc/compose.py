@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import TASKS
+from .kinds import TASKS
 from .partition import default_grid, spread
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -21,11 +21,11 @@ import tomli_w
 
 from .budget import AUTO, parse_budget
 from .errors import BadInput
+from .kinds import TASKS, parse_source
+from .strategies import CHOICES, phases as strategy_phases
 
-STRATEGIES = ("ddc", "random", "both")
 BACKENDS = ("auto", "gloo", "nccl", "mpi", "mpi4py")
 OPTIMIZERS = ("adam", "sgd")
-TASKS = ("classification", "regression", "autoencoder")
 LOSSES = ("auto", "cross_entropy", "mse", "l1")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -51,7 +51,7 @@ class Check:
     at_most: float | None = None  # value <= at_most
     below: float | None = None  # value < below
     choices: tuple[str, ...] | typing.Callable[[], typing.Sequence[str]] = ()  # a callable: read when checked
-    text: typing.Callable[[str], None] | None = None  # reads a string value (`float | str` keys), raises BadInput
+    text: typing.Callable[[str], object] | None = None  # reads a string value (`float | str` keys), raises BadInput
     unit: str = ""  # e.g. " seconds", after the range in messages
     note: str = ""  # what special values mean, e.g. "0 = all samples"
 
@@ -116,12 +116,6 @@ def _model_names() -> list[str]:
     return model_names()
 
 
-def _source_text(source: str) -> None:
-    from .data.sources import parse_source  # the kinds and the KIND:PATH?options syntax
-
-    parse_source(source)
-
-
 def _budget_text(text: str) -> None:
     if text:  # "": no budget
         try:
@@ -165,7 +159,7 @@ class DecomposeConfig:
 
 @_checked
 class DataConfig:
-    source: str = key("synthetic", text=_source_text)
+    source: str = key("synthetic", text=parse_source)
     val_fraction: float = key(0.2, above=0.0, below=1.0)
     limit: int = key(0, at_least=0, note="0 = all samples")  # 0: every training sample
     # 0: the whole validation split; N: a stratified N of it (quick tuning trials)
@@ -226,7 +220,7 @@ class PhaseConfig:
 
 @_checked
 class RunConfig:
-    strategy: str = key("both", choices=STRATEGIES)
+    strategy: str = key("both", choices=tuple(CHOICES))
     seed: int = key(0, at_least=0, at_most=SEED_MAX)
     backend: str = key("auto", choices=BACKENDS)
     device: str = key("auto", choices=DEVICES)
@@ -532,7 +526,7 @@ def _auto_share_has_its_trials(config: Config) -> None:
 
 @relation
 def _sub_networks_train(config: Config) -> None:
-    _require(config.run.strategy == "random" or config.run.budget or config.sub.epochs >= 1,
+    _require("sub" not in strategy_phases(config.run.strategy) or config.run.budget or config.sub.epochs >= 1,
              "sub.epochs must be >= 1 when the strategy trains sub-networks")
 
 
@@ -540,7 +534,7 @@ def _sub_networks_train(config: Config) -> None:
 def _budgets_anneal(config: Config) -> None:
     if not config.run.budget:
         return
-    planned = {"ddc": ("sub", "global"), "random": ("random",), "both": ("sub", "global", "random")}[config.run.strategy]
+    planned = strategy_phases(config.run.strategy)
     for name, p, _ in phases(config):
         _require(name not in planned or p.schedule != "step",
                  f"run.budget plans phases that end annealed (lr at zero at the budget's end), but {name}.schedule = "

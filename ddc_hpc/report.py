@@ -25,7 +25,7 @@ import textwrap
 import tomllib
 from pathlib import Path
 
-from . import budget
+from . import budget, strategies
 from .errors import BadInput, run_serial
 from .files import atomic_write
 from .partition import subnets_of_rank, tile_shape
@@ -58,7 +58,7 @@ def plan_text(plan, world, threads: int) -> str:
     ]
     if plan.budget is not None:
         lines += budget.describe(plan.budget)
-    names = {"ddc": ["SNet", "GNet-T"], "random": ["GNet-R"], "both": list(NAMES)}[cfg.run.strategy]
+    names = [name for strategy in strategies.CHOICES[cfg.run.strategy] for name in strategies.NETWORKS[strategy]]
     return "\n".join(lines + [f"  {NAMES[name]}" for name in names])
 
 
@@ -179,7 +179,7 @@ def table(results: Results, out: Path | str | None = None) -> str:
             lines.append(row(f"SNet-{k} (own tile, {sum(r['seconds'] for r in results.sub.histories[k]):.1f} s "
                              "of the sub phase)", value, None))
     for strategy, (segments, total_name) in _strategy_segments(results).items():
-        lines.append(f"{budget.STRATEGY_NAMES[strategy]}:")
+        lines.append(f"{strategies.NAMES[strategy]}:")
         for part, seconds in segments:
             lines.append(row("  " + SEGMENT_LABELS[part], scores.get(part), seconds))
         lines.append(row(f"  {total_name}", None, sum(seconds for _, seconds in segments)))
@@ -206,7 +206,7 @@ def verdict(results: Results) -> list[str]:
         phase = results.global_ if strategy == "ddc" else results.random
         final[strategy] = phase.get(metric) if phase else None
         elapsed, landed = plan["elapsed_seconds"].get(strategy), plan["landed"].get(strategy)
-        lines.append(f"budget {budget.STRATEGY_NAMES[strategy]} {seconds:.0f} s: {_verdict_score(final[strategy], metric)}"
+        lines.append(f"budget {strategies.NAMES[strategy]} {seconds:.0f} s: {_verdict_score(final[strategy], metric)}"
                      f" on the validation split, elapsed {elapsed:.1f} s, landed at {landed:.3f} of its budget")
     if None not in final.values() and len(final) == 2:
         ddc, rand = final["ddc"], final["random"]
@@ -218,7 +218,7 @@ def verdict(results: Results) -> list[str]:
             first, second = (ddc, rand) if ahead == "ddc" else (rand, ddc)
             gap = (f"{100 * abs(ddc - rand):.2f} points" if metric == CLASSIFICATION
                    else f"{abs(ddc - rand):.4g} {metric[4:]}")
-            lines.append(f"{budget.STRATEGY_NAMES[ahead]} got further: {_verdict_score(first, metric)} against "
+            lines.append(f"{strategies.NAMES[ahead]} got further: {_verdict_score(first, metric)} against "
                          f"{_verdict_score(second, metric)}, {gap} ahead, each in its own "
                          f"{plan['budget_seconds'][ahead]:.0f} s budget")
     return lines
@@ -338,7 +338,7 @@ def time_rows(results: Results) -> dict[str, str]:
     snet_epoch = max(_per_epoch(h) or 0.0 for h in sub.histories) if sub and sub.histories else None
     parts = {"ddc": dict(ddc_segments(results)) if results.has_ddc else {},
              "random": dict(random_segments(results)) if rand else {}}
-    rows = {f"{budget.STRATEGY_NAMES[s]}: {label}": _num(parts[s].get(part), 1, 1.0)
+    rows = {f"{strategies.NAMES[s]}: {label}": _num(parts[s].get(part), 1, 1.0)
             for s, names in (("ddc", [p for p in SEGMENT_LABELS if p != "random"]), ("random", ["calibration", "random"]))
             for part, label in ((p, SEGMENT_LABELS[p]) for p in names)}
     rows |= {"sub imbalance (slowest - fastest rank)": _num(sub and sub.imbalance_seconds, 1, 1.0),
@@ -348,7 +348,7 @@ def time_rows(results: Results) -> dict[str, str]:
              "one GNet-T epoch": _num(_per_epoch(glob and glob.history), 2, 1.0),
              "one GNet-R epoch": _num(_per_epoch(rand and rand.history), 2, 1.0)}
     plan = results.budget or {}
-    for strategy, name in budget.STRATEGY_NAMES.items():
+    for strategy, name in strategies.NAMES.items():
         rows |= {f"{name} budget": _num(plan.get("budget_seconds", {}).get(strategy), 0, 1.0),
                  f"{name} elapsed": _num(plan.get("elapsed_seconds", {}).get(strategy), 1, 1.0),
                  f"{name} landing (elapsed / budget)": _num(plan.get("landed", {}).get(strategy), 3, 1.0)}
@@ -377,7 +377,7 @@ def describe(run: dict) -> str:
     bits.append(f"{r.world_size or '?'} rank(s) on {r.device or '?'}")
     bits.append(f"strategy {r.strategy or '?'}, epochs SNet + GNet-T / GNet-R: {_epochs(r)}")
     if r.budget:
-        bits.append("budget " + ", ".join(f"{budget.STRATEGY_NAMES[s]} {seconds:.0f} s"
+        bits.append("budget " + ", ".join(f"{strategies.NAMES[s]} {seconds:.0f} s"
                                           for s, seconds in r.budget["budget_seconds"].items())
                     + " (the plan set the epochs)")
     if r.compose and r.compose.max_abs_error is not None:
@@ -485,7 +485,7 @@ def accuracy_figure(runs: list[dict], path: Path, axis: int = 0) -> None:
         for strategy, seconds in plan.get("budget_seconds", {}).items() if axis == 1 else ():
             # the curves' clock starts after the calibration the budget paid for
             ax.axvline(seconds - plan["calibration_seconds"][strategy], color="C0" if strategy == "ddc" else "C3",
-                       ls="--", lw=1, label=f"{budget.STRATEGY_NAMES[strategy]}'s budget (less its calibration)")
+                       ls="--", lw=1, label=f"{strategies.NAMES[strategy]}'s budget (less its calibration)")
         ax.set_xlabel("epoch (SNet epochs + GNet-T epochs)" if axis == 0 else "wall time [s]")
         ax.set_ylabel("validation accuracy [%]" if scale == 100 else f"validation {r.metric[4:].upper()}")
         ax.set_title(run["name"], fontsize=10)
@@ -532,8 +532,7 @@ def phase_seconds_figure(runs: list[dict], path: Path) -> None:
                     ax.text(x - 0.43, bottom + seconds / 2, f"{seconds:.1f} s", ha="right", va="center", fontsize=7)
                 labelled.add(part)
                 bottom += seconds
-            name = "DDC" if strategy == "ddc" else "GNet-R"
-            ax.text(x, bottom, f"{name}\n{bottom:.1f} s", ha="center", va="bottom", fontsize=8)
+            ax.text(x, bottom, f"{strategies.NAMES[strategy]}\n{bottom:.1f} s", ha="center", va="bottom", fontsize=8)
             seconds = (r.budget or {}).get("budget_seconds", {}).get(strategy)
             if seconds:
                 ax.hlines(seconds, x - 0.45, x + 0.45, colors="k", linestyles="--", lw=1,

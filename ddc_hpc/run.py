@@ -20,17 +20,19 @@ import platform
 import shutil
 import time
 import tomllib
+import traceback
+import typing
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import budget, comm, report
+from . import budget, comm, report, strategies
 from .checkpoint import CheckpointSeries, atomic_write, existing_digests, save_torch
 from .compose import (compose, flatten_fc_layers, flatten_state, shrink_perturb, state_numel, theorem_error,
                       unflatten_state, with_parameters)
-from .config import RANDOM_INIT_SEED_OFFSET, Config, PhaseConfig, load_config
+from .config import RANDOM_INIT_SEED_OFFSET, Config, PhaseConfig, load_config, phases as phase_sections
 from .data import SampleSet, Splits, check_tiles, load_from_config, make_batch, source_identity
 from .data.sources import ArrayStore
 from .errors import BadInput
@@ -75,14 +77,22 @@ class Plan:
 
     @property
     def strategies(self) -> list[str]:
-        return {"both": ["ddc", "random"]}.get(self.config.run.strategy, [self.config.run.strategy])
+        return list(strategies.CHOICES[self.config.run.strategy])
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """The phases this run trains, in order (strategies.PHASES)."""
+        return strategies.phases(self.config.run.strategy)
+
+    def section(self, name: str) -> PhaseConfig:
+        """Phase `name`'s config section ("sub", "global", "random"), with the epochs it trains as configured."""
+        return next(dataclasses.replace(settings, epochs=epochs)
+                    for phase, settings, epochs in phase_sections(self.config) if phase == name)
 
     def phase(self, name: str) -> PhaseConfig:
-        """What phase `name` ("sub", "global", "random") trains: its config section, with the epochs,
-        steps per epoch and warm-up of the budget's plan when the run has one."""
-        cfg = self.config
-        section = {"sub": cfg.sub, "global": cfg.global_,
-                   "random": dataclasses.replace(cfg.random, epochs=cfg.random_epochs)}[name]
+        """What phase `name` trains: its section, with the epochs, steps per epoch and warm-up of the
+        budget's plan when the run has one."""
+        section = self.section(name)
         if self.budget is None or name not in self.budget["phases"]:  # no plan, or a phase this strategy skips
             return section
         planned = budget.phase_plan(self.budget, name)
@@ -92,8 +102,7 @@ class Plan:
     def pass_steps(self, name: str, ranks: int) -> int:
         """Steps of one epoch as configured (one pass, or steps_per_epoch) on each of `ranks`
         data-parallel peers."""
-        section = {"sub": self.config.sub, "global": self.config.global_, "random": self.config.random}[name]
-        return steps_per_epoch(section, -(-len(self.data.train) // ranks))
+        return steps_per_epoch(self.section(name), -(-len(self.data.train) // ranks))
 
     @property
     def tile_sample_shape(self) -> tuple[int, ...]:
@@ -171,7 +180,7 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
     if config.data.augment and config.data.max_shift > side:  # beyond a tile it only costs memory (padding)
         raise BadInput(f"data.max_shift = {config.data.max_shift} px is larger than the {side} px tiles; give a "
                        "shift of a few pixels (the paper's random shift), or data.augment = false")
-    if config.run.strategy != "random":
+    if "sub" in strategies.phases(config.run.strategy):
         try:
             validate_layout(comm.MPI.COMM_WORLD.Get_size(), d.partitions)
         except ValueError as err:
@@ -209,7 +218,7 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
                        "on CPUs use 'bf16' or 'fp32'")
     return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend,
                 share_rule=share_rule(config.run.sub_share_trials) if config.run.sub_share == budget.AUTO
-                and config.run.strategy != "random" and not (digests and (out / PLAN_FILE).exists())
+                and "sub" in strategies.phases(config.run.strategy) and not (digests and (out / PLAN_FILE).exists())
                 else None)  # a resume keeps its plan; a folder where nothing trained may plan again
 
 
@@ -291,14 +300,14 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
     saved = checkpointed(plan)
     done = [k for k in range(K) if saved.get(f"sub_{k}", {}).get("finished")]
     todo = []
-    if cfg.run.strategy in ("ddc", "both"):
+    if "ddc" in plan.strategies:
         left = [str(k) + _progress(saved.get(f"sub_{k}")) for k in range(K) if k not in done]
         which = f"sub-networks {', '.join(left)}" if done else f"{K} sub-networks"
         trains = f"train {which} {sub.epochs} epoch(s) of {steps['sub']} steps on their tiles" if left else ""
         loads = f"load sub-networks {', '.join(map(str, done))} (finished earlier)" if done else ""
         todo += [", ".join(filter(None, [loads, trains])) + f", compose them (one Gatherv), train GNet-T "
                  f"{glob.epochs} epoch(s) of {steps['global']} steps{_progress(saved.get('global'))}"]
-    if cfg.run.strategy in ("random", "both"):
+    if "random" in plan.strategies:
         todo += [f"train GNet-R {rand.epochs} epoch(s) of {steps['random']} steps{_progress(saved.get('random'))}"]
     return (f"  data checked from its metadata: {n} train / {len(plan.data.val)} val samples, {checked}\n"
             f"{elastic_text(plan, saved, world.size)}dry run: nothing trained, nothing written. The run would "
@@ -315,18 +324,32 @@ def code_version() -> str:
 
 
 class Logger:
-    """Per-rank log file; rank 0 also prints, so the terminal shows one line per epoch."""
+    """Per-rank log file; rank 0 also prints, so the terminal shows one line per epoch. A context
+    manager: the file is closed however the run ends (an in-process job leaves no file open), and
+    an exception that ends the run is written to it first (with its traceback unless it is bad
+    input or a stop), so each rank's file says why the rank stopped."""
 
     def __init__(self, path: Path, echo: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "a", buffering=1)
         self.echo = echo
 
-    def __call__(self, message: str) -> None:
+    def __call__(self, message: str, echo: bool = True) -> None:
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
         self.file.write(f"{stamp} {message}\n")
-        if self.echo:
+        if self.echo and echo:
             print(message, flush=True)
+
+    def __enter__(self) -> Logger:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if error is not None:  # the terminal hears of it from comm.run_guarded
+            expected = isinstance(error, BadInput | comm.Preempted)
+            self(f"ended by {kind.__name__}: {error}"
+                 + ("" if expected else "\n" + "".join(traceback.format_exception(kind, error, trace)).rstrip()),
+                 echo=False)
+        self.file.close()
 
 
 def phase_data(plan: Plan, tile, data: Splits | None = None) -> PhaseData:
@@ -431,9 +454,8 @@ def choose_resume(plan: Plan, world: comm.World) -> None:
                                                          "choosing the checkpoints to resume from")
     if refusal is not None:
         raise comm.collective_error(refusal)
-    strategy = plan.config.run.strategy
-    mine = [f"sub_{k}" for k in subnets_of_rank(world.rank, world.size, plan.partitions)] + ["global"]
-    mine = (mine if strategy != "random" else []) + (["random"] if strategy != "ddc" else [])
+    mine = [slot for phase in plan.phases for slot in ([f"sub_{k}" for k in subnets_of_rank(
+        world.rank, world.size, plan.partitions)] if phase == "sub" else [phase])]
     error = None
     for name in mine:
         entry = plan.resume_from.get(name)
@@ -740,7 +762,7 @@ def calibrate_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         comm.barrier(world, "timing the calibration")
 
     mine, seconds = {}, {}
-    if "ddc" in plan.strategies:
+    if "sub" in plan.phases:
         tic = time.perf_counter()
         owned = subnets_of_rank(world.rank, world.size, K)
         local = comm.enter_sub_group(world, plan.backend, subnet_group(owned[0], world.size, K))
@@ -753,7 +775,7 @@ def calibrate_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
         mine["compose"] = _time_compose(plan) if world.is_root else 0.0
         seconds["sub"] = time.perf_counter() - tic
     timed = {}  # what makes a data-parallel step cost what it does -> the phase measured with it
-    for name in [n for n, s in (("global", "ddc"), ("random", "random")) if s in plan.strategies]:
+    for name in [phase for phase in plan.phases if phase != "sub"]:  # the data-parallel phases
         config = plan.phase(name)
         key = (config.batch_size, config.compile, config.optimizer, config.bn_recalibrate_batches)
         if key in timed:
@@ -790,14 +812,12 @@ def _budget_costs(plan: Plan, measured: dict, world: comm.World) -> tuple[dict, 
         calibration["ddc"] = measured["seconds_sub"] + measured.get("seconds_global", 0.0)
         fixed["ddc"] = (measured["compose"] + measured["global_setup"] + measured["global_recalibration"]
                         + scores * scoring)
-        rates["sub"] = budget.PhaseRates(measured["sub_step"], measured["sub_evaluation"], plan.pass_steps("sub", per_group))
-        rates["global"] = budget.PhaseRates(measured["global_step"], measured["global_evaluation"],
-                                            plan.pass_steps("global", world.size))
     if "random" in plan.strategies:
         calibration["random"] = measured.get("seconds_random", measured.get("seconds_global", 0.0))
         fixed["random"] = measured["random_setup"]
-        rates["random"] = budget.PhaseRates(measured["random_step"], measured["random_evaluation"],
-                                            plan.pass_steps("random", world.size))
+    for phase in plan.phases:
+        rates[phase] = budget.PhaseRates(measured[f"{phase}_step"], measured[f"{phase}_evaluation"],
+                                         plan.pass_steps(phase, per_group if phase == "sub" else world.size))
     return calibration, fixed, rates
 
 
@@ -854,7 +874,6 @@ def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = Fal
     made, error = None, None
     if world.is_root:
         calibration, fixed, rates = _budget_costs(plan, measured, world)
-        phases = [n for n in ("sub", "global", "random") if n in rates]
         try:
             budgets = budget.budgets_per_strategy(plan.config.run.budget, plan.strategies, left)
             share, chosen = plan.config.run.sub_share, {}
@@ -864,8 +883,8 @@ def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = Fal
                     plan.phase("sub").eval_every)
                 chosen = {"sub_share_rule": plan.share_rule | {"sub_passes": passes}}
             made = budget.plan_budget(budgets, calibration, fixed, rates,
-                                      {n: plan.phase(n).eval_every for n in phases},
-                                      {n: plan.phase(n).warmup_epochs for n in phases}, share)
+                                      {n: plan.phase(n).eval_every for n in plan.phases},
+                                      {n: plan.phase(n).warmup_epochs for n in plan.phases}, share)
             made |= chosen | {"spec": plan.config.run.budget, "measured": measured, "calibration_end": plan.clock(),
                               "made_for": binding}
         except ValueError as err:
@@ -935,7 +954,15 @@ def pipeline(args: argparse.Namespace) -> None:
         if world.is_root:
             print(f"{report.plan_text(plan, world, threads)}\n{dry_run_text(plan, world)}", flush=True)
         return
-    log = Logger(plan.out / "logs" / f"rank{world.rank}.log", echo=world.is_root)
+    with Logger(plan.out / "logs" / f"rank{world.rank}.log", echo=world.is_root) as log:
+        run_phases(plan, world, log, threads, determinism, fresh_out)
+
+
+def run_phases(plan: Plan, world: comm.World, log: Logger, threads: int, determinism: str | None,
+               fresh_out: bool) -> None:
+    """The run proper, once every rank holds the plan: the budget's plan, the strategies' phases and
+    rank 0's report, logged to this rank's file."""
+    cfg = plan.config
     log(f"rank {world.rank} of {world.size}: pid {os.getpid()} on {platform.node()}, local rank "
         f"{world.local_rank} of {world.local_size}, device {world.device}")
     if determinism:
@@ -985,17 +1012,27 @@ def resumable(args: argparse.Namespace) -> None:
                              f"--out {args.out}) to resume") from None
 
 
-def main(argv=None) -> None:
+def command(argv) -> tuple[typing.Callable[[], None], bool]:
+    """What `python -m ddc_hpc.run argv` runs (the resumable pipeline) and whether it shows
+    tracebacks for bad input (--debug); argparse exits (2, or 0 for --help) on a bad command line."""
     args = parse_args(argv)
-    comm.run_guarded(lambda: resumable(args), debug=args.debug)
+    return (lambda: resumable(args)), args.debug
+
+
+def main(argv=None) -> None:
+    comm.run_guarded(*command(argv))
 
 
 def run_here(argv: list[str]) -> int:
     """main(argv) on this process's MPI world for a caller that goes on afterwards (the test suite
-    runs whole jobs in its pytest-mpi stages): the exit code main() would exit with, and the process
-    left as it was (comm.run_contained; raises comm.RankFailed where main() would abort the job)."""
-    args = parse_args(argv)
-    return comm.run_contained(lambda: resumable(args), debug=args.debug)
+    runs whole jobs in its pytest-mpi stages): the same job, and the exit code main() would exit
+    with, the process left as it was (comm.run_contained; raises comm.RankFailed where main() would
+    abort the job)."""
+    try:
+        work, debug = command(argv)
+    except SystemExit as exited:  # argparse's verdict on the command line, as main() exits with it
+        return exited.code
+    return comm.run_contained(work, debug)
 
 
 if __name__ == "__main__":

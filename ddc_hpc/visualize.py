@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import strategies
 from .config import RANDOM_INIT_SEED_OFFSET, load_run_config
 from .data import load_from_config, make_batch
 from .errors import BadInput, run_serial
@@ -174,7 +175,7 @@ def load_networks_and_data(run_dir: Path) -> dict:
     if any(net is None for net, _ in subnets):
         missing = [f"subnet_{k}.pt" for k, (net, _) in enumerate(subnets) if net is None]
         subnets = []
-        if config.run.strategy != "random":
+        if "sub" in strategies.phases(config.run.strategy):
             raise BadInput(f"{run_dir} lacks {', '.join(missing)}: the run has not finished its sub phase")
     nets = {name: network(file) for name, file in (("GNet-T before training", "composed_model.pt"),
                                                      ("GNet-T after training", "model.pt"),

@@ -1,18 +1,20 @@
 """A new user's first hour: the default output folder is stable (a rerun prints the finished table),
-a stop says once where to resume from, DDC's total is the same sum everywhere, a dry run of a
+a stop says once where to resume from (in-process jobs end as main ends them), DDC's total is the same sum everywhere, a dry run of a
 part-finished run says what is left, and the names the table uses are defined where first printed."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, mpiexec, sets
+from conftest import REPO, TINY, inprocess, mpiexec, run_pipeline_here, sets
 from ddc_hpc import report
 from ddc_hpc.checkpoint import CheckpointSeries
 from ddc_hpc.config import load_config
@@ -99,3 +101,18 @@ def test_a_stop_is_reported_once_naming_the_folder_to_resume_from(tmp_path):
     folder = default_out(parse_args(sets(*TINY, "run.strategy=random", "random.epochs=2")))
     assert f"the checkpoints are in {folder}: run the same command again" in stopped.stderr
     assert (tmp_path / folder / "checkpoints" / "random").is_dir()
+
+
+@pytest.mark.ranks(1)
+def test_an_in_process_job_ends_as_main_ends_it(tmp_path):
+    """run_here (the suite's in-process jobs) runs main's job: a bad command line exits 2 with
+    argparse's usage, a stop says where the checkpoints are and how to resume."""
+    bad = inprocess("--no-such-flag")
+    assert bad.returncode == 2 and "unrecognized arguments: --no-such-flag" in bad.stderr, bad.stderr
+    with pytest.raises(SystemExit) as exited, redirect_stderr(io.StringIO()):
+        main(["--no-such-flag"])
+    assert exited.value.code == 2
+    out = tmp_path / "run"
+    stopped = run_pipeline_here(out, "run.strategy=random", env={"DDC_STOP_AT": "random:1:1"})
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    assert f"the checkpoints are in {out}: run the same command again (it uses --out {out}) to resume" in stopped.stderr

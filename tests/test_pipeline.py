@@ -281,6 +281,48 @@ def test_rerunning_a_finished_run_rewrites_nothing_at_one_and_two_ranks(ranks, t
     assert _snapshot(out) == before
 
 
+@pytest.mark.ranks(1)
+def test_a_finished_run_rerun_at_another_rank_count_prints_its_table_without_training(tiny_run):
+    out, _ = tiny_run  # finished at 1 rank, in this stage; the rerun is launched at 2
+    before = _snapshot(out)
+    again = run_pipeline(2, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("finished earlier (results.json written ") == 1, again.stdout  # rank 0 speaks for all
+    assert "GNet-T trained (global)" in again.stdout and f"written to {out}/" in again.stdout
+    assert _snapshot(out) == before, "the rerun at 2 ranks trained or wrote (logs, checkpoints, results)"
+    assert results(out)["world_size"] == 1 and [c["ranks"] for c in results(out)["rank_counts"]] == [1]
+
+
+def open_files_under(folder) -> list[str]:
+    """The files under `folder` that this process holds open (Linux's /proc/self/fd)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        if target.startswith(f"{folder}/"):
+            held.append(target)
+    return held
+
+
+@each_world(1, 2, 4)
+def test_an_in_process_job_leaves_no_file_of_its_run_open(ranks, tiny_run):
+    out, _ = tiny_run  # this stage's in-process job: every rank logged to its own file, then closed it
+    assert all((out / "logs" / f"rank{r}.log").stat().st_size for r in range(ranks))
+    assert open_files_under(out.resolve()) == []
+
+
+@pytest.mark.ranks(1)
+def test_an_in_process_job_that_fails_leaves_its_log_file_closed(tmp_path):
+    out = tmp_path / "run"  # fails where the sub phase starts, its log open: the traceback holds the pipeline
+    done = run_pipeline_here(out, env={"DDC_FAULT": "sub:0"})
+    assert done.returncode == 1 and "injected fault" in done.stderr, done.stderr[-2000:]
+    logged = (out / "logs" / "rank0.log").read_text()  # why the rank stopped, with where
+    assert "ended by RuntimeError: injected fault DDC_FAULT=sub:0" in logged and "in phase_fault" in logged
+    assert open_files_under(out.resolve()) == []
+
+
 def test_multi_rank_launches_find_the_venvs_mpiexec_without_an_activated_venv(monkeypatch):
     """`python -m pytest` from a venv that is not activated: mpiexec is not on PATH."""
     monkeypatch.setenv("PATH", "/usr/bin:/bin")

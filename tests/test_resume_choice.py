@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import TINY, results, run_pipeline, run_pipeline_here
-from ddc_hpc import comm, run
+from ddc_hpc import comm, run, strategies
 from ddc_hpc.config import load_config
 
 STOPPED = ("run.strategy=random",)
@@ -77,7 +77,8 @@ def test_the_resume_choice_waits_run_collective_timeout(monkeypatch, tmp_path):
     monkeypatch.setattr(comm, "bcast", lambda world, value, what: waits.append(world.timeout) or value)
     monkeypatch.setattr(comm, "raise_first_bad_input", lambda world, error: waits.append(world.timeout))
     config = load_config(None, ["run.collective_timeout=4321"])
-    plan = types.SimpleNamespace(config=config, out=tmp_path, partitions=config.decompose.partitions, resume_from={})
+    plan = types.SimpleNamespace(config=config, out=tmp_path, partitions=config.decompose.partitions, resume_from={},
+                                 phases=strategies.phases(config.run.strategy))
     world = comm.World(rank=0, size=1, local_rank=0, local_size=1, device=torch.device("cpu"))
     assert world.timeout == 300
     run.choose_resume(plan, world)

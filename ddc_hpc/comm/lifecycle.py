@@ -147,7 +147,7 @@ def wait_for_launcher_to_read(fds=(1, 2), limit: float = 2.0) -> None:
             continue
 
 
-def _outcome(main, rank: int, size: int, debug: bool, log) -> tuple[int, bool]:
+def _outcome(main, rank: int, size: int, debug: bool) -> tuple[int, bool]:
     """Run main() and print what ended it, as every entry does: (exit code, whether the job must be
     aborted: a failure on this rank that the other ranks cannot know about)."""
     abort = size > 1
@@ -171,8 +171,6 @@ def _outcome(main, rank: int, size: int, debug: bool, log) -> tuple[int, bool]:
     except BaseException as err:  # noqa: BLE001 - the whole point is to catch everything
         code = EXIT_INTERRUPTED if isinstance(err, KeyboardInterrupt) else 1
         detail = traceback.format_exc()
-        if log is not None:
-            log(detail)
         what = err or ("interrupted before a checkpoint could be written" if isinstance(err, KeyboardInterrupt) else "")
         print(f"rank {rank}: {type(err).__name__} in phase {state.current_phase()!r}: {what}", file=sys.stderr,
               flush=True)
@@ -189,7 +187,7 @@ def abort(code: int) -> None:
     state.MPI.COMM_WORLD.Abort(code)
 
 
-def run_guarded(main, debug: bool = False, log=None) -> None:
+def run_guarded(main, debug: bool = False) -> None:
     """Run main(); any exception on any rank ends the whole job with the rank and cause named.
 
     Exit 0 done, 2 bad input, 75 preempted (checkpoint written), 130 Ctrl-C (checkpoint written, or
@@ -198,7 +196,7 @@ def run_guarded(main, debug: bool = False, log=None) -> None:
     """
     comm = state.MPI.COMM_WORLD
     rank = comm.Get_rank()
-    code, must_abort = _outcome(main, rank, comm.Get_size(), debug, log)
+    code, must_abort = _outcome(main, rank, comm.Get_size(), debug)
     if not must_abort and code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):  # every rank stopped at a checkpoint
         _leave_after_stop(comm, rank)
     if must_abort:
@@ -234,7 +232,7 @@ def run_contained(main, debug: bool = False) -> int:
     determinism = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
                    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     try:
-        code, must_abort = _outcome(main, comm.Get_rank(), comm.Get_size(), debug, None)
+        code, must_abort = _outcome(main, comm.Get_rank(), comm.Get_size(), debug)
     finally:
         shutdown_distributed()
         os.environ.clear()

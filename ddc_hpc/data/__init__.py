@@ -6,11 +6,12 @@ samples (images, signals, volumes: uint8 channels last) into float32 channels-fi
 See docs/DATA.md.
 """
 
-from .hdf5 import TASKS, H5Writer, check_labels, check_targets, content_checksum
+from ..kinds import KINDS, TASKS, parse_source
+from .hdf5 import H5Writer, check_labels, check_targets, content_checksum
 from .importers import describe, import_dataset
 from .loader import SampleSet, Splits, channel_mean, channel_std, load_dataset, load_from_config, split_options, \
     stratified_split
-from .sources import KINDS, parse_source, resolve_source, same_data, source_identity
+from .sources import resolve_source, same_data, source_identity
 from .synthetic import TARGET_NAMES, synthetic, synthetic1d, synthetic3d
 from .views import batches, check_tiles, make_batch, to_channels_first
 

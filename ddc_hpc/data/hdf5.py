@@ -28,9 +28,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..config import TASKS
 from ..errors import BadInput
 from ..files import publish, staging_path
+from ..kinds import TASKS
 
 FORMAT = "ddc_hpc.images"
 FORMAT_VERSION = 1

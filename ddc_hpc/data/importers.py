@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
+from ..kinds import KINDS, SYNTHETIC_KINDS
 from .hdf5 import H5Meta, H5Writer, content_checksum
-from .sources import KINDS, SYNTHETIC_KINDS, open_raw
+from .sources import open_raw
 
 IMPORT_KINDS = ("npz", "cifar10", "cifar100", "food101", "imagefolder", "h5", "synthetic", "synthetic1d", "synthetic3d")
 _BLOCK = 512  # samples per read/append
