@@ -161,6 +161,13 @@ class DecomposeConfig:
     grid: tuple[int, ...] = key((), at_least=1)  # empty: the most nearly square grid of `partitions` tiles
     overlap: int = key(0, at_least=0)
     crop: int = key(0, at_least=0)
+    # sub-network counts of multilevel composition, finest first (e.g. [16, 4]: 16 compose into 4,
+    # those into the global net); empty: one level, [partitions]
+    levels: tuple[int, ...] = key((), at_least=1)
+
+    @property
+    def level_counts(self) -> tuple[int, ...]:
+        return self.levels or (self.partitions,)
 
 
 @_checked
@@ -268,7 +275,12 @@ class Config:
         return self.random.epochs or self.sub.epochs + self.global_.epochs
 
     def to_dict(self) -> dict:
-        return {_toml_name(f.name): dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Every key by section; decompose.levels only when given, so a one-level job's file, digest
+        and recorded configuration are those it had before levels existed (its checkpoints resume)."""
+        values = {_toml_name(f.name): dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if not self.decompose.levels:
+            del values["decompose"]["levels"]
+        return values
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -452,6 +464,21 @@ def _one_tile_per_subnetwork(config: Config) -> None:
     _require(not d.grid or math.prod(d.grid) == d.partitions,
              f"decompose.grid = {list(d.grid)} has {math.prod(d.grid)} tiles but decompose.partitions = "
              f"{d.partitions}; the grid must have exactly one tile per sub-network")
+
+
+@relation
+def _levels_nest(config: Config) -> None:
+    d = config.decompose
+    if not d.levels:
+        return
+    _require(d.levels[0] == d.partitions,
+             f"decompose.levels = {list(d.levels)} starts at {d.levels[0]} sub-networks but decompose.partitions = "
+             f"{d.partitions}: the first level is the finest, the sub-networks the sub phase trains; set "
+             f"decompose.partitions = {d.levels[0]}")
+    for fine, coarse in zip(d.levels, d.levels[1:]):
+        _require(coarse >= 2 and fine > coarse and fine % coarse == 0,
+                 f"decompose.levels = {list(d.levels)}: each level must have fewer sub-networks than the one before, "
+                 f"at least 2, and divide it ({fine} sub-networks compose in equal groups into {coarse}); e.g. [16, 4]")
 
 
 @relation

@@ -36,8 +36,8 @@ from .data.sources import ArrayStore
 from .errors import BadInput
 from .results import Phase, Results, ddc_sections, load_results
 from .models import build_model, input_options, model_defaults, model_options
-from .partition import (default_grid, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd,
-                        validate_layout)
+from .partition import (default_grid, level_grids, level_placement, level_tiles, subnet_group, subnet_owner,
+                        subnets_of_rank, tile_shape, tile_slices_nd, validate_layout)
 from .engine import MPIDataParallel
 from .train import (Clock, Job, PhaseData, Task, evaluate, fit, make_optimizer, recalibrate_bn, steps_per_epoch,
                     time_evaluation, time_steps, to_cuda_layout)
@@ -66,6 +66,8 @@ class Plan:
     budget: dict | None = None  # run.budget's plan (budget.plan_budget, as recorded in plan.json)
     # run.sub_share = "auto": the rule fitted to run.sub_share_trials (budget.fit_sub_passes) and the file's digest
     share_rule: dict | None = None
+    # decompose.levels' tiles, finest first (partition.level_tiles); one level: [tiles]
+    level_tiles: list[list[tuple[slice, ...]]] = dataclasses.field(default_factory=list)
 
     @property
     def partitions(self) -> int:
@@ -180,6 +182,11 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
             build(config, d.partitions, tile_shape(tiles) + data.train.image_shape[-1:], 0)
     except (ValueError, TypeError, KeyError) as err:
         raise BadInput(f"model {config.model.name!r} cannot be built as configured: {err}") from None
+    levels = level_layout(config, data.train.image_shape, comm.MPI.COMM_WORLD.Get_size())
+    if len(levels) > 1 and not args.dry_run:
+        raise BadInput(f"decompose.levels = {list(d.levels)} is checked (grids, widths, tiles, rank placement; see "
+                       "--dry-run) but the pipeline does not train more than one level yet: drop decompose.levels "
+                       f"to train one level of {d.partitions} sub-networks")
     out = Path(args.out)
     if args.dry_run:  # writes nothing: only sees whether it could
         existing = next(p for p in (out, *out.parents) if p.exists())
@@ -205,10 +212,31 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
     if config.run.precision == "fp16" and device == "cpu":
         raise BadInput("run.precision = 'fp16' needs GPUs (its gradient scaling is for CUDA's fp16 kernels); "
                        "on CPUs use 'bf16' or 'fp32'")
-    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend,
+    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend, level_tiles=levels,
                 share_rule=share_rule(config.run.sub_share_trials) if config.run.sub_share == budget.AUTO
                 and config.run.strategy != "random" and not (digests and (out / PLAN_FILE).exists())
                 else None)  # a resume keeps its plan; a folder where nothing trained may plan again
+
+
+def level_layout(config: Config, sample_shape: tuple[int, ...], ranks: int) -> list[list[tuple[slice, ...]]]:
+    """decompose.levels' tiles, finest first, checked before any work (BadInput): each level's grid
+    refines the next one's, the ranks place on every level, and every level's sub-network builds
+    (widths divide, tiles meet the model's minimum) on the meta device, which allocates nothing."""
+    d, spatial = config.decompose, sample_shape[:-1]
+    try:
+        levels = level_tiles(spatial, level_grids(d.level_counts, len(spatial), d.grid), d.overlap, d.crop)
+        if config.run.strategy != "random":
+            level_placement(ranks, d.level_counts)
+    except ValueError as err:
+        raise BadInput(f"decompose.levels = {list(d.level_counts)} does not fit the {spatial} samples: {err}") from None
+    for level, (count, tiles) in enumerate(zip(d.level_counts[1:], levels[1:]), start=1):
+        try:
+            with torch.device("meta"):
+                build(config, count, tile_shape(tiles) + sample_shape[-1:], 0)
+        except (ValueError, TypeError, KeyError) as err:
+            raise BadInput(f"model {config.model.name!r} cannot be built for level {level} of decompose.levels = "
+                           f"{list(d.level_counts)} ({count} sub-networks on {tile_shape(tiles)} tiles): {err}") from None
+    return levels
 
 
 def share_rule(path: str) -> dict:
@@ -296,6 +324,10 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
                  f"{glob.epochs} epoch(s) of {steps['global']} steps{_progress(saved.get('global'))}"]
     if cfg.run.strategy in ("random", "both"):
         todo += [f"train GNet-R {rand.epochs} epoch(s) of {steps['random']} steps{_progress(saved.get('random'))}"]
+    if len(plan.level_tiles) > 1:
+        todo.insert(0, "compose level by level: " + " -> ".join(
+            f"{len(tiles)} sub-networks on {'x'.join(map(str, tile_shape(tiles)))} tiles" for tiles in plan.level_tiles)
+            + " -> the global network (not trained yet: a run without --dry-run refuses decompose.levels)")
     return (f"  data checked from its metadata: {n} train / {len(plan.data.val)} val samples, {checked}\n"
             f"dry run: nothing trained, nothing written. The run would {'; then '.join(todo)}; and write "
             f"{plan.out}/ (results.json, metrics.csv, models, plots, logs).")
