@@ -275,10 +275,10 @@ class Config:
         return self.random.epochs or self.sub.epochs + self.global_.epochs
 
     def to_dict(self) -> dict:
-        """Every key by section; decompose.levels only when given, so a one-level job's file, digest
-        and recorded configuration are those it had before levels existed (its checkpoints resume)."""
+        """Every key by section; decompose.levels only with more than one level, so a one-level job
+        ([K] or none) has the file, digest and record it had before levels existed (its checkpoints resume)."""
         values = {_toml_name(f.name): dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        if not self.decompose.levels:
+        if len(self.decompose.level_counts) == 1:
             del values["decompose"]["levels"]
         return values
 

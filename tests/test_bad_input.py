@@ -49,6 +49,17 @@ CASES = [
     ("more-subnets-than-tiles", lambda d: sets(
         f"data.source=npz:{_npz(d / 'x.npz', x=np.zeros((40, 8, 8, 3), np.uint8))}", "decompose.partitions=128",
         "model.width=128"), "does not split into 16 equal tiles"),
+    ("levels-not-starting-at-partitions", lambda d: sets("decompose.levels=[16, 4]"), "set decompose.partitions = 16"),
+    ("levels-not-dividing", lambda d: sets("decompose.partitions=16", "decompose.levels=[16, 3]"), "divide it"),
+    ("levels-grid-not-refining", lambda d: sets("model.width=16", "decompose.partitions=16", "decompose.grid=[1, 16]",
+                                                "decompose.levels=[16, 4]"), "does not refine"),
+    ("levels-width-not-dividing", lambda d: sets("model.width=8", "decompose.partitions=16",
+                                                 "decompose.levels=[16, 4]"), "do not split into 16"),
+    ("levels-tiles-below-the-minimum", lambda d: sets(
+        f"data.source=npz:{_npz(d / 'x.npz', x=np.zeros((40, 64, 64, 3), np.uint8))}", "model.name=vgg11",
+        "model.width=16", "decompose.partitions=16", "decompose.levels=[16, 4]"), "cannot be built"),
+    ("levels-not-trained-yet", lambda d: sets("model.width=16", "decompose.partitions=16",
+                                              "decompose.levels=[16, 4]"), "does not train more than one level yet"),
     ("unknown-model", lambda d: sets("model.name=resnet21"), "resnet"),
     ("unknown-strategy", lambda d: sets("run.strategy=dcc"), "did you mean 'ddc'"),
     ("unknown-backend", lambda d: sets("run.backend=ncll"), "did you mean 'nccl'"),
