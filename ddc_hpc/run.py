@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import budget, comm, report
 from .checkpoint import CheckpointSeries, atomic_write, existing_digests, save_torch
-from .compose import (compose, flatten_fc_layers, flatten_state, shrink_perturb, state_numel, theorem_error,
+from .compose import (compose, compose_group, flatten_fc_layers, flatten_state, shrink_perturb, state_numel, theorem_error,
                       unflatten_state, with_parameters)
 from .config import RANDOM_INIT_SEED_OFFSET, Config, PhaseConfig, load_config
 from .data import SampleSet, Splits, check_tiles, load_from_config, make_batch, source_identity
@@ -36,8 +36,9 @@ from .data.sources import ArrayStore
 from .errors import BadInput
 from .results import Phase, Results, ddc_sections, load_results
 from .models import build_model, input_options, model_defaults, model_options
-from .partition import (default_grid, level_grids, level_placement, level_tiles, subnet_group, subnet_owner,
-                        subnets_of_rank, tile_shape, tile_slices_nd, validate_layout)
+from .partition import (default_grid, level_gather, level_grids, level_group, level_placement, level_tiles,
+                        relative_tiles, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd,
+                        validate_layout)
 from .engine import MPIDataParallel
 from .train import (Clock, Job, PhaseData, Task, evaluate, fit, make_optimizer, recalibrate_bn, steps_per_epoch,
                     time_evaluation, time_steps, to_cuda_layout)
@@ -183,10 +184,10 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
     except (ValueError, TypeError, KeyError) as err:
         raise BadInput(f"model {config.model.name!r} cannot be built as configured: {err}") from None
     levels = level_layout(config, data.train.image_shape, comm.MPI.COMM_WORLD.Get_size())
-    if len(levels) > 1 and not args.dry_run:
-        raise BadInput(f"decompose.levels = {list(d.levels)} is checked (grids, widths, tiles, rank placement; see "
-                       "--dry-run) but the pipeline does not train more than one level yet: drop decompose.levels "
-                       f"to train one level of {d.partitions} sub-networks")
+    if len(levels) > 1 and config.run.budget:
+        raise BadInput(f"decompose.levels = {list(d.levels)} trains epoch runs only: the budget planner does not split "
+                       "the sub share across levels yet; drop run.budget (sub.epochs then applies to every level) "
+                       "or decompose.levels")
     out = Path(args.out)
     if args.dry_run:  # writes nothing: only sees whether it could
         existing = next(p for p in (out, *out.parents) if p.exists())
@@ -327,7 +328,7 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
     if len(plan.level_tiles) > 1:
         todo.insert(0, "compose level by level: " + " -> ".join(
             f"{len(tiles)} sub-networks on {'x'.join(map(str, tile_shape(tiles)))} tiles" for tiles in plan.level_tiles)
-            + " -> the global network (not trained yet: a run without --dry-run refuses decompose.levels)")
+            + f" -> the global network, {sub.epochs} epoch(s) per level")
     return (f"  data checked from its metadata: {n} train / {len(plan.data.val)} val samples, {checked}\n"
             f"dry run: nothing trained, nothing written. The run would {'; then '.join(todo)}; and write "
             f"{plan.out}/ (results.json, metrics.csv, models, plots, logs).")
@@ -666,6 +667,164 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
                     "elapsed_start": started, "elapsed_end": plan.clock()}
 
 
+def level_slot(level: int, k: int) -> str:
+    """Checkpoint slot and metrics phase of sub-network k of level `level`: today's sub_<k> at the
+    finest level, l<level>_sub_<k> above it."""
+    return f"sub_{k}" if level == 0 else f"l{level}_sub_{k}"
+
+
+def last_level_view(plan: Plan) -> Plan:
+    """The plan as compose_phase sees the last level of decompose.levels: its sub-networks are the
+    ones the global network is composed from (placed as one level places them)."""
+    d = plan.config.decompose
+    decompose = dataclasses.replace(d, partitions=d.level_counts[-1], grid=(), levels=())
+    return dataclasses.replace(plan, config=dataclasses.replace(plan.config, decompose=decompose),
+                               tiles=plan.level_tiles[-1])
+
+
+def compose_into(plan: Plan, world: comm.World, local: comm.World, level: int, j: int, below: dict,
+                 log: Logger) -> tuple:
+    """Sub-network j of level `level` from its group of level `level - 1` (`below`: the finer nets
+    this rank owns): one Gatherv over j's ranks (`local`; none when j has one rank, which then
+    holds the whole group) to j's owner, which composes them (compose_group) and checks Theorem
+    2.1 on probe images cut to j's tile.  Returns (the net, the check) on the owner, (None, {})
+    elsewhere."""
+    cfg, counts = plan.config, plan.config.decompose.level_counts
+    tic = time.perf_counter()
+    finer, tiles = plan.level_tiles[level - 1], plan.level_tiles[level]
+    finer_shape = tile_shape(finer) + plan.data.train.image_shape[-1:]
+    n = state_numel(build(cfg, counts[level - 1], finer_shape, 0))
+    members = level_group(j, counts, level - 1)
+    if local.size > 1:
+        flat = np.concatenate([np.zeros(0, np.float32)] + [flatten_state(below[k][0]).cpu().numpy()
+                                                          for k in members if k in below])
+        gathered = comm.gatherv(local, flat)
+        if not local.is_root:
+            return None, {}
+        order = level_gather(world.size, counts, level - 1, [n] * counts[level - 1])[j]["order"]
+        nets = {}
+        for i, k in enumerate(order):
+            nets[k] = build(cfg, counts[level - 1], finer_shape, 0)
+            unflatten_state(nets[k], torch.from_numpy(gathered[i * n:(i + 1) * n]))
+    else:
+        nets = {k: below[k][0] for k in members}
+    subnets = [nets[k].eval() for k in members]
+    parent = build(cfg, counts[level], tile_shape(tiles) + plan.data.train.image_shape[-1:], 0)
+    compose_group(subnets, parent, [finer[k] for k in members], tiles[j], cfg.model.task).eval()
+    probe_images, _ = plan.data.val.read(np.arange(min(16, len(plan.data.val))))
+    probe = make_batch(probe_images, mean=plan.data.mean, tile=tiles[j], augment=False, generator=None)
+    error = theorem_error(parent, subnets, probe, task=cfg.model.task,
+                          tiles=relative_tiles([finer[k] for k in members], tiles[j]))
+    log(f"[compose l{level}_sub_{j}] Theorem 2.1 on {len(probe)} probe tiles: max |F - sum_k F_k| = "
+        f"{error['max_abs']:.3g} (relative {error['max_rel']:.3g})")
+    if not error["max_rel"] <= THEOREM_RTOL:
+        raise RuntimeError(f"level {level}'s sub-network {j} does not equal the sum of its group's sub-networks: "
+                           f"relative error {error['max_rel']:.3g} > {THEOREM_RTOL:g}")
+    return parent, {"max_abs_error": error["max_abs"], "max_rel_error": error["max_rel"],
+                    "seconds": time.perf_counter() - tic}
+
+
+def train_level(plan: Plan, world: comm.World, log: Logger, level: int, below: dict | None) -> dict:
+    """Train this rank's sub-networks of level `level` of decompose.levels (level_placement): the
+    finest from their seeded initialisation, a coarser one from its group's composition
+    (compose_into, from `below`, the finer level's trained nets this rank owns).  No communication
+    beyond a sub-network's own ranks; returns sub_phase's record, with each composition's check
+    ("checks") and each composed net's score before training ("initial"), on its owner."""
+    cfg, counts = plan.config, plan.config.decompose.level_counts
+    placement, tiles = level_placement(world.size, counts)[level], plan.level_tiles[level]
+    shape = tile_shape(tiles) + plan.data.train.image_shape[-1:]
+    mine = [k for k, ranks in enumerate(placement) if world.rank in ranks]
+    local = comm.enter_sub_group(world, plan.backend, placement[mine[0]])
+    comm.set_phase("sub")
+    tic, started = time.perf_counter(), plan.clock()
+    trained, checks, initial, preempted = {}, {}, {}, None
+    for k in mine:
+        name, seed = level_slot(level, k), cfg.run.seed * 1000 + 100 * level + k
+        writer = placement[k][0] == world.rank
+        model = build(cfg, counts[level], shape, seed + 1)
+        if level:
+            composed, check = compose_into(plan, world, local, level, k, below, log)
+            model, checks[k] = (composed, check) if composed is not None else (model, None)
+        slot = CheckpointSeries(plan.out / "checkpoints", name, cfg.digest(), ranks=world.size) if writer else None
+        wrapped = data_parallel(model, local, plan.backend, cfg.sub.compile)
+        job = Job(name=name, model=wrapped, config=plan.phase("sub"), task=plan.task, data=phase_data(plan, tiles[k]),
+                  slot=slot, seed=seed, rank=world.rank, checkpoint_every=cfg.run.checkpoint_every,
+                  precision=cfg.run.precision, progress_seconds=cfg.run.progress_seconds, log=log, clock=plan.clock)
+        if level:
+            initial[k] = evaluate(wrapped, job.data, world.device, plan.task, precision=cfg.run.precision)
+        try:
+            history = run_job(job, local, name, plan)
+        except comm.Preempted as stop:  # told to everyone at the exchange after the level
+            preempted = str(stop)
+            break
+        release(wrapped)
+        if writer:
+            save_torch(_model_file(job.module, plan, tiles[k]), plan.out / f"{name.replace('sub', 'subnet')}.pt")
+            trained[k] = (job.module, history, job.optimizer_state)
+    comm.leave_sub_group(local)
+    here = time.perf_counter() - tic
+    return {"trained": trained, "seconds": here, "preempted": preempted, "checks": checks, "initial": initial,
+            "recorded_seconds": pieces_seconds(here, [history for _, history, _ in trained.values()]),
+            "reach": local.size, "elapsed_start": started, "elapsed_end": plan.clock()}
+
+
+def level_exchange(plan: Plan, world: comm.World, level: int, done: dict) -> dict | None:
+    """After each level: every rank learns whether one was stopped (then all stop, every
+    sub-network checkpointed), and rank 0 gets the level's record: each sub-network's score on its
+    tile, its composed start's score and its composition's check, the level's seconds (and, for
+    multilevel_ddc, the histories and the level's start on the job clock)."""
+    comm.set_phase("compose")
+    metric = plan.task.metric
+    timeout = plan.config.run.collective_timeout
+    slowest = max([row["seconds"] for _, history, _ in done["trained"].values() for row in history] + [done["seconds"]])
+    comm.arrive(world, f"finish level {level}", timeout + ARRIVAL_SLACK * plan.phase("sub").epochs * slowest,
+                time.monotonic() - done["seconds"], f"run.collective_timeout {timeout:g} s + {ARRIVAL_SLACK} x the "
+                f"level's epochs x {slowest:.1f} s, the slowest sub epoch or level rank {world.rank} saw")
+    keys = ("preempted", "checks", "initial", "seconds", "recorded_seconds", "elapsed_start")
+    summaries = comm.allgather(world, {key: done[key] for key in keys}
+                               | {"histories": {k: history for k, (_, history, _) in done["trained"].items()}},
+                               f"gathering level {level}'s records")
+    stopped = [(r, s["preempted"]) for r, s in enumerate(summaries) if s["preempted"]]
+    if stopped:
+        raise comm.Preempted(f"rank {stopped[0][0]} was stopped in level {level} ({stopped[0][1]}); every "
+                             "sub-network is checkpointed")
+    if not world.is_root:
+        return None
+    merged = {key: {k: v for s in summaries for k, v in s[key].items() if v is not None}
+              for key in ("histories", "checks", "initial")}
+    count = plan.config.decompose.level_counts[level]
+    histories = [merged["histories"][k] for k in range(count)]
+    return {"level": level, "partitions": count, "tile": list(tile_shape(plan.level_tiles[level])),
+            "seconds": max(s["recorded_seconds"] for s in summaries), "epochs": plan.phase("sub").epochs,
+            "per_subnet_" + metric: [h[-1][metric] for h in histories],
+            "composed_" + metric: [merged["initial"][k][metric] for k in range(count)] if level else None,
+            "max_abs_error": max((c["max_abs_error"] for c in merged["checks"].values()), default=None),
+            "max_rel_error": max((c["max_rel_error"] for c in merged["checks"].values()), default=None),
+            "compose_seconds": max((c["seconds"] for c in merged["checks"].values()), default=None),
+            "histories": histories, "elapsed_start": min(s["elapsed_start"] for s in summaries)}
+
+
+def multilevel_ddc(plan: Plan, world: comm.World, log: Logger) -> tuple[dict, torch.nn.Module | None, list]:
+    """decompose.levels' DDC: each level trains (train_level, level_exchange), then composes group by
+    group into the next; the last composes into the global network as one level does
+    (compose_phase).  Returns compose_phase's record, now with the finest level's histories and
+    every level's seconds as the sub phase's (results.json's sub section), its net, and rank 0's
+    per-level records (results.json's levels)."""
+    counts, below, records = plan.config.decompose.level_counts, None, []
+    for level in range(len(counts)):
+        done = train_level(plan, world, log, level, below)
+        records.append(level_exchange(plan, world, level, done))
+        below = done["trained"]
+    info, global_net = compose_phase(last_level_view(plan), world, done, log)
+    if not world.is_root:
+        return info, global_net, []
+    histories = records[0]["histories"]
+    info |= {"histories": dict(enumerate(histories)), "seconds_sub": sum(r["seconds"] for r in records),
+             "sub_elapsed": (records[0]["elapsed_start"], info["sub_elapsed"][1])}
+    return info, global_net, [{k: v for k, v in r.items() if k not in ("histories", "elapsed_start")}
+                              for r in records]
+
+
 def pieces_seconds(here: float, histories: list[list[dict]]) -> float:
     """A phase's seconds across a stop and resume: what this process spent on it (`here`), or, when
     more, the sum of the recorded pieces, its epochs' seconds (every process that trained them: a
@@ -937,8 +1096,10 @@ def pipeline(args: argparse.Namespace) -> None:
     elapsed = {}  # each strategy's seconds on the job clock
     if "ddc" in plan.strategies:
         started = plan.clock()
-        sub = sub_phase(plan, world, log)
-        compose_info, global_net = compose_phase(plan, world, sub, log)
+        if len(plan.level_tiles) > 1:
+            compose_info, global_net, results.levels = multilevel_ddc(plan, world, log)
+        else:
+            compose_info, global_net = compose_phase(plan, world, sub_phase(plan, world, log), log)
         model = global_net if world.is_root else build(cfg, 1, plan.data.train.image_shape, 0)
         trained = global_phase(plan, world, "global", model, log, compose_info.pop("optimizer_state", None))
         elapsed["ddc"] = plan.clock() - started
