@@ -70,6 +70,7 @@ NAMES = {"SNet": "SNet-k = sub-network k (1/K of the width), trained on tile k o
 
 def metric_rows(results: Results) -> list[dict]:
     rows = [row for h in results.sub.histories for row in h] if results.sub else []
+    rows += [row for record in results.levels or [] for h in record.get("histories", []) for row in h]
     for phase in (results.global_, results.random):
         rows += phase.history if phase else []
     return rows
@@ -178,6 +179,7 @@ def table(results: Results, out: Path | str | None = None) -> str:
         for k, value in enumerate(results.sub.per_subnet):
             lines.append(row(f"SNet-{k} (own tile, {sum(r['seconds'] for r in results.sub.histories[k]):.1f} s "
                              "of the sub phase)", value, None))
+    lines += level_rows(results, row)
     for strategy, (segments, total_name) in _strategy_segments(results).items():
         lines.append(f"{budget.STRATEGY_NAMES[strategy]}:")
         for part, seconds in segments:
@@ -192,6 +194,22 @@ def table(results: Results, out: Path | str | None = None) -> str:
     if out is not None:
         lines.append(f"written to {out}/ (results.json, metrics.csv, plots, models, logs)")
     return "\n".join(lines)
+
+
+def level_rows(results: Results, row) -> list[str]:
+    """decompose.levels above the finest: each composed sub-network's score on its tile as composed
+    and after its level's training (its row), the level's seconds (inside the sub phase's row) and
+    the largest Theorem 2.1 error of the compositions into it."""
+    metric, lines = results.metric, []
+    for record in (results.levels or [])[1:]:
+        tile = "x".join(map(str, record["tile"]))
+        lines.append(f"level {record['level']}: {record['partitions']} SNets on {tile} tiles, composed from level "
+                     f"{record['level'] - 1} (Theorem 2.1: max relative error {record['max_rel_error']:.3g}), trained "
+                     f"{record['seconds']:.1f} s of the sub phase")
+        for j, (start, value) in enumerate(zip(record["composed_" + metric], record["per_subnet_" + metric])):
+            lines.append(row(f"  L{record['level']} SNet-{j} (composed: {_score(start, metric).strip()}; trained)",
+                             value, None))
+    return lines
 
 
 def verdict(results: Results) -> list[str]:

@@ -821,8 +821,8 @@ def multilevel_ddc(plan: Plan, world: comm.World, log: Logger) -> tuple[dict, to
     histories = records[0]["histories"]
     info |= {"histories": dict(enumerate(histories)), "seconds_sub": sum(r["seconds"] for r in records),
              "sub_elapsed": (records[0]["elapsed_start"], info["sub_elapsed"][1])}
-    return info, global_net, [{k: v for k, v in r.items() if k not in ("histories", "elapsed_start")}
-                              for r in records]
+    return info, global_net, [{k: v for k, v in r.items() if k != "elapsed_start" and (r["level"] or k != "histories")}
+                              for r in records]  # the finest level's histories are the sub section's
 
 
 def pieces_seconds(here: float, histories: list[list[dict]]) -> float:
