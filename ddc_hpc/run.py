@@ -184,10 +184,6 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
     except (ValueError, TypeError, KeyError) as err:
         raise BadInput(f"model {config.model.name!r} cannot be built as configured: {err}") from None
     levels = level_layout(config, data.train.image_shape, comm.MPI.COMM_WORLD.Get_size())
-    if len(levels) > 1 and config.run.budget:
-        raise BadInput(f"decompose.levels = {list(d.levels)} trains epoch runs only: the budget planner does not split "
-                       "the sub share across levels yet; drop run.budget (sub.epochs then applies to every level) "
-                       "or decompose.levels")
     out = Path(args.out)
     if args.dry_run:  # writes nothing: only sees whether it could
         existing = next(p for p in (out, *out.parents) if p.exists())
@@ -875,7 +871,7 @@ def calibrate_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
     cores as in the run): the rates, fixed costs and calibration seconds budget.plan_budget plans with.
     The slowest rank's figures count. Torch.distributed is shut down again before the sub phase."""
     comm.set_phase("calibrate")
-    cfg, K = plan.config, plan.partitions
+    cfg = plan.config
     data = _calibration_data(plan)
 
     def barrier():
@@ -884,14 +880,19 @@ def calibrate_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
     mine, seconds = {}, {}
     if "ddc" in plan.strategies:
         tic = time.perf_counter()
-        owned = subnets_of_rank(world.rank, world.size, K)
-        local = comm.enter_sub_group(world, plan.backend, subnet_group(owned[0], world.size, K))
-        model = data_parallel(build(cfg, K, plan.tile_sample_shape, 0), local, plan.backend, cfg.sub.compile)
-        job = _calibration_job(plan, "sub", model, cfg.sub, phase_data(plan, plan.tiles[owned[0]], data), world, log)
-        mine["sub_step"] = time_steps(job, world.device, CALIBRATION_STEPS, CALIBRATION_WARMUP, barrier) * len(owned)
-        recalibration, scoring = time_evaluation(job, world.device, len(plan.data.val), barrier, CALIBRATION_SCORED)
-        mine["sub_evaluation"] = (recalibration + scoring) * len(owned)
-        comm.leave_sub_group(local)
+        for level, (count, placement) in enumerate(zip(cfg.decompose.level_counts,
+                                                       level_placement(world.size, cfg.decompose.level_counts))):
+            owned, tiles, key = [k for k, ranks in enumerate(placement) if world.rank in ranks], plan.level_tiles[level], \
+                ("sub" if level == 0 else f"sub_l{level}")  # each level of decompose.levels (one: today's sub phase)
+            local = comm.enter_sub_group(world, plan.backend, placement[owned[0]])
+            model = data_parallel(build(cfg, count, tile_shape(tiles) + plan.data.train.image_shape[-1:], 0), local,
+                                  plan.backend, cfg.sub.compile)
+            job = _calibration_job(plan, "sub", model, cfg.sub, phase_data(plan, tiles[owned[0]], data), world, log)
+            mine[f"{key}_step"] = time_steps(job, world.device, CALIBRATION_STEPS, CALIBRATION_WARMUP,
+                                             barrier) * len(owned)
+            recalibration, scoring = time_evaluation(job, world.device, len(plan.data.val), barrier, CALIBRATION_SCORED)
+            mine[f"{key}_evaluation"] = (recalibration + scoring) * len(owned)
+            comm.leave_sub_group(local)
         mine["compose"] = _time_compose(plan) if world.is_root else 0.0
         seconds["sub"] = time.perf_counter() - tic
     timed = {}  # what makes a data-parallel step cost what it does -> the phase measured with it
@@ -932,7 +933,15 @@ def _budget_costs(plan: Plan, measured: dict, world: comm.World) -> tuple[dict, 
         calibration["ddc"] = measured["seconds_sub"] + measured.get("seconds_global", 0.0)
         fixed["ddc"] = (measured["compose"] + measured["global_setup"] + measured["global_recalibration"]
                         + scores * scoring)
-        rates["sub"] = budget.PhaseRates(measured["sub_step"], measured["sub_evaluation"], plan.pass_steps("sub", per_group))
+        levels = [budget.PhaseRates(measured[f"{key}_step"], measured[f"{key}_evaluation"], 0)
+                  for key in ["sub"] + [f"sub_l{level}" for level in range(1, len(plan.level_tiles))]]
+        # decompose.levels: every level trains the sub phase's planned steps, so a sub step costs one step of
+        # each level; each level above the finest scores its composed start once (a fixed cost)
+        fixed["ddc"] += sum(rate.evaluation for rate in levels[1:])
+        rates["sub"] = budget.PhaseRates(sum(rate.step for rate in levels), sum(rate.evaluation for rate in levels),
+                                         plan.pass_steps("sub", per_group))
+        if len(levels) > 1:  # recorded with the plan, and each level's share of DDC's seconds from them
+            rates |= {f"sub_level_{level}": rate for level, rate in enumerate(levels)}
         rates["global"] = budget.PhaseRates(measured["global_step"], measured["global_evaluation"],
                                             plan.pass_steps("global", world.size))
     if "random" in plan.strategies:
@@ -1008,6 +1017,9 @@ def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = Fal
             made = budget.plan_budget(budgets, calibration, fixed, rates,
                                       {n: plan.phase(n).eval_every for n in phases},
                                       {n: plan.phase(n).warmup_epochs for n in phases}, share)
+            if len(plan.level_tiles) > 1:
+                made["level_shares"] = budget.level_shares(made, [rates[f"sub_level_{level}"]
+                                                                  for level in range(len(plan.level_tiles))])
             made |= chosen | {"spec": plan.config.run.budget, "measured": measured, "calibration_end": plan.clock(),
                               "made_for": binding}
         except ValueError as err:
