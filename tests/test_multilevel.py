@@ -74,3 +74,20 @@ def test_a_stop_in_each_level_resumes_bitwise(straight, stop_at, mpi_tmp_path):
     result, reference = (json.loads((d / "results.json").read_text()) for d in (out, straight))
     assert result["levels"][1]["composed_val_accuracy"] == reference["levels"][1]["composed_val_accuracy"]
     assert_seconds_cover_the_recorded_pieces(result)
+
+
+@pytest.mark.ranks(4)
+def test_a_budgeted_multilevel_run_plans_every_level_and_records_its_share(mpi_tmp_path):
+    out = mpi_tmp_path / "run"
+    done = run_pipeline_here(out, *LEVELS, "run.budget=20", "sub.schedule=linear", "global.schedule=linear")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    plan = result["budget"]
+    assert len(plan["level_shares"]) == 2 and sum(plan["level_shares"]) == pytest.approx(plan["sub_share"])
+    assert {"sub_level_0", "sub_level_1"} <= set(plan["rates"])
+    planned = plan["phases"]["sub"]
+    for level in result["levels"]:  # every level trains the planned epochs
+        assert level["epochs"] == planned["epochs"]
+    histories = result["sub"]["histories"] + result["levels"][1]["histories"]
+    assert all(len(history) == planned["epochs"] for history in histories)
+    assert "per level" in (out / "logs" / "rank0.log").read_text()
