@@ -28,7 +28,7 @@ from pathlib import Path
 from . import budget
 from .errors import BadInput, run_serial
 from .files import atomic_write
-from .partition import subnets_of_rank, tile_shape
+from .partition import level_placement, subnets_of_rank, tile_shape
 from .plotting import pyplot
 from .results import CLASSIFICATION, Results, load_results
 
@@ -39,7 +39,10 @@ METRIC_COLUMNS = ["phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top
 def plan_text(plan, world, threads: int) -> str:
     cfg = plan.config
     K = plan.partitions
-    owners = {r: subnets_of_rank(r, world.size, K) for r in range(world.size)}
+    # decompose.levels: every level's placement (prepare checked it); one level: today's round robin
+    placement = level_placement(world.size, cfg.decompose.level_counts) if len(plan.level_tiles) > 1 else \
+        [[[r for r in range(world.size) if k in subnets_of_rank(r, world.size, K)] for k in range(K)]]
+    owners = {r: [k for k, ranks in enumerate(placement[0]) if r in ranks] for r in range(world.size)}
     lines = [
         f"ddc_hpc run -> {plan.out}",
         f"  model {cfg.model.name} (width {cfg.model.width}, {cfg.model.num_classes} classes), "
@@ -53,6 +56,11 @@ def plan_text(plan, world, threads: int) -> str:
         f"  {world.size} rank(s), {threads} thread(s) each, device {world.device}, precision {cfg.run.precision}; "
         "rank -> sub-networks: "
         + ", ".join(f"{r}:{ks}" for r, ks in owners.items()),
+        *[f"  level {level}: {len(placement[level])} sub-networks on "
+          f"{'x'.join(map(str, tile_shape(plan.level_tiles[level])))} tiles, composed from level {level - 1} in groups "
+          f"of {len(plan.level_tiles[level - 1]) // len(placement[level])}; rank -> sub-networks: "
+          + ", ".join(f"{r}:{[k for k, ranks in enumerate(placement[level]) if r in ranks]}" for r in range(world.size))
+          for level in range(1, len(placement))],
         f"  epochs: sub {plan.phase('sub').epochs}, global {plan.phase('global').epochs}, random "
         f"{plan.phase('random').epochs}" + ("  (resuming from checkpoints)" if plan.resume else ""),
     ]

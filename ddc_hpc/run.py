@@ -67,7 +67,7 @@ class Plan:
     budget: dict | None = None  # run.budget's plan (budget.plan_budget, as recorded in plan.json)
     # run.sub_share = "auto": the rule fitted to run.sub_share_trials (budget.fit_sub_passes) and the file's digest
     share_rule: dict | None = None
-    # decompose.levels' tiles, finest first (partition.level_tiles); one level: [tiles]
+    # decompose.levels' tiles, finest first (partition.level_tiles; `tiles` is the finest); one level: [tiles]
     level_tiles: list[list[tuple[slice, ...]]] = dataclasses.field(default_factory=list)
 
     @property
@@ -209,7 +209,8 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
     if config.run.precision == "fp16" and device == "cpu":
         raise BadInput("run.precision = 'fp16' needs GPUs (its gradient scaling is for CUDA's fp16 kernels); "
                        "on CPUs use 'bf16' or 'fp32'")
-    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend, level_tiles=levels,
+    return Plan(config=config, out=out, data=data, tiles=levels[0], resume=bool(digests), backend=backend,
+                level_tiles=levels,
                 share_rule=share_rule(config.run.sub_share_trials) if config.run.sub_share == budget.AUTO
                 and config.run.strategy != "random" and not (digests and (out / PLAN_FILE).exists())
                 else None)  # a resume keeps its plan; a folder where nothing trained may plan again
@@ -222,7 +223,7 @@ def level_layout(config: Config, sample_shape: tuple[int, ...], ranks: int) -> l
     d, spatial = config.decompose, sample_shape[:-1]
     try:
         levels = level_tiles(spatial, level_grids(d.level_counts, len(spatial), d.grid), d.overlap, d.crop)
-        if config.run.strategy != "random":
+        if config.run.strategy != "random" or len(d.level_counts) > 1:
             level_placement(ranks, d.level_counts)
     except ValueError as err:
         raise BadInput(f"decompose.levels = {list(d.level_counts)} does not fit the {spatial} samples: {err}") from None
@@ -322,9 +323,9 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
     if cfg.run.strategy in ("random", "both"):
         todo += [f"train GNet-R {rand.epochs} epoch(s) of {steps['random']} steps{_progress(saved.get('random'))}"]
     if len(plan.level_tiles) > 1:
-        todo.insert(0, "compose level by level: " + " -> ".join(
+        todo.insert(0, "train and compose level by level: " + " -> ".join(
             f"{len(tiles)} sub-networks on {'x'.join(map(str, tile_shape(tiles)))} tiles" for tiles in plan.level_tiles)
-            + f" -> the global network, {sub.epochs} epoch(s) per level")
+            + f" -> the global network, {sub.epochs} epoch(s) of {steps['sub']} steps per level (below: the finest)")
     return (f"  data checked from its metadata: {n} train / {len(plan.data.val)} val samples, {checked}\n"
             f"dry run: nothing trained, nothing written. The run would {'; then '.join(todo)}; and write "
             f"{plan.out}/ (results.json, metrics.csv, models, plots, logs).")

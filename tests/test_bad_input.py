@@ -58,8 +58,6 @@ CASES = [
     ("levels-tiles-below-the-minimum", lambda d: sets(
         f"data.source=npz:{_npz(d / 'x.npz', x=np.zeros((40, 64, 64, 3), np.uint8))}", "model.name=vgg11",
         "model.width=16", "decompose.partitions=16", "decompose.levels=[16, 4]"), "cannot be built"),
-    ("levels-not-trained-yet", lambda d: sets("model.width=16", "decompose.partitions=16",
-                                              "decompose.levels=[16, 4]"), "does not train more than one level yet"),
     ("unknown-model", lambda d: sets("model.name=resnet21"), "resnet"),
     ("unknown-strategy", lambda d: sets("run.strategy=dcc"), "did you mean 'ddc'"),
     ("unknown-backend", lambda d: sets("run.backend=ncll"), "did you mean 'nccl'"),
