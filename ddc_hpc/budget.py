@@ -264,7 +264,7 @@ def fit_sub_passes(points: list[tuple[float, float]]) -> dict:
     if len({b for b, _ in points}) < 2 or any(b <= 0 or p <= 0 for b, p in points):
         raise ValueError(f"the sub-share rule is fitted to the best share's passes at two or more budgets; the trials "
                          f"give {len(points)} budget(s) ({', '.join(f'{b:g} s' for b, _ in points) or 'none'}): run "
-                         "DDC share trials at a second budget (python benchmarks/frontier.py tune)")
+                         "DDC share trials at a second budget (python -m ddc_hpc.frontier tune)")
     x = [math.log(b) for b, _ in points]
     y = [math.log(p) for _, p in points]
     mx, my = sum(x) / len(x), sum(y) / len(y)

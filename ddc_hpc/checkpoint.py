@@ -55,7 +55,7 @@ class CheckpointSeries:
         self.name = name
         self.config_digest = config_digest
         self.keep = keep
-        self.ranks = ranks  # the job's rank count, recorded with each checkpoint: a resume must match it
+        self.ranks = ranks  # the job's rank count, recorded with each checkpoint (a resume at another re-shards)
 
     def _entries(self) -> list[dict]:
         try:
@@ -69,7 +69,9 @@ class CheckpointSeries:
     def config_digests(self) -> set[str]:
         return {e["config"] for e in self._entries()}
 
-    def save(self, state: dict, *, epoch: int, step: int, finished: bool) -> Path:
+    def save(self, state: dict, *, epoch: int, step: int, finished: bool, batch: int | None = None) -> Path:
+        """Write `state` and list it; `batch` (the samples of a step over all data-parallel peers) is
+        recorded with it: a resume at another rank count keeps it (partition.elastic_batch)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         entries = self._entries()
         number = entries[-1]["number"] + 1 if entries else 0
@@ -77,7 +79,8 @@ class CheckpointSeries:
         sha = save_torch(state, path)
         entries.append(dict(number=number, file=path.name, sha256=sha, epoch=epoch, step=step,
                             finished=finished, config=self.config_digest,
-                            **({} if self.ranks is None else {"ranks": self.ranks})))
+                            **({} if self.ranks is None else {"ranks": self.ranks}),
+                            **({} if batch is None else {"batch": batch})))
         stale, entries = entries[: -self.keep], entries[-self.keep :]
         atomic_write(self.dir / MANIFEST, json.dumps({"checkpoints": entries}, indent=1).encode())
         for entry in stale:

@@ -253,7 +253,7 @@ class RunConfig:
     # with a budget: the sub phase's share of DDC's training time, or "auto": the planner's rule
     # (budget.auto_sub_share) fitted to the DDC share trials in run.sub_share_trials
     sub_share: float | str = key(0.3, above=0.0, below=1.0, text=_share_text)
-    sub_share_trials: str = key("")  # a trials file (benchmarks/frontier.py tune), relative to where the run starts
+    sub_share_trials: str = key("")  # a trials file (python -m ddc_hpc.frontier tune), relative to where the run starts
 
 
 @dataclass(frozen=True)
@@ -553,7 +553,7 @@ def _auto_share_has_its_trials(config: Config) -> None:
     _require(config.run.budget, "run.sub_share = \"auto\" chooses the sub phase's share of a wall-time budget: set "
              "run.budget too, or give the share itself (e.g. run.sub_share = 0.5)")
     _require(config.run.sub_share_trials, "run.sub_share = \"auto\" fits its rule to DDC share trials: set "
-             "run.sub_share_trials to the trials file (python benchmarks/frontier.py tune writes one), or give the "
+             "run.sub_share_trials to the trials file (python -m ddc_hpc.frontier tune writes one), or give the "
              "share itself (e.g. run.sub_share = 0.5)")
 
 

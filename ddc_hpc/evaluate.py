@@ -75,6 +75,36 @@ def scored_sets(source: str, saved: dict, classes: int, task: Task) -> tuple[lis
         f"{trained['data']['source']}, a different source")
 
 
+def score(checkpoint: Path, data: str | None = None, run: str | None = None, batch_size: int = 256) -> tuple[dict, str]:
+    """({"top1", "top5" (regression: "mae", "rmse"), "n", "split"}, what was scored) of a saved network:
+    on `data`'s test split (its own training data: the held-out split), or on the run dir `run`'s own
+    validation split. In-process: a study scores many networks without an interpreter start each."""
+    model, saved = load_network(Path(checkpoint))
+    classes = saved["spec"]["num_classes"]
+    model_config = ModelConfig(**saved["config"]["model"])
+    task = Task(model_config.task, model_config.loss_name)
+    if run:
+        config = load_run_config(run)
+        started_in = (saved.get("source") or {}).get("started_in")  # its relative paths start there
+        config = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, source=resolve_source(config.data.source, started_in)))
+        splits = load_from_config(config)
+        sets, split, what = [splits.val], splits.held_out, f"the {splits.held_out} split of the run {run}"
+    else:
+        sets, split, what = scored_sets(data, saved, classes, task)
+    keys = ("val_accuracy", "val_top5") if task.name == "classification" else ("val_mae", "val_rmse")
+    names = ("top1", "top5") if task.name == "classification" else ("mae", "rmse")
+    sums, n = dict.fromkeys(names, 0.0), 0
+    for images in sets:
+        phase_data = PhaseData(train=images, val=images, mean=saved["mean"], tile=saved["tile"], augment=False)
+        m = evaluate(model, phase_data, torch.device("cpu"), task, batch_size=batch_size)
+        for name, key in zip(names, keys):
+            sums[name] += m[key] ** (2 if name == "rmse" else 1) * m["val_samples"]
+        n += m["val_samples"]
+    result = {name: (value / n) ** (0.5 if name == "rmse" else 1) for name, value in sums.items()}
+    return result | {"n": n, "split": split}, what
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ddc_hpc.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="model.pt, composed_model.pt, subnet_<k>.pt ...")
@@ -87,34 +117,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     def evaluate_checkpoint() -> None:
-        model, saved = load_network(Path(args.checkpoint))
-        classes = saved["spec"]["num_classes"]
-        model_config = ModelConfig(**saved["config"]["model"])
-        task = Task(model_config.task, model_config.loss_name)
-        if args.run:
-            config = load_run_config(args.run)
-            started_in = (saved.get("source") or {}).get("started_in")  # its relative paths start there
-            config = dataclasses.replace(config, data=dataclasses.replace(
-                config.data, source=resolve_source(config.data.source, started_in)))
-            splits = load_from_config(config)
-            sets, split, what = [splits.val], splits.held_out, f"the {splits.held_out} split of the run {args.run}"
-        else:
-            sets, split, what = scored_sets(args.data, saved, classes, task)
-        keys = ("val_accuracy", "val_top5") if task.name == "classification" else ("val_mae", "val_rmse")
-        names = ("top1", "top5") if task.name == "classification" else ("mae", "rmse")
-        sums, n = dict.fromkeys(names, 0.0), 0
-        for images in sets:
-            data = PhaseData(train=images, val=images, mean=saved["mean"], tile=saved["tile"], augment=False)
-            m = evaluate(model, data, torch.device("cpu"), task, batch_size=args.batch_size)
-            for name, key in zip(names, keys):
-                sums[name] += m[key] ** (2 if name == "rmse" else 1) * m["val_samples"]
-            n += m["val_samples"]
-        result = {name: (value / n) ** (0.5 if name == "rmse" else 1) for name, value in sums.items()}
+        result, what = score(Path(args.checkpoint), args.data, args.run, args.batch_size)
         if args.json:
-            print(json.dumps(result | {"n": n, "split": split}))
+            print(json.dumps(result))
         else:
-            print(f"{args.checkpoint}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items())
-                  + f"  on {n} samples: {what}")
+            print(f"{args.checkpoint}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k not in ("n", "split"))
+                  + f"  on {result['n']} samples: {what}")
 
     run_serial(evaluate_checkpoint)
 

@@ -125,6 +125,28 @@ def subnet_owner(subnet: int, size: int, partitions: int) -> int:
     return subnet_group(subnet, size, partitions)[0]
 
 
+def phase_peers(slot: str, size: int, partitions: int, levels: Sequence[int] = ()) -> int:
+    """Data-parallel peers that train `slot` ("sub_<k>", "global" or "random"; with decompose.levels
+    `levels`, "l<level>_sub_<k>" too) in a run of `size` ranks."""
+    if slot.startswith("l") and "_sub_" in slot:
+        level, k = slot[1:].split("_sub_")
+        return len(level_placement(size, levels)[int(level)][int(k)])
+    return len(subnet_group(int(slot[4:]), size, partitions)) if slot.startswith("sub_") else size
+
+
+def elastic_batch(slot: str, total: int, peers: int) -> int:
+    """The per-rank batch at which `peers` data-parallel peers continue `slot`, stopped with a batch
+    of `total` samples per step over all its peers: the same `total`, so the step count of an epoch,
+    the lr schedule and the samples of every step stay what they were. ValueError if `total` does not
+    split evenly over `peers`."""
+    if total % peers:
+        fits = [p for p in range(1, total + 1) if total % p == 0]
+        raise ValueError(f"{slot} was stopped at a batch of {total} samples per step over all its ranks, which "
+                         f"does not split evenly over {peers} rank(s); {slot} continues on a number of ranks that "
+                         f"divides {total} ({', '.join(map(str, fits))})")
+    return total // peers
+
+
 def gatherv_layout(counts: Sequence[int]) -> tuple[list[int], list[int]]:
     """Counts and displacements (in elements) for a Gatherv of per-rank blocks laid end to end."""
     if any(c < 0 for c in counts):
@@ -245,6 +267,8 @@ __all__ = [
     "validate_layout",
     "subnet_group",
     "subnet_owner",
+    "phase_peers",
+    "elastic_batch",
     "gatherv_layout",
     "shard_range",
     "level_grids",

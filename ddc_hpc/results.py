@@ -155,8 +155,8 @@ class Compose:
 
 
 # top-level keys besides the phases, in the order results.json has them
-HEADER = ("strategy", "world_size", "partitions", "model", "dataset", "source", "threads", "device", "precision",
-          "resumed", "slurm_restarts", "metric")
+HEADER = ("strategy", "world_size", "rank_counts", "partitions", "model", "dataset", "source", "threads", "device",
+          "precision", "resumed", "slurm_restarts", "metric")
 
 
 @dataclasses.dataclass
@@ -167,6 +167,9 @@ class Results:
     partitions: int
     strategy: str | None = None
     world_size: int | None = None
+    # every rank count the run had, in order, each with the checkpoints it continued from
+    # (run.record_rank_count); None in files written before it was recorded
+    rank_counts: list[dict] | None = None
     dataset: str | None = None
     # the data as identified: kind, resolved path, options, content digest, and the directory the run
     # started in (data.sources.source_identity); None in files written before it was recorded

@@ -36,9 +36,9 @@ from .data.sources import ArrayStore
 from .errors import BadInput
 from .results import Phase, Results, ddc_sections, load_results
 from .models import build_model, input_options, model_defaults, model_options
-from .partition import (default_grid, level_gather, level_grids, level_group, level_placement, level_tiles,
-                        relative_tiles, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices_nd,
-                        validate_layout)
+from .partition import (default_grid, elastic_batch, level_gather, level_grids, level_group, level_placement,
+                        level_tiles, phase_peers, relative_tiles, subnet_group, subnet_owner, subnets_of_rank, tile_shape,
+                        tile_slices_nd, validate_layout)
 from .engine import MPIDataParallel
 from .train import (Clock, Job, PhaseData, Task, evaluate, fit, make_optimizer, recalibrate_bn, steps_per_epoch,
                     time_evaluation, time_steps, to_cuda_layout)
@@ -63,6 +63,8 @@ class Plan:
     source: dict = dataclasses.field(default_factory=dict)
     # slot name -> manifest entry of the checkpoint it resumes from, as rank 0 chose (choose_resume)
     resume_from: dict[str, dict] = dataclasses.field(default_factory=dict)
+    # slot name -> the per-rank batch of a slot resumed at another rank count (elastic_batches)
+    batches: dict[str, int] = dataclasses.field(default_factory=dict)
     clock: Clock = dataclasses.field(default_factory=Clock)  # restarted when every rank has the plan
     budget: dict | None = None  # run.budget's plan (budget.plan_budget, as recorded in plan.json)
     # run.sub_share = "auto": the rule fitted to run.sub_share_trials (budget.fit_sub_passes) and the file's digest
@@ -246,10 +248,10 @@ def share_rule(path: str) -> dict:
         rule = budget.fit_sub_passes(budget.best_sub_passes(trials))
     except FileNotFoundError:
         raise BadInput(f"run.sub_share_trials = {path!r} does not exist (relative paths start at {Path.cwd()}): run "
-                       "the share trials first (python benchmarks/frontier.py tune ...), or give run.sub_share a "
+                       "the share trials first (python -m ddc_hpc.frontier tune ...), or give run.sub_share a "
                        "number") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise BadInput(f"run.sub_share_trials = {path!r} is not a trials file of benchmarks/frontier.py tune "
+        raise BadInput(f"run.sub_share_trials = {path!r} is not a trials file of python -m ddc_hpc.frontier tune "
                        f"({type(err).__name__}: {err})") from None
     return rule | {"trials": path, "trials_digest": "sha256:" + hashlib.sha256(content).hexdigest()[:16]}
 
@@ -307,6 +309,8 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
     checked = (f"{len(plan.data.classes)} classes, labels {labels.min()}..{labels.max()}"
                if cfg.model.task == "classification" and len(labels) else f"targets {plan.data.train.target_shape}")
     sub, glob, rand = plan.phase("sub"), plan.phase("global"), plan.phase("random")
+    glob, rand = (dataclasses.replace(c, batch_size=plan.batches.get(name, c.batch_size))  # a resume's kept batch
+                  for name, c in (("global", glob), ("random", rand)))
     per_group = max(world.size // K, 1)
     steps = {"sub": steps_per_epoch(sub, -(-n // per_group)), "global": steps_per_epoch(glob, -(-n // world.size)),
              "random": steps_per_epoch(rand, -(-n // world.size))}
@@ -327,7 +331,8 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
             f"{len(tiles)} sub-networks on {'x'.join(map(str, tile_shape(tiles)))} tiles" for tiles in plan.level_tiles)
             + f" -> the global network, {sub.epochs} epoch(s) of {steps['sub']} steps per level (below: the finest)")
     return (f"  data checked from its metadata: {n} train / {len(plan.data.val)} val samples, {checked}\n"
-            f"dry run: nothing trained, nothing written. The run would {'; then '.join(todo)}; and write "
+            f"{elastic_text(plan, saved, world.size)}dry run: nothing trained, nothing written. The run would "
+            f"{'; then '.join(todo)}; and write "
             f"{plan.out}/ (results.json, metrics.csv, models, plots, logs).")
 
 
@@ -387,33 +392,75 @@ def release(model: torch.nn.Module) -> None:
         model.close()
 
 
-def rank_count_refusal(out: Path, entries: dict[str, dict], ranks: int) -> str | None:
-    """Why a run of `ranks` ranks must not resume from `entries` (slot name -> manifest entry), or None.
+def elastic_batches(plan: Plan, entries: dict[str, dict], ranks: int) -> tuple[dict[str, int], str | None]:
+    """(slot -> the per-rank batch at which a run of `ranks` ranks continues it, for each unfinished
+    slot of `entries` (slot name -> manifest entry) whose batch over all its ranks differs from this
+    count's; why it cannot, or None). A resume at another rank count re-places the sub-networks by
+    the rule of a fresh start (subnets_of_rank) and keeps each stopped phase's batch of a step over
+    all its ranks (partition.elastic_batch), so the step count, the lr schedule and the samples of
+    every step of the current epoch stay. (Checkpoints written before the rank count was recorded
+    carry none and are not judged; before the batch was, it is the configured one at their count.)"""
+    batches = {}
+    for name, entry in sorted(entries.items()):
+        if entry["finished"] or entry.get("ranks") is None:
+            continue
+        configured = plan.phase("sub" if "sub_" in name else name).batch_size  # a level's sub-networks: [sub]
+        levels = plan.config.decompose.level_counts
+        total = entry.get("batch", configured * phase_peers(name, entry["ranks"], plan.partitions, levels))
+        peers = phase_peers(name, ranks, plan.partitions, levels)
+        if total == configured * peers:
+            continue
+        try:
+            batches[name] = elastic_batch(name, total, peers)
+        except ValueError as err:
+            return {}, (f"{plan.out} holds a run stopped at {entry['ranks']} rank(s) that cannot continue at "
+                        f"{ranks}: {err}. Run it again with {entry['ranks']} rank(s) (mpiexec -n {entry['ranks']}, srun "
+                        f"--ntasks={entry['ranks']}), or choose a new --out to start afresh at {ranks}")
+    return batches, None
 
-    A run resumes at the rank count its checkpoints were written at: the sample partition of every
-    epoch, the sub-networks' placement and a partial epoch's per-rank state all depend on it.
-    (Checkpoints written before the count was recorded carry none and are not judged.)"""
+
+def elastic_text(plan: Plan, entries: dict[str, dict], ranks: int) -> str:
+    """What a resume at another rank count will do (the dry run's words; '' at the same count)."""
     before = sorted({e["ranks"] for e in entries.values() if e.get("ranks") not in (None, ranks)})
     if not before:
-        return None
-    slots = sorted(name for name, e in entries.items() if e.get("ranks") in before)
-    return (f"{out} holds checkpoints written by a run of {' and '.join(map(str, before))} rank(s) ({', '.join(slots)}), "
-            f"but this run has {ranks}: a run resumes only at the rank count it started with (its sample partition "
-            f"and sub-network placement depend on it). Run it again with {before[0]} rank(s) (mpiexec -n {before[0]}, "
-            f"srun --ntasks={before[0]}) to resume, or choose a new --out to start afresh at {ranks}")
+        return ""
+    kept = [f"{name} at epoch {entries[name]['epoch'] + 1}, step {entries[name]['step'] + 1} with {batch} "
+            f"samples a rank ({batch * phase_peers(name, ranks, plan.partitions, plan.config.decompose.level_counts)} "
+            "a step, as before)"
+            for name, batch in plan.batches.items()]
+    placed = (f"; the sub-networks placed as a fresh start at {ranks} places them"
+              if any(n.startswith("sub_") and not e["finished"] for n, e in entries.items()) else "")
+    return (f"  resumes a run stopped at {' and '.join(map(str, before))} rank(s) at {ranks}{placed}"
+            + (f"; continues {'; '.join(kept)}" if kept else "") + "\n")
+
+
+RANKS_FILE = "ranks.json"  # the rank counts a run has had and where each began (results.json's rank_counts)
+
+
+def record_rank_count(plan: Plan, ranks: int) -> list[dict]:
+    """The rank counts the run in --out has had, this start's appended (rank 0, in ranks.json) when
+    it differs from the last one, with the checkpoint each slot continues from."""
+    path = plan.out / RANKS_FILE
+    had = json.loads(path.read_text()) if path.exists() else []
+    if not had or had[-1]["ranks"] != ranks:
+        had.append({"ranks": ranks, "resumed_from": {name: {key: entry[key] for key in ("epoch", "step", "finished")}
+                                                     for name, entry in sorted(plan.resume_from.items())}})
+        atomic_write(path, json.dumps(had, indent=1).encode())
+    return had
 
 
 def choose_resume(plan: Plan, world: comm.World) -> None:
     """Rank 0 picks each slot's checkpoint (file, epoch, step, sha256) and every rank resumes from
     exactly that one: ranks reading their own newest could resume different epochs and hang. A rank
-    whose view of --out lacks one it will read, or a rank count other than the checkpoints', stops
-    the job with exit 2 before anything trains. Hashing large checkpoints on a slow file system
-    takes its time: the collectives wait run.collective_timeout."""
+    whose view of --out lacks one it will read, or a stopped phase whose batch cannot be kept at this
+    rank count (elastic_batches), stops the job with exit 2 before anything trains. Hashing large
+    checkpoints on a slow file system takes its time: the collectives wait run.collective_timeout."""
     world = dataclasses.replace(world, timeout=plan.config.run.collective_timeout)
     root = plan.out / "checkpoints"
     chosen = checkpointed(plan) if world.is_root else None
-    refusal = rank_count_refusal(plan.out, chosen, world.size) if world.is_root else None
-    plan.resume_from, refusal = comm.bcast(world, (chosen, refusal), "choosing the checkpoints to resume from")
+    batches, refusal = elastic_batches(plan, chosen, world.size) if world.is_root else (None, None)
+    plan.resume_from, plan.batches, refusal = comm.bcast(world, (chosen, batches, refusal),
+                                                         "choosing the checkpoints to resume from")
     if refusal is not None:
         raise comm.collective_error(refusal)
     strategy = plan.config.run.strategy
@@ -443,6 +490,10 @@ def run_job(job: Job, world: comm.World, slot_name: str, plan: Plan) -> list[dic
         job.clock.resume_at(saved["elapsed"])
         job.log(f"[{job.name}] finished earlier; loaded from checkpoint")
         return list(saved["history"])
+    if slot_name in plan.batches:
+        job.config = dataclasses.replace(job.config, batch_size=plan.batches[slot_name])
+        job.log(f"[{job.name}] continued from a run of {entry['ranks']} rank(s): {job.config.batch_size} samples "
+                "a rank, the batch of a step over all ranks kept")
     if saved is not None:
         job.log(f"[{job.name}] resuming at epoch {saved['epoch'] + 1}, step {saved['step'] + 1}")
     return fit(job, world.device, resume=saved)
@@ -1076,7 +1127,7 @@ def pipeline(args: argparse.Namespace) -> None:
     if not args.dry_run:  # one rank reads (hashes) the data file, once; a dry run reads no sample
         plan.source = comm.bcast(world, identify_source(cfg) if world.is_root else None, "identifying the data source")
     if args.dry_run:  # refuses what the run would refuse, choosing nothing
-        refusal = rank_count_refusal(plan.out, checkpointed(plan), world.size)
+        plan.batches, refusal = elastic_batches(plan, checkpointed(plan), world.size)
         comm.raise_first_bad_input(world, BadInput(refusal) if refusal else None)
     else:
         choose_resume(plan, world)
@@ -1097,13 +1148,15 @@ def pipeline(args: argparse.Namespace) -> None:
         log(determinism)
     if world.is_root:
         atomic_write(plan.out / "config.toml", cfg.to_toml().encode())
+    rank_counts = record_rank_count(plan, world.size) if world.is_root else None
     comm.install_stop_handlers()
     if cfg.run.budget:
         plan.budget = budget_phase(plan, world, log, fresh_out=fresh_out)
     log(report.plan_text(plan, world, threads))
     results = Results(strategy=cfg.run.strategy, world_size=world.size, partitions=plan.partitions,
                       model=cfg.model.name, dataset=cfg.data.source, threads=threads, device=str(world.device),
-                      precision=cfg.run.precision, resumed=plan.resume, slurm_restarts=comm.restart_count(),
+                      precision=cfg.run.precision, resumed=plan.resume,
+                      rank_counts=rank_counts, slurm_restarts=comm.restart_count(),
                       metric=plan.task.metric, backend=plan.backend, source=plan.source,
                       splits=plan.data.record(cfg.data.split_seed))
     elapsed = {}  # each strategy's seconds on the job clock

@@ -5,10 +5,11 @@
                                      [--set k=v ...] [--sbatch-arg=--account=me ...] [--out DIR]
     python -m ddc_hpc.scaling collect DIR [DIR ...] [--out DIR]
 
-`local` runs the job under mpiexec once per rank count on this machine; `submit` sbatches the
-template once per node count (`--nodes N`) plus a collect job that runs after all of them
-(`--dependency=afterany:...`). Both write DIR/n<count>/ (one ddc_hpc.run out dir each) and
-DIR/scaling.json (what was run), and collect writes DIR/scaling.csv, DIR/scaling_speedup.png and
+A study (ddc_hpc/study.py) with one point per count: `local` runs the job under mpiexec once per rank
+count on this machine; `submit` sbatches the template once per node count (`--nodes N`) plus a collect
+job that runs after all of them (`--dependency=afterany:...`). Both write DIR/n<count>/ (one
+ddc_hpc.run out dir each) and DIR/scaling.json (the study and what was run; the same command again
+continues it), and collect writes DIR/scaling.csv, DIR/scaling_speedup.png and
 DIR/scaling_efficiency.png.
 
 Strong scaling (the default) keeps the whole problem fixed: speedup = T(n0) / T(n), ideal n / n0.
@@ -28,24 +29,20 @@ import json
 import math
 import os
 import re
-import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+from . import study
 from .errors import BadInput
 from .plotting import pyplot
 from .results import Results, load_results
+from .study import UsageError
 
 PHASES = ("sub", "compose", "global", "random")
 MODES = ("strong", "weak")
-MANIFEST = "scaling.json"
+TOOL = "scaling"
+MANIFEST = f"{TOOL}.json"
 CSV_NAME = "scaling.csv"
-
-
-class UsageError(Exception):
-    """Bad arguments: exit 2 with the message."""
 
 
 # ---- pure scaling arithmetic ----------------------------------------------------------------------
@@ -214,7 +211,8 @@ def find_runs(dirs: list[Path]) -> tuple[list[tuple[Path, Results, dict]], list[
             candidates = [(d, {})]
         elif manifest is not None:
             modes.add(manifest.get("mode", "strong"))
-            candidates = [(d / e["dir"], e) for e in manifest.get("runs", [])]
+            # its points (a manifest from before ddc_hpc.study: the runs it made)
+            candidates = [(d / e["dir"], e) for e in manifest.get("points") or manifest.get("runs", [])]
         else:
             # run dirs: subfolders with results.json, and n<count> folders (a missing one is reported)
             candidates = [(p, {}) for p in sorted(d.iterdir()) if p.is_dir() and (
@@ -292,163 +290,50 @@ def summary(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# ---- running a study ----------------------------------------------------------------------------
+# ---- running a study (ddc_hpc.study: one point per count) ---------------------------------------
 
-def _counts(values: list[int], what: str) -> list[int]:
-    if any(v <= 0 for v in values):
-        raise UsageError(f"{what} must be positive integers, got {values}")
-    if len(set(values)) != len(values):
-        raise UsageError(f"{what} lists a count twice: {values}")
-    return sorted(values)
-
-
-def _check_config(config: str | None, sets: list[str]):
-    """Validate the job config and overrides here, before anything is launched (BadInput -> exit 2)."""
-    from .config import load_config
-    from .errors import BadInput
-
-    if config is not None and not Path(config).is_file():
-        raise UsageError(f"--config {config}: no such file")
-    try:
-        return load_config(config, sets)
-    except BadInput as err:
-        raise UsageError(str(err)) from None
-
-
-def _weak_sets(cfg, key: str | None, counts: list[int]) -> dict[int, list[str]]:
+def _weak_sets(cfg, key: str | None, counts: list[int]) -> dict[int, tuple[str, ...]]:
     """Per count, the --set that scales KEY (weak scaling); nothing for strong scaling."""
     if key is None:
-        return {c: [] for c in counts}
+        return {c: () for c in counts}
     section, _, name = key.partition(".")
     base = cfg.to_dict().get(section, {}).get(name)
     if isinstance(base, bool) or not isinstance(base, int) or base <= 0:
         raise UsageError(f"--weak {key}: needs a positive integer config key (the work at the smallest "
                          f"count), but {key} = {base!r}")
-    return {c: [f"{key}={base * c // counts[0]}"] for c in counts}
+    return {c: (f"{key}={base * c // counts[0]}",) for c in counts}
 
 
-def _prepare_out(out: str | None, counts: list[int]) -> Path:
-    root = Path(out or f"runs/scaling-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    for c in counts:
-        run_dir = root / f"n{c}"
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise UsageError(f"{run_dir} is not empty: a scaling run must start fresh (a resumed run's "
-                             "times are not comparable); choose a new --out")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _write_manifest(root: Path, manifest: dict) -> None:
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-
-
-def _python() -> str:
-    """The interpreter running this tool runs the study too (the same venv on a cluster's shared disk)."""
-    return sys.executable
+def _study(args, unit: str) -> tuple[Path, dict, list[study.Point]]:
+    """The study dir, its manifest and one point per count (n<count>: `unit` = ranks or nodes)."""
+    values = study.counts(getattr(args, unit), f"--{unit}")
+    weak = _weak_sets(study.check_config(args.config, args.set), args.weak, values)
+    points = [study.Point(f"n{c}", weak[c], **({"ranks": c} if unit == "ranks" else {"nodes": c})) for c in values]
+    root = Path(args.out or f"runs/scaling-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    definition = {"kind": "local" if unit == "ranks" else "slurm", "mode": "weak" if args.weak else "strong",
+                  "weak_key": args.weak, "unit": unit, "config": args.config, "sets": args.set}
+    return root, study.prepare(root, TOOL, definition, points), points
 
 
 def cmd_local(args) -> int:
-    ranks = _counts(args.ranks, "--ranks")
-    cfg = _check_config(args.config, args.set)
-    weak = _weak_sets(cfg, args.weak, ranks)
-    launcher = shlex.split(args.launcher)
-    if not launcher or not any("{ranks}" in part for part in launcher):
-        raise UsageError(f"--launcher {args.launcher!r} must contain {{ranks}}, e.g. 'mpiexec -n {{ranks}}'")
-    program = shutil.which(launcher[0])
-    beside = Path(_python()).parent / launcher[0]  # an un-activated venv's own mpiexec
-    if program is None and "/" not in launcher[0] and beside.is_file():
-        launcher[0] = str(beside)
-    elif program is None:
-        raise UsageError(f"--launcher: {launcher[0]} is not on PATH (activate the venv, or load the MPI module)")
-    root = _prepare_out(args.out, ranks)
-    manifest = {"kind": "local", "mode": "weak" if args.weak else "strong", "weak_key": args.weak,
-                "unit": "ranks", "config": args.config, "sets": args.set, "launcher": args.launcher, "runs": []}
-    failed = []
-    for n in ranks:
-        run_dir = root / f"n{n}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        command = [part.format(ranks=n) for part in launcher] + [_python(), "-m", "ddc_hpc.run", "--out", str(run_dir)]
-        if args.config:
-            command += ["--config", args.config]
-        for override in args.set + weak[n]:
-            command += ["--set", override]
-        print(f"scaling: {n} rank(s): {shlex.join(command)}", flush=True)
-        with open(run_dir / "launch.log", "w") as log:
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
-        manifest["runs"].append({"dir": run_dir.name, "ranks": n, "nodes": 1, "returncode": code})
-        _write_manifest(root, manifest)
-        if code != 0:
-            failed.append(n)
-            print(f"scaling: {n} rank(s) failed with exit {code}; see {run_dir / 'launch.log'}", file=sys.stderr)
+    launcher = study.resolve_launcher(args.launcher)
+    root, manifest, points = _study(args, "ranks")
+    manifest["launcher"] = args.launcher
+    failed = study.run_local(root, TOOL, manifest, points, config=args.config, sets=args.set, launcher=launcher)
     path, table = collect([root], root)
     print(summary(table))
     print(f"scaling: wrote {path} and {root}/scaling_speedup.png, scaling_efficiency.png")
     return 1 if failed else 0
 
 
-def _parse_job_id(output: str) -> str:
-    job_id = output.strip().splitlines()[-1].split(";")[0].strip() if output.strip() else ""
-    if not job_id.isdigit():
-        raise RuntimeError(f"sbatch --parsable printed {output!r}, not a job id")
-    return job_id
-
-
 def cmd_submit(args) -> int:
-    nodes = _counts(args.nodes, "--nodes")
-    if not Path(args.template).is_file():
-        raise UsageError(f"--template {args.template}: no such file (e.g. slurm/gpu.sbatch)")
     if not args.config:
         raise UsageError("submit needs --config (the job every run of the study executes)")
-    cfg = _check_config(args.config, args.set)
-    weak = _weak_sets(cfg, args.weak, nodes)
-    if not args.dry_run and shutil.which("sbatch") is None:
-        raise UsageError("sbatch is not on PATH: submit runs on a SLURM login node (or use `local`)")
-    root = _prepare_out(args.out, nodes)
-    manifest = {"kind": "slurm", "mode": "weak" if args.weak else "strong", "weak_key": args.weak,
-                "unit": "nodes", "config": args.config, "sets": args.set, "template": args.template,
-                "sbatch_args": args.sbatch_arg, "runs": []}
-    job_ids = []
-
-    def sbatch(command: list[str]) -> str:
-        print(shlex.join(command), flush=True)
-        if args.dry_run:
-            return str(1000 + len(job_ids))
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"sbatch failed (exit {done.returncode}): {done.stderr.strip()}")
-        return _parse_job_id(done.stdout)
-
-    try:
-        for n in nodes:
-            run_dir = root / f"n{n}"
-            run_dir.mkdir(parents=True, exist_ok=True)  # SLURM does not create the log's folder
-            command = ["sbatch", "--parsable", f"--nodes={n}", f"--job-name=ddc-scale-n{n}",
-                       f"--output={run_dir}/slurm-%j.out", *args.sbatch_arg,
-                       args.template, args.config, str(run_dir)]
-            for override in args.set + weak[n]:
-                command += ["--set", override]
-            job_id = sbatch(command)
-            job_ids.append(job_id)
-            manifest["runs"].append({"dir": run_dir.name, "nodes": n, "job_id": job_id})
-            _write_manifest(root, manifest)
-        if not args.no_collect:
-            wrap = shlex.join([_python(), "-m", "ddc_hpc.scaling", "collect", str(root)])
-            collect_id = sbatch(["sbatch", "--parsable", f"--dependency=afterany:{':'.join(job_ids)}",
-                                 "--job-name=ddc-scale-collect", *args.sbatch_arg, "--nodes=1", "--ntasks=1",
-                                 "--cpus-per-task=1", f"--output={root}/collect-%j.out", f"--wrap={wrap}"])
-            manifest["collect_job_id"] = collect_id
-            _write_manifest(root, manifest)
-    except RuntimeError as err:
-        print(f"scaling: {err}", file=sys.stderr)
-        if job_ids and not args.dry_run:
-            print(f"scaling: jobs already submitted: {' '.join(job_ids)} (scancel them if needed)", file=sys.stderr)
-        return 1
-    if args.dry_run:
-        print("scaling: dry run, nothing submitted")
-    else:
-        print(f"scaling: submitted {' '.join(job_ids)}"
-              + ("" if args.no_collect else f"; collect job {manifest['collect_job_id']} writes {root / CSV_NAME}"))
-    return 0
+    root, manifest, points = _study(args, "nodes")
+    manifest |= {"template": args.template, "sbatch_args": args.sbatch_arg}
+    return study.submit(root, TOOL, manifest, points, template=args.template, config=args.config, sets=args.set,
+                        sbatch_args=args.sbatch_arg, dry_run=args.dry_run,
+                        collect=None if args.no_collect else study.collect_command(TOOL, str(root)))
 
 
 def cmd_collect(args) -> int:
@@ -459,10 +344,7 @@ def cmd_collect(args) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ddc_hpc.scaling", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="See docs/CLUSTER.md, section 'Scaling studies'.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = study.parser(TOOL, __doc__, "See docs/CLUSTER.md, section 'Studies'.")
 
     def job_args(p):
         p.add_argument("--config", help="job TOML (local: default the built-in quickstart)")
@@ -473,20 +355,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="weak scaling: multiply the integer config KEY (e.g. data.limit) by count/smallest")
 
     local = sub.add_parser("local", help="run the job under mpiexec at several rank counts on this machine")
-    local.add_argument("--ranks", type=int, nargs="+", required=True, metavar="N")
+    local.add_argument("--ranks", type=study.count, nargs="+", required=True, metavar="N")
     job_args(local)
-    local.add_argument("--launcher", default="mpiexec -n {ranks}",
-                       help="command that starts {ranks} MPI ranks (default: %(default)r)")
+    study.launcher_arg(local)
     local.set_defaults(func=cmd_local)
 
     submit = sub.add_parser("submit", help="sbatch the template once per node count, then a collect job")
-    submit.add_argument("--nodes", type=int, nargs="+", required=True, metavar="N")
-    submit.add_argument("--template", required=True, help="sbatch template, e.g. slurm/gpu.sbatch")
+    submit.add_argument("--nodes", type=study.count, nargs="+", required=True, metavar="N")
     job_args(submit)
-    submit.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                        help="extra sbatch option for every job, e.g. --sbatch-arg=--account=me (repeatable)")
-    submit.add_argument("--no-collect", action="store_true", help="do not submit the collect job")
-    submit.add_argument("--dry-run", action="store_true", help="print the sbatch commands, submit nothing")
+    study.submit_args(submit)
     submit.set_defaults(func=cmd_submit)
 
     col = sub.add_parser("collect", help="tabulate and plot finished runs")

@@ -192,18 +192,18 @@ def lr_at(config: PhaseConfig, epoch: int, step: int, steps: int) -> float:
 
 
 def batch_indices(order_of: Callable[[int], list[int]], length: int, epoch: int, step: int, batch_size: int,
-                  steps_fixed: int) -> list[int]:
-    """This rank's samples of a step. An epoch is one pass (`order_of(epoch)`, `length` samples), or
-    with a fixed number of steps per epoch a window on the passes laid end to end, continuing
-    across epochs."""
+                  steps_fixed: int, peer: int = 0, peers: int = 1) -> list[int]:
+    """Peer `peer`'s samples of a step. An epoch is one pass: `order_of(epoch)` is this peer's share
+    of it (`length` samples). Or, with a fixed number of steps per epoch, `order_of(npass)` is a
+    whole pass (`length` samples) and the passes are laid end to end: each step takes the next
+    batch_size x peers of them, dealt round-robin as DistributedSampler deals a pass. Those are the
+    same samples whatever the peer count that shares them, so a run resumed at another rank count
+    with the same total batch (partition.elastic_batch) reads what it would have read."""
     if not steps_fixed:
         return order_of(epoch)[step * batch_size : (step + 1) * batch_size]
-    start = (epoch * steps_fixed + step) * batch_size
-    picked = []
-    while len(picked) < batch_size:
-        npass, offset = divmod(start + len(picked), length)
-        picked += order_of(npass)[offset : offset + batch_size - len(picked)]
-    return picked
+    start = (epoch * steps_fixed + step) * batch_size * peers + peer
+    return [order_of(npass)[offset] for npass, offset in
+            (divmod(start + peers * j, length) for j in range(batch_size))]
 
 
 def step_seed(seed: int, epoch: int, step: int, peer: int = 0) -> int:
@@ -218,6 +218,23 @@ def epoch_order(n: int, seed: int, epoch: int, group) -> list[int]:
                                  shuffle=True, seed=seed, drop_last=False)
     sampler.set_epoch(epoch)
     return list(sampler)
+
+
+def pass_order(n: int, seed: int, npass: int) -> list[int]:
+    """The whole of pass `npass` in the order epoch_order deals it out to the peers (their
+    interleaving): one permutation of the samples, the same whatever the peer count."""
+    sampler = DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=False)
+    sampler.set_epoch(npass)
+    return list(sampler)
+
+
+def regroup_partial(partial: dict, peers: int) -> dict:
+    """A stopped epoch's per-peer loss and sample sums carried to `peers` peers (a resume at another
+    rank count): only their totals are read (the epoch's mean loss), so the first peer takes them."""
+    if len(partial["loss"]) == peers:
+        return partial
+    return partial | {"loss": [float(sum(partial["loss"]))] + [0.0] * (peers - 1),
+                      "seen": [sum(partial["seen"])] + [0] * (peers - 1)}
 
 
 @torch.no_grad()
@@ -421,10 +438,10 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max" if job.task.higher_is_better else "min", factor=cfg.plateau_factor,
         patience=max(cfg.plateau_patience, 1))
-    peer = comm.group_rank(job.group)
+    peer, peers = comm.group_rank(job.group), comm.group_size(job.group)
     start_epoch, start_step, cuts = 0, 0, 0
     # The epoch in progress, per peer, so a resumed epoch reports the very same loss.
-    partial = {"loss": [0.0] * comm.group_size(job.group), "seen": [0] * comm.group_size(job.group), "seconds": 0.0}
+    partial = {"loss": [0.0] * peers, "seen": [0] * peers, "seconds": 0.0}
     if resume is not None:
         job.module.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -432,11 +449,11 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         if scaler.is_enabled():
             scaler.load_state_dict(resume["scaler"])
         job.history = list(resume["history"])
-        start_epoch, start_step, partial = resume["epoch"], resume["step"], resume["partial"]
+        start_epoch, start_step, partial = resume["epoch"], resume["step"], regroup_partial(resume["partial"], peers)
         cuts = resume["plateau_cuts"]
         job.clock.resume_at(resume["elapsed"])
 
-    lone = comm.group_size(job.group) == 1
+    lone = peers == 1
 
     def save(epoch: int, step: int, finished: bool = False) -> None:
         """The group's writer saves; its peers wait until the checkpoint is published, so that none
@@ -448,7 +465,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
                      "scaler": scaler.state_dict(), "history": job.history, "epoch": epoch, "step": step, "partial": partial,
                      "finished": finished}
             comm.slow_write_point()
-            job.slot.save(state, epoch=epoch, step=step, finished=finished)
+            job.slot.save(state, epoch=epoch, step=step, finished=finished, batch=cfg.batch_size * peers)
         if not lone:
             comm.wait_for_peers(job.group)
 
@@ -459,7 +476,8 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
         if npass not in orders:
             for old in [p for p in orders if p < npass - 1]:  # a step spans at most two passes
                 del orders[old]
-            orders[npass] = epoch_order(len(data.train), job.seed, npass, job.group)
+            orders[npass] = (pass_order(len(data.train), job.seed, npass) if cfg.steps_per_epoch
+                             else epoch_order(len(data.train), job.seed, npass, job.group))
         return orders[npass]
 
     length = len(order_of(0))
@@ -490,7 +508,7 @@ def fit(job: Job, device: torch.device, resume: dict | None = None) -> list[dict
             seed = step_seed(job.seed, epoch, step, peer)
             torch.manual_seed(seed)  # dropout and any other global-RNG use
             x, labels = step_batch(job, batch_indices(order_of, length, epoch, step, cfg.batch_size,
-                                                      cfg.steps_per_epoch), seed, device)
+                                                      cfg.steps_per_epoch, peer, peers), seed, device)
             loss, was_skipped = train_step(job, optimizer, scaler, x, labels,
                                            lr_at(cfg, epoch, step, steps) * cfg.plateau_factor ** cuts, check,
                                            poison=comm.nan_point(job.name, epoch + 1, step + 1))

@@ -4,6 +4,12 @@
 # ddc_hpc.run; both may instead come from the environment (JOB=..., OUT=... sbatch ...).
 # docs/CLUSTER.md, section 3, explains each step.
 
+# A study's job array (python -m ddc_hpc.frontier submit, ddc_hpc/study.py): task i takes line i + 1
+# of $DDC_STUDY_ARGS, its point's `JOB OUT [ddc_hpc.run args]` quoted for the shell, as its arguments.
+if [[ -n ${SLURM_ARRAY_TASK_ID:-} && -n ${DDC_STUDY_ARGS:-} ]]; then
+  mapfile -t ddc_points <"$DDC_STUDY_ARGS"
+  eval "set -- ${ddc_points[$SLURM_ARRAY_TASK_ID]}"
+fi
 if (($# >= 1)); then JOB=$1; shift; fi
 if (($# >= 1)); then OUT=$1; shift; fi
 JOB=${JOB:-}

@@ -152,6 +152,25 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f.write(json.dumps(record) + "\n")
 
 
+@pytest.fixture
+def fake_sbatch(tmp_path, monkeypatch):
+    """An sbatch stand-in on PATH: records each command line, answers with job ids 101, 102, ..."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.log"
+    script = bin_dir / "sbatch"
+    script.write_text(f"""#!{sys.executable}
+import json, sys
+log = {str(log)!r}
+calls = open(log).read().splitlines() if __import__('os').path.exists(log) else []
+open(log, 'a').write(json.dumps(sys.argv[1:]) + '\\n')
+print(f"{{101 + len(calls)}};ddc")
+""")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
 def sets(*overrides: str) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
 

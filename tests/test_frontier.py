@@ -1,20 +1,15 @@
-"""benchmarks/frontier.py's arithmetic: the frontier per strategy (mean over seeds), the time DDC's
+"""ddc_hpc.frontier's arithmetic: the frontier per strategy (mean over seeds), the time DDC's
 frontier needs to reach each GNet-R accuracy (interpolated), the table and the figure; --check-docs
 against records that disagree with the text; the tuning trials' grid and GNet-R's choice from them."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.frontier import (best_random, check_section, figure, frontier, main, summary, table,  # noqa: E402
-                                 time_to, trial_grid)
-from ddc_hpc.errors import BadInput  # noqa: E402
+from ddc_hpc.errors import BadInput
+from ddc_hpc.frontier import best_random, check_section, figure, frontier, main, summary, table, time_to, trial_grid
 
 
 def point(budget, seed, ddc, rnd, ddc_elapsed=None, rnd_elapsed=None):
@@ -85,17 +80,17 @@ def test_check_docs_reads_the_records_a_section_names_and_fails_where_the_text_d
         row["shares"] = [0.5, 0.5]
     doc = tmp_path / "RESULTS.md"
     doc.write_text(f"## Frontier\n\n{marker}\n\n{table(result)}\n\n## Next section\n\n| DDC mean |\n|---|\n| 9 |\n")
-    main(["--check-docs", str(doc)])
+    main(["check-docs", str(doc)])
     assert "agrees with its records" in capsys.readouterr().out
     doc.write_text(doc.read_text().replace("| 300 | 51.00 |", "| 300 | 52.00 |"))
     with pytest.raises(SystemExit, match="300 s, DDC mean: the text says 52.00, the records give 51.00"):
-        main(["--check-docs", str(doc)])
+        main(["check-docs", str(doc)])
     for name, splits in (("b300-s0", {"scored_split": "validation", "scored": {"digest": "a"}}),
                          ("b600-s0", {"scored_split": "validation", "scored": {"digest": "b"}})):
         path = tmp_path / "records" / name / "results.json"
         path.write_text(json.dumps(json.loads(path.read_text()) | {"splits": splits}))
     with pytest.raises(SystemExit) as stopped:
-        main(["--check-docs", str(doc)])
+        main(["check-docs", str(doc)])
     assert stopped.value.code == 2 and "scored on different splits (b300-s0: a; b600-s0: b)" in capsys.readouterr().err
 
 
@@ -117,5 +112,21 @@ def test_each_side_gets_as_many_tuning_trials_and_gnet_r_the_best_at_the_nearest
 
 def test_the_committed_frontier_sections_agree_with_their_records(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # paths are the repository's, wherever the check starts
-    main(["--check-docs"])
+    main(["check-docs"])
     assert "docs/RESULTS.md: every frontier table and time-to-accuracy line agrees" in capsys.readouterr().out
+
+
+def test_the_round_3_command_line_still_runs_the_study():
+    """benchmarks/frontier.py (DESIGN.md's round-3 name) maps its old flags onto the subcommands."""
+    import importlib.util
+
+    from conftest import REPO
+    spec = importlib.util.spec_from_file_location("old_frontier", REPO / "benchmarks" / "frontier.py")
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+    assert old.translate([]) == ["local"]
+    assert old.translate(["--budgets", "200", "--points-only"]) == ["local", "--budgets", "200", "--points-only"]
+    assert old.translate(["--score-only", "--config", "j.toml", "--ranks=4", "--out", "o", "--test", "t"]) == [
+        "collect", "--out", "o", "--test", "t"]
+    assert old.translate(["--check-docs"]) == ["check-docs"]
+    assert old.translate(["tune", "--budgets", "200"]) == ["tune", "--budgets", "200"]

@@ -6,13 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, job
+from conftest import REPO, cli as in_process, job
 from ddc_hpc import scaling
 from ddc_hpc.results import Results
 
@@ -27,19 +26,10 @@ def cli(*args, env=None, timeout=300):
 
 
 @pytest.fixture
-def main(capsys, monkeypatch):
-    """scaling.main in this process (no interpreter start per call): (exit code, stdout, stderr)."""
+def main(monkeypatch):
+    """scaling.main in this process, from the repository root: (exit code, stdout, stderr)."""
     monkeypatch.chdir(REPO)
-
-    def run(*args):
-        try:
-            code = scaling.main([str(a) for a in args])
-        except SystemExit as exit_:  # argparse's own usage errors
-            code = exit_.code
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
+    return lambda *args: in_process(scaling.main, *map(str, args))
 
 
 def fake_results(world_size, sub=8.0, compose=0.5, glob=4.0, resumed=False, model="cifar_resnet20"):
@@ -174,25 +164,6 @@ def test_bad_arguments_exit_2(main, args, message):
 
 # ---- submit ---------------------------------------------------------------------------------------
 
-@pytest.fixture
-def fake_sbatch(tmp_path, monkeypatch):
-    """An sbatch stand-in on PATH: records each command line, answers with job ids 101, 102, ..."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "sbatch.log"
-    script = bin_dir / "sbatch"
-    script.write_text(f"""#!{sys.executable}
-import json, sys
-log = {str(log)!r}
-calls = open(log).read().splitlines() if __import__('os').path.exists(log) else []
-open(log, 'a').write(json.dumps(sys.argv[1:]) + '\\n')
-print(f"{{101 + len(calls)}};ddc")
-""")
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return log
-
-
 def test_submit_one_job_per_node_count_and_a_dependent_collect(tmp_path, fake_sbatch, main):
     log = fake_sbatch
     out = tmp_path / "study"
@@ -202,7 +173,7 @@ def test_submit_one_job_per_node_count_and_a_dependent_collect(tmp_path, fake_sb
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(calls) == 4
     for call, n in zip(calls[:3], (1, 2, 4)):
-        assert call[:3] == ["--parsable", f"--nodes={n}", f"--job-name=ddc-scale-n{n}"]
+        assert call[:3] == ["--parsable", f"--nodes={n}", f"--job-name=ddc-scaling-n{n}"]
         assert f"--output={out}/n{n}/slurm-%j.out" in call and "--account=me" in call
         assert call[-5:] == ["slurm/gpu.sbatch", "jobs/quickstart.toml", str(out / f"n{n}"), "--set", "sub.epochs=1"]
         assert (out / f"n{n}").is_dir()

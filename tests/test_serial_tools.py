@@ -1,4 +1,4 @@
-"""The one-process tools (evaluate, info, visualize, report, data, scaling) never import mpi4py:
+"""The one-process tools (evaluate, info, visualize, report, data, scaling, frontier) never import mpi4py:
 importing mpi4py.MPI runs MPI_Init, which a login node or a notebook may refuse or hang on."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 from conftest import REPO, job
 
-SERIAL = ["evaluate", "info", "visualize", "report", "data.__main__", "scaling"]
+SERIAL = ["evaluate", "info", "visualize", "report", "data.__main__", "scaling", "study", "frontier"]
 
 
 def _run(tmp_path, *args: str) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """End to end on a real one-node SLURM cluster (tools/slurm_cluster.sh): the sbatch templates, one MPI
 world across srun's tasks, SIGUSR1 -> checkpoint -> requeue -> resume, the wrong --mpi diagnosis, and a
-scaling study submitted through sbatch.
+scaling study and a frontier submitted through sbatch (the frontier as a job array, one point requeued).
 
 The cluster is brought up once per session and taken down at the end. Without SLURM (not installed,
 not root) these tests skip, unless DDC_REQUIRE_SLURM=1 (CI), where that is a failure.
@@ -258,3 +258,40 @@ def test_the_step_ends_only_after_a_slow_stop_checkpoint_and_the_requeue(slurm, 
                 break
             subprocess.run(["scancel", job], env=slurm, capture_output=True)
             time.sleep(1)
+
+
+def test_a_frontier_is_submitted_a_point_requeued_and_the_study_collected(slurm, tmp_path):
+    """Issue 32 item 2: `python -m ddc_hpc.frontier submit` of a 2-point frontier (two budgets, one seed;
+    DDC alone on one rank: the smallest budgeted job) sends one job array and a collect job after it. One
+    point is stopped mid-run as before its time limit (SIGUSR1 to that array task): it checkpoints,
+    requeues itself and resumes with its recorded plan; the collect job waits for it, scores both points
+    and writes the frontier's table and figure."""
+    study = tmp_path / "frontier"
+    done = subprocess.run(
+        [sys.executable, "-m", "ddc_hpc.frontier", "submit", "--budgets", "20", "25", "--seeds", "0", "--config",
+         "jobs/quickstart.toml", "--template", "slurm/cpu.sbatch", "--out", str(study),
+         "--sbatch-arg=--ntasks-per-node=1", "--sbatch-arg=--cpus-per-task=1",
+         *sets(*TINY, "sub.schedule=linear", "global.schedule=linear", "data.val_limit=100")],
+        env=slurm, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = json.loads((study / "frontier.json").read_text())
+    (untouched, _), (stopped, stopped_id) = [(r["dir"], r["job_id"]) for r in manifest["runs"]]
+    array_id = stopped_id.split("_")[0]
+    assert job_info(slurm, manifest["collect_job_id"]).get("Dependency", "").startswith(f"afterany:{array_id}")
+    # composed: the signal lands in the global phase, whatever number of epochs the plan gave it
+    wait_for_text(study / stopped / "logs" / "rank0.log", r"\[compose\] Theorem 2.1", 300, slurm, stopped_id)
+    signalled = subprocess.run(["scancel", "--signal=USR1", stopped_id], env=slurm, capture_output=True, text=True)
+    assert signalled.returncode == 0, signalled.stderr
+    info = wait_for(slurm, manifest["collect_job_id"], 400)
+    logs = "".join(p.read_text() for p in sorted(study.glob("*.out")))
+    assert info["JobState"] == "COMPLETED", logs[-4000:]
+    assert int(job_info(slurm, stopped_id).get("Restarts", 0)) >= 1, logs[-4000:]
+    resumed = json.loads((study / stopped / "results.json").read_text())
+    assert resumed["resumed"] and resumed["slurm_restarts"] >= 1 and resumed["budget"]["budget_seconds"]["ddc"] == 25
+    assert not json.loads((study / untouched / "results.json").read_text())["resumed"]  # its array task ran on
+    assert f"requeued SLURM job {stopped_id};" in logs and "stop signal in phase global" in logs
+    assert re.search(r"\| 20 \| [\d.]+ \|", logs) and "| 25 |" in logs
+    for point in (untouched, stopped):
+        scores = json.loads((study / point / "scores.json").read_text())
+        assert set(scores) == {"ddc", "composed"} and 0 <= scores["ddc"]["val"] <= 1
+    assert (study / "frontier.png").read_bytes()[:4] == b"\x89PNG"

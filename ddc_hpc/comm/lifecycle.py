@@ -67,8 +67,11 @@ def any_stop_requested(group=None) -> bool:
 
 
 def slurm_job() -> str | None:
-    """This process's SLURM job id, or None outside a SLURM job."""
-    return os.environ.get("SLURM_JOB_ID") or None
+    """This SLURM job as scontrol and squeue name it, None outside SLURM. A job array's task is
+    `<array>_<task>`: its bare SLURM_JOB_ID is, for the array's last task, also the array's id, and
+    `scontrol requeue` of that requeues every task of the array (a study's points: ddc_hpc.study)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID") or None
 
 
 def requeue() -> bool:
