@@ -3,7 +3,7 @@
 import pytest
 
 from ddc_hpc.partition import (
-    default_grid, gatherv_layout, level_gather, level_grids, level_group, level_placement, level_tiles,
+    default_grid, gatherv_layout, level_gather, phase_peers, level_grids, level_group, level_placement, level_tiles,
     relative_tiles, shard_range, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices,
     tile_slices_nd, validate_layout,
 )
@@ -250,3 +250,9 @@ def test_each_levels_gatherv_brings_every_member_to_its_root_in_order(size):
 def test_relative_tiles_refuse_a_tile_outside():
     with pytest.raises(ValueError, match="do not lie inside"):
         relative_tiles([(slice(0, 8), slice(0, 8))], (slice(4, 16), slice(0, 16)))
+
+
+def test_phase_peers_count_a_levels_sub_network_by_its_placement():
+    """An elastic resume keeps a level's batch of a step: l1_sub_j's peers are its ranks at that level."""
+    assert phase_peers("l1_sub_0", 2, 16, [16, 4]) == 1 and phase_peers("l1_sub_3", 8, 16, [16, 4]) == 2
+    assert phase_peers("sub_5", 32, 16, [16, 4]) == 2 == len(level_placement(32, [16, 4])[0][5])
