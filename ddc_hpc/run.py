@@ -464,8 +464,11 @@ def choose_resume(plan: Plan, world: comm.World) -> None:
     if refusal is not None:
         raise comm.collective_error(refusal)
     strategy = plan.config.run.strategy
-    mine = [f"sub_{k}" for k in subnets_of_rank(world.rank, world.size, plan.partitions)] + ["global"]
-    mine = (mine if strategy != "random" else []) + (["random"] if strategy != "ddc" else [])
+    placements = [] if strategy == "random" else level_placement(world.size, plan.config.decompose.level_counts)
+    ddc = [] if strategy == "random" else [  # this rank's sub-networks of every level (one: subnets_of_rank's)
+        level_slot(level, k) for level, placement in enumerate(placements)
+        for k, ranks in enumerate(placement) if world.rank in ranks] + ["global"]
+    mine = ddc + (["random"] if strategy != "ddc" else [])
     error = None
     for name in mine:
         entry = plan.resume_from.get(name)
