@@ -164,6 +164,8 @@ class DecomposeConfig:
     # sub-network counts of multilevel composition, finest first (e.g. [16, 4]: 16 compose into 4,
     # those into the global net); empty: one level, [partitions]
     levels: tuple[int, ...] = key((), at_least=1)
+    # epoch runs: the epochs of each level, finest first; empty: sub.epochs at every level
+    level_epochs: tuple[int, ...] = key((), at_least=1)
 
     @property
     def level_counts(self) -> tuple[int, ...]:
@@ -275,11 +277,14 @@ class Config:
         return self.random.epochs or self.sub.epochs + self.global_.epochs
 
     def to_dict(self) -> dict:
-        """Every key by section; decompose.levels only with more than one level, so a one-level job
-        ([K] or none) has the file, digest and record it had before levels existed (its checkpoints resume)."""
+        """Every key by section; decompose.levels only with more than one level and level_epochs only
+        when given, so a one-level job ([K] or none) has the file, digest and record it had before
+        levels existed (its checkpoints resume)."""
         values = {_toml_name(f.name): dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
         if len(self.decompose.level_counts) == 1:
             del values["decompose"]["levels"]
+        if not self.decompose.level_epochs:
+            del values["decompose"]["level_epochs"]
         return values
 
     def to_toml(self) -> str:
@@ -479,6 +484,20 @@ def _levels_nest(config: Config) -> None:
         _require(coarse >= 2 and fine > coarse and fine % coarse == 0,
                  f"decompose.levels = {list(d.levels)}: each level must have fewer sub-networks than the one before, "
                  f"at least 2, and divide it ({fine} sub-networks compose in equal groups into {coarse}); e.g. [16, 4]")
+
+
+@relation
+def _one_epoch_count_per_level(config: Config) -> None:
+    d = config.decompose
+    if not d.level_epochs:
+        return
+    _require(len(d.level_counts) > 1, f"decompose.level_epochs = {list(d.level_epochs)} gives the epochs of each level "
+             "of decompose.levels, but the run has one level: use sub.epochs, or set decompose.levels (e.g. [16, 4])")
+    _require(len(d.level_epochs) == len(d.level_counts), f"decompose.level_epochs = {list(d.level_epochs)} has "
+             f"{len(d.level_epochs)} epoch count(s) for the {len(d.level_counts)} level(s) of decompose.levels = "
+             f"{list(d.level_counts)}: give one per level, finest first, or none (sub.epochs at every level)")
+    _require(not config.run.budget, "decompose.level_epochs sets an epoch run's epochs per level, but run.budget plans "
+             "every level's steps itself: remove decompose.level_epochs or run.budget")
 
 
 @relation

@@ -92,6 +92,12 @@ class Plan:
         return dataclasses.replace(section, epochs=planned.epochs, steps_per_epoch=planned.steps_per_epoch,
                                    warmup_epochs=planned.warmup_epochs)
 
+    def level_phase(self, level: int) -> PhaseConfig:
+        """What the sub-networks of level `level` of decompose.levels train: phase("sub"), with that
+        level's decompose.level_epochs when given."""
+        epochs = self.config.decompose.level_epochs
+        return dataclasses.replace(self.phase("sub"), epochs=epochs[level]) if epochs else self.phase("sub")
+
     def pass_steps(self, name: str, ranks: int) -> int:
         """Steps of one epoch as configured (one pass, or steps_per_epoch) on each of `ranks`
         data-parallel peers."""
@@ -308,7 +314,7 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
     labels = plan.data.train.labels
     checked = (f"{len(plan.data.classes)} classes, labels {labels.min()}..{labels.max()}"
                if cfg.model.task == "classification" and len(labels) else f"targets {plan.data.train.target_shape}")
-    sub, glob, rand = plan.phase("sub"), plan.phase("global"), plan.phase("random")
+    sub, glob, rand = plan.level_phase(0), plan.phase("global"), plan.phase("random")
     glob, rand = (dataclasses.replace(c, batch_size=plan.batches.get(name, c.batch_size))  # a resume's kept batch
                   for name, c in (("global", glob), ("random", rand)))
     per_group = max(world.size // K, 1)
@@ -329,7 +335,9 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
     if len(plan.level_tiles) > 1:
         todo.insert(0, "train and compose level by level: " + " -> ".join(
             f"{len(tiles)} sub-networks on {'x'.join(map(str, tile_shape(tiles)))} tiles" for tiles in plan.level_tiles)
-            + f" -> the global network, {sub.epochs} epoch(s) of {steps['sub']} steps per level (below: the finest)")
+            + " -> the global network, epochs per level "
+            + str([plan.level_phase(level).epochs for level in range(len(plan.level_tiles))])
+            + f" of {steps['sub']} steps (below: the finest)")
     return (f"  data checked from its metadata: {n} train / {len(plan.data.val)} val samples, {checked}\n"
             f"{elastic_text(plan, saved, world.size)}dry run: nothing trained, nothing written. The run would "
             f"{'; then '.join(todo)}; and write "
@@ -728,8 +736,9 @@ def last_level_view(plan: Plan) -> Plan:
     """The plan as compose_phase sees the last level of decompose.levels: its sub-networks are the
     ones the global network is composed from (placed as one level places them)."""
     d = plan.config.decompose
-    decompose = dataclasses.replace(d, partitions=d.level_counts[-1], grid=(), levels=())
-    return dataclasses.replace(plan, config=dataclasses.replace(plan.config, decompose=decompose),
+    decompose = dataclasses.replace(d, partitions=d.level_counts[-1], grid=(), levels=(), level_epochs=())
+    sub = dataclasses.replace(plan.config.sub, epochs=plan.level_phase(len(d.level_counts) - 1).epochs)
+    return dataclasses.replace(plan, config=dataclasses.replace(plan.config, decompose=decompose, sub=sub),
                                tiles=plan.level_tiles[-1])
 
 
@@ -798,9 +807,10 @@ def train_level(plan: Plan, world: comm.World, log: Logger, level: int, below: d
             model, checks[k] = (composed, check) if composed is not None else (model, None)
         slot = CheckpointSeries(plan.out / "checkpoints", name, cfg.digest(), ranks=world.size) if writer else None
         wrapped = data_parallel(model, local, plan.backend, cfg.sub.compile)
-        job = Job(name=name, model=wrapped, config=plan.phase("sub"), task=plan.task, data=phase_data(plan, tiles[k]),
-                  slot=slot, seed=seed, rank=world.rank, checkpoint_every=cfg.run.checkpoint_every,
-                  precision=cfg.run.precision, progress_seconds=cfg.run.progress_seconds, log=log, clock=plan.clock)
+        job = Job(name=name, model=wrapped, config=plan.level_phase(level), task=plan.task,
+                  data=phase_data(plan, tiles[k]), slot=slot, seed=seed, rank=world.rank,
+                  checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
+                  progress_seconds=cfg.run.progress_seconds, log=log, clock=plan.clock)
         if level:
             initial[k] = evaluate(wrapped, job.data, world.device, plan.task, precision=cfg.run.precision)
         try:
@@ -828,7 +838,7 @@ def level_exchange(plan: Plan, world: comm.World, level: int, done: dict) -> dic
     metric = plan.task.metric
     timeout = plan.config.run.collective_timeout
     slowest = max([row["seconds"] for _, history, _ in done["trained"].values() for row in history] + [done["seconds"]])
-    comm.arrive(world, f"finish level {level}", timeout + ARRIVAL_SLACK * plan.phase("sub").epochs * slowest,
+    comm.arrive(world, f"finish level {level}", timeout + ARRIVAL_SLACK * plan.level_phase(level).epochs * slowest,
                 time.monotonic() - done["seconds"], f"run.collective_timeout {timeout:g} s + {ARRIVAL_SLACK} x the "
                 f"level's epochs x {slowest:.1f} s, the slowest sub epoch or level rank {world.rank} saw")
     keys = ("preempted", "checks", "initial", "seconds", "recorded_seconds", "elapsed_start")
@@ -846,7 +856,7 @@ def level_exchange(plan: Plan, world: comm.World, level: int, done: dict) -> dic
     count = plan.config.decompose.level_counts[level]
     histories = [merged["histories"][k] for k in range(count)]
     return {"level": level, "partitions": count, "tile": list(tile_shape(plan.level_tiles[level])),
-            "seconds": max(s["recorded_seconds"] for s in summaries), "epochs": plan.phase("sub").epochs,
+            "seconds": max(s["recorded_seconds"] for s in summaries), "epochs": plan.level_phase(level).epochs,
             "per_subnet_" + metric: [h[-1][metric] for h in histories],
             "composed_" + metric: [merged["initial"][k][metric] for k in range(count)] if level else None,
             "max_abs_error": max((c["max_abs_error"] for c in merged["checks"].values()), default=None),
@@ -1174,7 +1184,7 @@ def pipeline(args: argparse.Namespace) -> None:
         elapsed["ddc"] = plan.clock() - started
         if world.is_root:  # only rank 0 holds the composed net's check and every sub history
             results.sub, results.compose, results.global_ = ddc_sections(
-                compose_info, trained, plan.task.metric, plan.phase("sub").epochs)
+                compose_info, trained, plan.task.metric, plan.level_phase(0).epochs)
     if "random" in plan.strategies:
         started = plan.clock()
         baseline = build(cfg, 1, plan.data.train.image_shape, cfg.run.seed + RANDOM_INIT_SEED_OFFSET)

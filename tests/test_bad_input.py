@@ -58,6 +58,10 @@ CASES = [
     ("levels-tiles-below-the-minimum", lambda d: sets(
         f"data.source=npz:{_npz(d / 'x.npz', x=np.zeros((40, 64, 64, 3), np.uint8))}", "model.name=vgg11",
         "model.width=16", "decompose.partitions=16", "decompose.levels=[16, 4]"), "cannot be built"),
+    ("level-epochs-one-per-level", lambda d: sets("model.width=16", "decompose.partitions=16",
+                                                  "decompose.levels=[16, 4]", "decompose.level_epochs=[2]"),
+     "give one per level"),
+    ("level-epochs-need-levels", lambda d: sets("decompose.level_epochs=[2]"), "the run has one level"),
     ("unknown-model", lambda d: sets("model.name=resnet21"), "resnet"),
     ("unknown-strategy", lambda d: sets("run.strategy=dcc"), "did you mean 'ddc'"),
     ("unknown-backend", lambda d: sets("run.backend=ncll"), "did you mean 'nccl'"),

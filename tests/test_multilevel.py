@@ -33,7 +33,7 @@ def _metrics(out):
 @each_world(1, 2, 4)
 def test_a_multilevel_run_composes_every_level_exactly_and_records_each(ranks, mpi_tmp_path):
     out = mpi_tmp_path / "run"
-    done = run_pipeline_here(out, *LEVELS)
+    done = run_pipeline_here(out, *LEVELS, "decompose.level_epochs=[1, 2]")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
     fine, coarse = result["levels"]
@@ -42,6 +42,7 @@ def test_a_multilevel_run_composes_every_level_exactly_and_records_each(ranks, m
     assert len(coarse["per_subnet_val_accuracy"]) == 2 == len(coarse["composed_val_accuracy"])
     assert coarse["max_rel_error"] <= 1e-4 and result["compose"]["max_rel_error"] <= 1e-4
     assert result["sub"]["seconds"] == pytest.approx(fine["seconds"] + coarse["seconds"])
+    assert (fine["epochs"], coarse["epochs"]) == (1, 2) and len(coarse["histories"][0]) == 2
     phases = {row[0] for row in _metrics(out)}
     assert {"sub_0", "sub_3", "l1_sub_0", "l1_sub_1", "global"} <= phases
     assert "L1 SNet-1 (composed: " in done.stdout and "level 1: 2 SNets on 32x16 tiles" in done.stdout
