@@ -473,22 +473,17 @@ def _one_tile_per_subnetwork(config: Config) -> None:
 
 @relation
 def _levels_nest(config: Config) -> None:
+    """decompose.levels: finest first, decreasing, dividing; level_epochs: one count per level, epoch runs only."""
     d = config.decompose
-    if not d.levels:
-        return
-    _require(d.levels[0] == d.partitions,
-             f"decompose.levels = {list(d.levels)} starts at {d.levels[0]} sub-networks but decompose.partitions = "
+    finest = d.level_counts[0]  # levels[0] when given
+    _require(finest == d.partitions,
+             f"decompose.levels = {list(d.levels)} starts at {finest} sub-networks but decompose.partitions = "
              f"{d.partitions}: the first level is the finest, the sub-networks the sub phase trains; set "
-             f"decompose.partitions = {d.levels[0]}")
+             f"decompose.partitions = {finest}")
     for fine, coarse in zip(d.levels, d.levels[1:]):
         _require(coarse >= 2 and fine > coarse and fine % coarse == 0,
                  f"decompose.levels = {list(d.levels)}: each level must have fewer sub-networks than the one before, "
                  f"at least 2, and divide it ({fine} sub-networks compose in equal groups into {coarse}); e.g. [16, 4]")
-
-
-@relation
-def _one_epoch_count_per_level(config: Config) -> None:
-    d = config.decompose
     if not d.level_epochs:
         return
     _require(len(d.level_counts) > 1, f"decompose.level_epochs = {list(d.level_epochs)} gives the epochs of each level "
