@@ -452,6 +452,11 @@ def markdown(runs: list[dict]) -> str:
         add("mae", "Validation MAE", regressors)
     parts += ["Wall time [s] per phase (paper Tables 3.2 / 3.4, Figs. 3.1 / 3.5)", "",
               _markdown_table("seconds", names, [time_rows(run["results"]) for run in runs])]
+    layered = [run for run in runs if run["results"].levels]
+    if layered:
+        parts += ["", "Multilevel composition (decompose.levels): each level's SNets on their tiles, as composed "
+                  "and trained (range over k), and the largest Theorem 2.1 error of the compositions into them", "",
+                  level_table(layered)]
     budgeted = sorted((run for run in runs if (run["results"].budget or {}).get("elapsed_seconds")),
                       key=lambda run: max(run["results"].budget["budget_seconds"].values()))
     if budgeted:
@@ -459,6 +464,24 @@ def markdown(runs: list[dict]) -> str:
                   frontier_table(budgeted)]
     parts += ["", "Runs:", ""] + [f"- `{run['name']}`: {describe(run)}" for run in runs]
     return "\n".join(parts) + "\n"
+
+
+def level_table(runs: list[dict]) -> str:
+    """One row a level of each multilevel run: its sub-networks and tiles, their primary metric as
+    composed and trained (range over k), the Theorem 2.1 error into it and its seconds."""
+    lines = ["| run | level | SNets (tile) | as composed | trained | max rel. error | seconds |", "|" + "---|" * 7]
+    for run in runs:
+        r = run["results"]
+        scale, digits = (100.0, 2) if r.metric == CLASSIFICATION else (1.0, 4)
+        for record in r.levels:
+            composed = record.get("composed_" + r.metric)
+            error = record.get("max_rel_error")
+            lines.append(f"| `{run['name']}` | {record['level']} | {record['partitions']} "
+                         f"({'x'.join(map(str, record['tile']))}) | "
+                         f"{_range(composed, digits, scale) if composed else '-'} | "
+                         f"{_range(record['per_subnet_' + r.metric], digits, scale)} | "
+                         f"{'-' if error is None else f'{error:.2g}'} | {record['seconds']:.1f} |")
+    return "\n".join(lines)
 
 
 def frontier_table(runs: list[dict]) -> str:

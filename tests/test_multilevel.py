@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from conftest import assert_seconds_cover_the_recorded_pieces, each_world, run_pipeline_here, shared_tmp
+from ddc_hpc import report
+from ddc_hpc.results import load_results
 
 LEVELS = ("run.strategy=ddc", "decompose.partitions=4", "decompose.levels=[4, 2]")
 DETERMINISTIC = ("run.deterministic=true", "sub.epochs=2", "run.checkpoint_every=1")
@@ -48,6 +50,7 @@ def test_a_multilevel_run_composes_every_level_exactly_and_records_each(ranks, m
     assert "L1 SNet-1 (composed: " in done.stdout and "level 1: 2 SNets on 32x16 tiles" in done.stdout
     for name in ("subnet_3.pt", "l1_subnet_1.pt", "composed_model.pt", "model.pt"):
         assert (out / name).exists(), name
+    assert "| `run` | 1 | 2 (32x16) | " in report.level_table([{"name": "run", "results": load_results(out)}])
 
 
 @pytest.fixture(scope="module")
