@@ -187,6 +187,17 @@ def least_budget(strategies: list[str], calibration: dict[str, float], fixed: di
     return least
 
 
+def level_shares(plan: dict, levels: list[PhaseRates]) -> list[float]:
+    """decompose.levels: each level's share of DDC's training seconds (the sub share split across the
+    levels).  The rule: every level trains the sub phase's planned steps and scores (as sub.epochs
+    applies to every level of an epoch run), so a level's share is the sub share times its part of
+    the sub phase's planned seconds at its own calibrated rates (`levels`, finest first): the
+    finer, narrower levels step faster and take less of it."""
+    sub = plan["phases"]["sub"]
+    seconds = [sub["steps"] * rate.step + sub["evaluations"] * rate.evaluation for rate in levels]
+    return [plan["sub_share"] * part / sum(seconds) for part in seconds]
+
+
 def phase_plan(plan: dict, phase: str) -> PhasePlan:
     """A phase's PhasePlan from a recorded plan (plan.json)."""
     fields = {f.name for f in dataclasses.fields(PhasePlan)}
@@ -199,6 +210,11 @@ def _auto_text(plan: dict) -> str:
                                     f"budget^{rule['exponent']:.3g}, fitted to {rule['trials']}")
 
 
+def _levels_text(plan: dict) -> str:
+    shares = plan.get("level_shares")
+    return "" if shares is None else ", per level " + " + ".join(f"{share:.3g}" for share in shares)
+
+
 def describe(plan: dict) -> list[str]:
     """One line per strategy: its budget and what the plan spends it on."""
     lines = []
@@ -209,7 +225,8 @@ def describe(plan: dict) -> list[str]:
         lines.append(f"  budget {NAMES[strategy]} {seconds:.0f} s: calibration "
                      f"{plan['calibration_seconds'][strategy]:.1f} s + fixed {plan['fixed_seconds'][strategy]:.1f} s + "
                      + " + ".join(parts) + f" = {plan['planned_seconds'][strategy]:.0f} s planned"
-                     + (f" (sub share {plan['sub_share']:.3g}{_auto_text(plan)})" if strategy == "ddc" else ""))
+                     + (f" (sub share {plan['sub_share']:.3g}{_auto_text(plan)}{_levels_text(plan)})"
+                        if strategy == "ddc" else ""))
     return lines
 
 

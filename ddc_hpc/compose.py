@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .kinds import TASKS
-from .partition import default_grid, spread
+from .partition import default_grid, relative_tiles, spread
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_STATE = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
@@ -405,6 +405,17 @@ def compose(subnets: Sequence[nn.Module], global_net: nn.Module, task: str = "cl
     return global_net
 
 
+def compose_group(subnets: Sequence[nn.Module], parent: nn.Module, tiles: Sequence[tuple[slice, ...]],
+                  within: tuple[slice, ...], task: str = "classification") -> nn.Module:
+    """Multilevel composition: fill the next level's sub-network `parent`, whose image is the tile
+    `within`, from the group of finer sub-networks trained on `tiles` (their tiles of the image).
+    A next-level sub-network is a global network for its group's tiles (Theorem 2.1 applies to any
+    image), so this is compose with the tiles taken relative to `within`; check it with
+    theorem_error(parent, subnets, x[(..., *within)], tiles=relative_tiles(tiles, within))."""
+    return compose(subnets, parent, task=task, tiles=relative_tiles(tiles, within),
+                   input_size=tuple(s.stop - s.start for s in within))
+
+
 @contextlib.contextmanager
 def _checking_mode(nets: Sequence[nn.Module], train: bool):
     """Put every module in train or eval mode; afterwards restore the modes and the buffers
@@ -651,4 +662,4 @@ def shrink_perturb(net: nn.Module, fresh: nn.Module, shrink: float, perturb: flo
             w.mul_(shrink).add_(w_fresh, alpha=perturb)
 
 
-__all__ = ["compose", "with_parameters", "shrink_perturb", "theorem_error", "flatten_fc_layers", "input_tiled_layers", "output_tiled_layers", "field_origins", "flatten_state", "unflatten_state", "state_numel", "TASKS"]
+__all__ = ["compose", "compose_group", "with_parameters", "shrink_perturb", "theorem_error", "flatten_fc_layers", "input_tiled_layers", "output_tiled_layers", "field_origins", "flatten_state", "unflatten_state", "state_numel", "TASKS"]

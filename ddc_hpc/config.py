@@ -155,6 +155,15 @@ class DecomposeConfig:
     grid: tuple[int, ...] = key((), at_least=1)  # empty: the most nearly square grid of `partitions` tiles
     overlap: int = key(0, at_least=0)
     crop: int = key(0, at_least=0)
+    # sub-network counts of multilevel composition, finest first (e.g. [16, 4]: 16 compose into 4,
+    # those into the global net); empty: one level, [partitions]
+    levels: tuple[int, ...] = key((), at_least=1)
+    # epoch runs: the epochs of each level, finest first; empty: sub.epochs at every level
+    level_epochs: tuple[int, ...] = key((), at_least=1)
+
+    @property
+    def level_counts(self) -> tuple[int, ...]:
+        return self.levels or (self.partitions,)
 
 
 @_checked
@@ -262,7 +271,15 @@ class Config:
         return self.random.epochs or self.sub.epochs + self.global_.epochs
 
     def to_dict(self) -> dict:
-        return {_toml_name(f.name): dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Every key by section; decompose.levels only with more than one level and level_epochs only
+        when given, so a one-level job ([K] or none) has the file, digest and record it had before
+        levels existed (its checkpoints resume)."""
+        values = {_toml_name(f.name): dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if len(self.decompose.level_counts) == 1:
+            del values["decompose"]["levels"]
+        if not self.decompose.level_epochs:
+            del values["decompose"]["level_epochs"]
+        return values
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -446,6 +463,30 @@ def _one_tile_per_subnetwork(config: Config) -> None:
     _require(not d.grid or math.prod(d.grid) == d.partitions,
              f"decompose.grid = {list(d.grid)} has {math.prod(d.grid)} tiles but decompose.partitions = "
              f"{d.partitions}; the grid must have exactly one tile per sub-network")
+
+
+@relation
+def _levels_nest(config: Config) -> None:
+    """decompose.levels: finest first, decreasing, dividing; level_epochs: one count per level, epoch runs only."""
+    d = config.decompose
+    finest = d.level_counts[0]  # levels[0] when given
+    _require(finest == d.partitions,
+             f"decompose.levels = {list(d.levels)} starts at {finest} sub-networks but decompose.partitions = "
+             f"{d.partitions}: the first level is the finest, the sub-networks the sub phase trains; set "
+             f"decompose.partitions = {finest}")
+    for fine, coarse in zip(d.levels, d.levels[1:]):
+        _require(coarse >= 2 and fine > coarse and fine % coarse == 0,
+                 f"decompose.levels = {list(d.levels)}: each level must have fewer sub-networks than the one before, "
+                 f"at least 2, and divide it ({fine} sub-networks compose in equal groups into {coarse}); e.g. [16, 4]")
+    if not d.level_epochs:
+        return
+    _require(len(d.level_counts) > 1, f"decompose.level_epochs = {list(d.level_epochs)} gives the epochs of each level "
+             "of decompose.levels, but the run has one level: use sub.epochs, or set decompose.levels (e.g. [16, 4])")
+    _require(len(d.level_epochs) == len(d.level_counts), f"decompose.level_epochs = {list(d.level_epochs)} has "
+             f"{len(d.level_epochs)} epoch count(s) for the {len(d.level_counts)} level(s) of decompose.levels = "
+             f"{list(d.level_counts)}: give one per level, finest first, or none (sub.epochs at every level)")
+    _require(not config.run.budget, "decompose.level_epochs sets an epoch run's epochs per level, but run.budget plans "
+             "every level's steps itself: remove decompose.level_epochs or run.budget")
 
 
 @relation

@@ -6,6 +6,7 @@ be unit-tested without a communicator (the heat style of counts/displacements he
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -124,8 +125,12 @@ def subnet_owner(subnet: int, size: int, partitions: int) -> int:
     return subnet_group(subnet, size, partitions)[0]
 
 
-def phase_peers(slot: str, size: int, partitions: int) -> int:
-    """Data-parallel peers that train `slot` ("sub_<k>", "global" or "random") in a run of `size` ranks."""
+def phase_peers(slot: str, size: int, partitions: int, levels: Sequence[int] = ()) -> int:
+    """Data-parallel peers that train `slot` ("sub_<k>", "global" or "random"; with decompose.levels
+    `levels`, "l<level>_sub_<k>" too) in a run of `size` ranks."""
+    if slot.startswith("l") and "_sub_" in slot:
+        level, k = slot[1:].split("_sub_")
+        return len(level_placement(size, levels)[int(level)][int(k)])
     return len(subnet_group(int(slot[4:]), size, partitions)) if slot.startswith("sub_") else size
 
 
@@ -152,6 +157,100 @@ def gatherv_layout(counts: Sequence[int]) -> tuple[list[int], list[int]]:
     return list(counts), displs
 
 
+def level_grids(levels: Sequence[int], ndim: int, grid: Sequence[int] = ()) -> list[tuple[int, ...]]:
+    """The tile grid of every level of `levels` (sub-network counts, finest first, e.g. [16, 4]):
+    `grid` (or default_grid) for the finest, default_grid for the coarser ones.  Each level's grid
+    must refine the next one's axis by axis, so every next-level tile is a whole block of tiles."""
+    if not levels or any(k < 1 for k in levels):
+        raise ValueError(f"levels must be sub-network counts >= 1, finest first, got {list(levels)}")
+    grids = [tuple(grid) or default_grid(levels[0], ndim)] + [default_grid(k, ndim) for k in levels[1:]]
+    for level, (fine, coarse) in enumerate(zip(grids, grids[1:])):
+        if len(fine) != ndim or any(f % c for f, c in zip(fine, coarse)) or math.prod(fine) <= math.prod(coarse):
+            raise ValueError(f"level {level}'s {'x'.join(map(str, fine))} grid of {levels[level]} tiles does not refine "
+                             f"level {level + 1}'s {'x'.join(map(str, coarse))} grid of {levels[level + 1]}: every axis "
+                             "of a level must split each tile of the next level into equal parts")
+    return grids
+
+
+def level_tiles(spatial: Sequence[int], grids: Sequence[Sequence[int]], overlap=0,
+                crop=0) -> list[list[tuple[slice, ...]]]:
+    """Tiles of every level, finest first, cut recursively: the coarsest level's tiles from the image
+    (tile_slices_nd with `overlap` and `crop`), each finer level's by cutting every tile of the next
+    level into its block (with `overlap`, no crop).  Tiles are numbered group by group: sub-networks
+    g*m .. g*m+m-1 of a level (m = its count / the next one's) are the block of the next level's
+    tile g, so one level is exactly today's tile_slices_nd."""
+    levels = [tile_slices_nd(spatial, grids[-1], overlap, crop)]
+    for fine, coarse in zip(reversed(grids[:-1]), reversed(grids[1:])):
+        parent = levels[0]
+        block = tuple(f // c for f, c in zip(fine, coarse))
+        levels.insert(0, [tuple(slice(outer.start + s.start, outer.start + s.stop) for outer, s in zip(tile, cut))
+                          for tile in parent for cut in tile_slices_nd(tile_shape([tile]), block, overlap)])
+    return levels
+
+
+def level_group(subnet: int, levels: Sequence[int], level: int) -> list[int]:
+    """Sub-networks of level `level` that compose into sub-network `subnet` of level `level + 1`
+    (the global network, subnet 0, above the last level)."""
+    above = levels[level + 1] if level + 1 < len(levels) else 1
+    m = levels[level] // above
+    if not 0 <= subnet < above:
+        raise ValueError(f"level {level + 1} has {above} sub-network(s), not {subnet}")
+    return list(range(subnet * m, (subnet + 1) * m))
+
+
+def relative_tiles(tiles: Sequence[tuple[slice, ...]], within: tuple[slice, ...]) -> list[tuple[slice, ...]]:
+    """`tiles` as slices of the tile `within` (a group's tiles inside the next level's tile): a
+    next-level sub-network is a global network whose image is its tile."""
+    if any(not (w.start <= s.start and s.stop <= w.stop) for t in tiles for s, w in zip(t, within)):
+        raise ValueError(f"tiles {list(tiles)} do not lie inside {within}")
+    return [tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(t, within)) for t in tiles]
+
+
+def level_placement(size: int, levels: Sequence[int]) -> list[list[list[int]]]:
+    """For every level (finest first) and sub-network, the ranks that train it (the first owns it).
+
+    The last level is placed as today's one level (subnets_of_rank).  A finer level follows the
+    next one, so composing a group needs no rank outside the next sub-network's ranks: a group
+    whose next-level sub-network has one rank lives on that rank; one whose next-level sub-network
+    has a group of ranks spreads over them (contiguous blocks when it has at least as many ranks as
+    sub-networks, round robin within the group otherwise)."""
+    for k in levels:
+        validate_layout(size, k)
+    placement = [[subnet_group(k, size, levels[-1]) for k in range(levels[-1])]]
+    for level in range(len(levels) - 2, -1, -1):
+        above, groups = placement[0], []
+        for j, ranks in enumerate(above):
+            members = level_group(j, levels, level)
+            m, n = len(members), len(ranks)
+            if n <= m:
+                groups += [[ranks[i % n]] for i in range(m)]
+            else:
+                groups += [ranks[i * n // m:(i + 1) * n // m] for i in range(m)]
+        placement.insert(0, groups)
+    return placement
+
+
+def level_gather(size: int, levels: Sequence[int], level: int, counts: Sequence[int]) -> list[dict]:
+    """How level `level`'s trained sub-networks reach the owners of level `level + 1`'s: one entry per
+    next-level sub-network j (the global network above the last level) with `root` (its owner),
+    `ranks` (the ranks taking part, the root first: the next sub-network's ranks, or the whole world
+    for the global network) and `counts` / `displs` (elements each of those ranks sends, in `ranks`
+    order: the flat states of the members it owns; `counts[k]` is sub-network k's flat size).  The
+    groups of different j are disjoint, so the level takes one Gatherv per group at once."""
+    placement = level_placement(size, levels)
+    last = level == len(levels) - 1
+    above = [list(range(size))] if last else placement[level + 1]
+    owners = [ranks[0] for ranks in placement[level]]
+    plan = []
+    for j, ranks in enumerate(above):
+        members = level_group(j, levels, level)
+        sent = [sum(counts[k] for k in members if owners[k] == r) for r in ranks]
+        plan.append({"root": ranks[0], "ranks": list(ranks), "members": members,
+                     "order": sorted(members, key=lambda k: (ranks.index(owners[k]), k)),
+                     "counts": sent, "displs": gatherv_layout(sent)[1]})
+    return plan
+
+
 def shard_range(n: int, rank: int, size: int) -> range:
     """Indices 0..n-1 split into `size` near-equal contiguous blocks; block `rank`."""
     start = rank * n // size
@@ -172,4 +271,10 @@ __all__ = [
     "elastic_batch",
     "gatherv_layout",
     "shard_range",
+    "level_grids",
+    "level_tiles",
+    "level_group",
+    "relative_tiles",
+    "level_placement",
+    "level_gather",
 ]

@@ -28,7 +28,7 @@ from pathlib import Path
 from . import budget, strategies
 from .errors import BadInput, run_serial
 from .files import atomic_write
-from .partition import subnets_of_rank, tile_shape
+from .partition import level_placement, subnets_of_rank, tile_shape
 from .plotting import pyplot
 from .results import CLASSIFICATION, Results, load_results
 
@@ -39,7 +39,10 @@ METRIC_COLUMNS = ["phase", "epoch", "loss", "val_loss", "val_accuracy", "val_top
 def plan_text(plan, world, threads: int) -> str:
     cfg = plan.config
     K = plan.partitions
-    owners = {r: subnets_of_rank(r, world.size, K) for r in range(world.size)}
+    # decompose.levels: every level's placement (prepare checked it); one level: today's round robin
+    placement = level_placement(world.size, cfg.decompose.level_counts) if len(plan.level_tiles) > 1 else \
+        [[[r for r in range(world.size) if k in subnets_of_rank(r, world.size, K)] for k in range(K)]]
+    owners = {r: [k for k, ranks in enumerate(placement[0]) if r in ranks] for r in range(world.size)}
     lines = [
         f"ddc_hpc run -> {plan.out}",
         f"  model {cfg.model.name} (width {cfg.model.width}, {cfg.model.num_classes} classes), "
@@ -53,6 +56,11 @@ def plan_text(plan, world, threads: int) -> str:
         f"  {world.size} rank(s), {threads} thread(s) each, device {world.device}, precision {cfg.run.precision}; "
         "rank -> sub-networks: "
         + ", ".join(f"{r}:{ks}" for r, ks in owners.items()),
+        *[f"  level {level}: {len(placement[level])} sub-networks on "
+          f"{'x'.join(map(str, tile_shape(plan.level_tiles[level])))} tiles, composed from level {level - 1} in groups "
+          f"of {len(plan.level_tiles[level - 1]) // len(placement[level])}; rank -> sub-networks: "
+          + ", ".join(f"{r}:{[k for k, ranks in enumerate(placement[level]) if r in ranks]}" for r in range(world.size))
+          for level in range(1, len(placement))],
         f"  epochs: sub {plan.phase('sub').epochs}, global {plan.phase('global').epochs}, random "
         f"{plan.phase('random').epochs}" + ("  (resuming from checkpoints)" if plan.resume else ""),
     ]
@@ -70,6 +78,7 @@ NAMES = {"SNet": "SNet-k = sub-network k (1/K of the width), trained on tile k o
 
 def metric_rows(results: Results) -> list[dict]:
     rows = [row for h in results.sub.histories for row in h] if results.sub else []
+    rows += [row for record in results.levels or [] for h in record.get("histories", []) for row in h]
     for phase in (results.global_, results.random):
         rows += phase.history if phase else []
     return rows
@@ -178,6 +187,7 @@ def table(results: Results, out: Path | str | None = None) -> str:
         for k, value in enumerate(results.sub.per_subnet):
             lines.append(row(f"SNet-{k} (own tile, {sum(r['seconds'] for r in results.sub.histories[k]):.1f} s "
                              "of the sub phase)", value, None))
+    lines += level_rows(results, row)
     for strategy, (segments, total_name) in _strategy_segments(results).items():
         lines.append(f"{strategies.NAMES[strategy]}:")
         for part, seconds in segments:
@@ -192,6 +202,22 @@ def table(results: Results, out: Path | str | None = None) -> str:
     if out is not None:
         lines.append(f"written to {out}/ (results.json, metrics.csv, plots, models, logs)")
     return "\n".join(lines)
+
+
+def level_rows(results: Results, row) -> list[str]:
+    """decompose.levels above the finest: each composed sub-network's score on its tile as composed
+    and after its level's training (its row), the level's seconds (inside the sub phase's row) and
+    the largest Theorem 2.1 error of the compositions into it."""
+    metric, lines = results.metric, []
+    for record in (results.levels or [])[1:]:
+        tile = "x".join(map(str, record["tile"]))
+        lines.append(f"level {record['level']}: {record['partitions']} SNets on {tile} tiles, composed from level "
+                     f"{record['level'] - 1} (Theorem 2.1: max relative error {record['max_rel_error']:.3g}), trained "
+                     f"{record['seconds']:.1f} s of the sub phase")
+        for j, (start, value) in enumerate(zip(record["composed_" + metric], record["per_subnet_" + metric])):
+            lines.append(row(f"  L{record['level']} SNet-{j} (composed: {_score(start, metric).strip()}; trained)",
+                             value, None))
+    return lines
 
 
 def verdict(results: Results) -> list[str]:
@@ -426,6 +452,11 @@ def markdown(runs: list[dict]) -> str:
         add("mae", "Validation MAE", regressors)
     parts += ["Wall time [s] per phase (paper Tables 3.2 / 3.4, Figs. 3.1 / 3.5)", "",
               _markdown_table("seconds", names, [time_rows(run["results"]) for run in runs])]
+    layered = [run for run in runs if run["results"].levels]
+    if layered:
+        parts += ["", "Multilevel composition (decompose.levels): each level's SNets on their tiles, as composed "
+                  "and trained (range over k), and the largest Theorem 2.1 error of the compositions into them", "",
+                  level_table(layered)]
     budgeted = sorted((run for run in runs if (run["results"].budget or {}).get("elapsed_seconds")),
                       key=lambda run: max(run["results"].budget["budget_seconds"].values()))
     if budgeted:
@@ -433,6 +464,24 @@ def markdown(runs: list[dict]) -> str:
                   frontier_table(budgeted)]
     parts += ["", "Runs:", ""] + [f"- `{run['name']}`: {describe(run)}" for run in runs]
     return "\n".join(parts) + "\n"
+
+
+def level_table(runs: list[dict]) -> str:
+    """One row a level of each multilevel run: its sub-networks and tiles, their primary metric as
+    composed and trained (range over k), the Theorem 2.1 error into it and its seconds."""
+    lines = ["| run | level | SNets (tile) | as composed | trained | max rel. error | seconds |", "|" + "---|" * 7]
+    for run in runs:
+        r = run["results"]
+        scale, digits = (100.0, 2) if r.metric == CLASSIFICATION else (1.0, 4)
+        for record in r.levels:
+            composed = record.get("composed_" + r.metric)
+            error = record.get("max_rel_error")
+            lines.append(f"| `{run['name']}` | {record['level']} | {record['partitions']} "
+                         f"({'x'.join(map(str, record['tile']))}) | "
+                         f"{_range(composed, digits, scale) if composed else '-'} | "
+                         f"{_range(record['per_subnet_' + r.metric], digits, scale)} | "
+                         f"{'-' if error is None else f'{error:.2g}'} | {record['seconds']:.1f} |")
+    return "\n".join(lines)
 
 
 def frontier_table(runs: list[dict]) -> str:

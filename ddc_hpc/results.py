@@ -189,6 +189,8 @@ class Results:
     budget: dict | None = None
     # data.split_seed and each split's size and sample digest (Splits.record); None before it was recorded
     splits: dict | None = None
+    # decompose.levels: one record per level, finest first (multilevel_ddc); None for one level
+    levels: list | None = None
     extra: dict = dataclasses.field(default_factory=dict)  # keys this version does not know (kept)
 
     @property
@@ -202,14 +204,15 @@ class Results:
             if section is not None:
                 d[key] = section.to_dict(self.metric) if key == "sub" else section.to_dict()
         return d | {"backend": self.backend} | ({"budget": self.budget} if self.budget else {}) \
-            | ({"splits": self.splits} if self.splits else {}) | self.extra
+            | ({"splits": self.splits} if self.splits else {}) | ({"levels": self.levels} if self.levels else {}) \
+            | self.extra
 
     @classmethod
     def from_dict(cls, d: dict) -> Results:
         metric = d.get("metric") or CLASSIFICATION
-        known = {*HEADER, "sub", "compose", "global", "random", "backend", "budget", "splits"}
+        known = {*HEADER, "sub", "compose", "global", "random", "backend", "budget", "splits", "levels"}
         return cls(**{key: d[key] for key in HEADER if key in d} | {"metric": metric}, backend=d.get("backend"),
-                   budget=d.get("budget"), splits=d.get("splits"),
+                   budget=d.get("budget"), splits=d.get("splits"), levels=d.get("levels"),
                    sub=Sub.from_dict(d["sub"], metric) if d.get("sub") else None,
                    compose=Compose.from_dict(d["compose"]) if d.get("compose") else None,
                    global_=Phase.from_dict(d["global"]) if d.get("global") else None,

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import budget, comm, report, strategies
 from .checkpoint import CheckpointSeries, atomic_write, existing_digests, save_torch
-from .compose import (compose, flatten_fc_layers, flatten_state, shrink_perturb, state_numel, theorem_error,
+from .compose import (compose, compose_group, flatten_fc_layers, flatten_state, shrink_perturb, state_numel, theorem_error,
                       unflatten_state, with_parameters)
 from .config import RANDOM_INIT_SEED_OFFSET, Config, PhaseConfig, load_config, phases as phase_sections
 from .data import SampleSet, Splits, check_tiles, load_from_config, make_batch, source_identity
@@ -38,8 +38,9 @@ from .data.sources import ArrayStore
 from .errors import BadInput
 from .results import Phase, Results, ddc_sections, load_results
 from .models import build_model, input_options, model_defaults, model_options
-from .partition import (default_grid, elastic_batch, phase_peers, subnet_group, subnet_owner, subnets_of_rank,
-                        tile_shape, tile_slices_nd, validate_layout)
+from .partition import (default_grid, elastic_batch, level_gather, level_grids, level_group, level_placement,
+                        level_tiles, phase_peers, relative_tiles, subnet_group, subnet_owner, subnets_of_rank, tile_shape,
+                        tile_slices_nd, validate_layout)
 from .engine import MPIDataParallel
 from .train import (Clock, Job, PhaseData, Task, evaluate, fit, make_optimizer, recalibrate_bn, steps_per_epoch,
                     time_evaluation, time_steps, to_cuda_layout)
@@ -70,6 +71,8 @@ class Plan:
     budget: dict | None = None  # run.budget's plan (budget.plan_budget, as recorded in plan.json)
     # run.sub_share = "auto": the rule fitted to run.sub_share_trials (budget.fit_sub_passes) and the file's digest
     share_rule: dict | None = None
+    # decompose.levels' tiles, finest first (partition.level_tiles; `tiles` is the finest); one level: [tiles]
+    level_tiles: list[list[tuple[slice, ...]]] = dataclasses.field(default_factory=list)
 
     @property
     def partitions(self) -> int:
@@ -98,6 +101,12 @@ class Plan:
         planned = budget.phase_plan(self.budget, name)
         return dataclasses.replace(section, epochs=planned.epochs, steps_per_epoch=planned.steps_per_epoch,
                                    warmup_epochs=planned.warmup_epochs)
+
+    def level_phase(self, level: int) -> PhaseConfig:
+        """What the sub-networks of level `level` of decompose.levels train: phase("sub"), with that
+        level's decompose.level_epochs when given."""
+        epochs = self.config.decompose.level_epochs
+        return dataclasses.replace(self.phase("sub"), epochs=epochs[level]) if epochs else self.phase("sub")
 
     def pass_steps(self, name: str, ranks: int) -> int:
         """Steps of one epoch as configured (one pass, or steps_per_epoch) on each of `ranks`
@@ -191,6 +200,7 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
             build(config, d.partitions, tile_shape(tiles) + data.train.image_shape[-1:], 0)
     except (ValueError, TypeError, KeyError) as err:
         raise BadInput(f"model {config.model.name!r} cannot be built as configured: {err}") from None
+    levels = level_layout(config, data.train.image_shape, comm.MPI.COMM_WORLD.Get_size())
     out = Path(args.out)
     if args.dry_run:  # writes nothing: only sees whether it could
         existing = next(p for p in (out, *out.parents) if p.exists())
@@ -216,10 +226,32 @@ def prepare(args: argparse.Namespace, ranks_per_node: int = 1) -> Plan:
     if config.run.precision == "fp16" and device == "cpu":
         raise BadInput("run.precision = 'fp16' needs GPUs (its gradient scaling is for CUDA's fp16 kernels); "
                        "on CPUs use 'bf16' or 'fp32'")
-    return Plan(config=config, out=out, data=data, tiles=tiles, resume=bool(digests), backend=backend,
+    return Plan(config=config, out=out, data=data, tiles=levels[0], resume=bool(digests), backend=backend,
+                level_tiles=levels,
                 share_rule=share_rule(config.run.sub_share_trials) if config.run.sub_share == budget.AUTO
                 and "sub" in strategies.phases(config.run.strategy) and not (digests and (out / PLAN_FILE).exists())
                 else None)  # a resume keeps its plan; a folder where nothing trained may plan again
+
+
+def level_layout(config: Config, sample_shape: tuple[int, ...], ranks: int) -> list[list[tuple[slice, ...]]]:
+    """decompose.levels' tiles, finest first, checked before any work (BadInput): each level's grid
+    refines the next one's, the ranks place on every level, and every level's sub-network builds
+    (widths divide, tiles meet the model's minimum) on the meta device, which allocates nothing."""
+    d, spatial = config.decompose, sample_shape[:-1]
+    try:
+        levels = level_tiles(spatial, level_grids(d.level_counts, len(spatial), d.grid), d.overlap, d.crop)
+        if config.run.strategy != "random" or len(d.level_counts) > 1:
+            level_placement(ranks, d.level_counts)
+    except ValueError as err:
+        raise BadInput(f"decompose.levels = {list(d.level_counts)} does not fit the {spatial} samples: {err}") from None
+    for level, (count, tiles) in enumerate(zip(d.level_counts[1:], levels[1:]), start=1):
+        try:
+            with torch.device("meta"):
+                build(config, count, tile_shape(tiles) + sample_shape[-1:], 0)
+        except (ValueError, TypeError, KeyError) as err:
+            raise BadInput(f"model {config.model.name!r} cannot be built for level {level} of decompose.levels = "
+                           f"{list(d.level_counts)} ({count} sub-networks on {tile_shape(tiles)} tiles): {err}") from None
+    return levels
 
 
 def share_rule(path: str) -> dict:
@@ -291,7 +323,7 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
     labels = plan.data.train.labels
     checked = (f"{len(plan.data.classes)} classes, labels {labels.min()}..{labels.max()}"
                if cfg.model.task == "classification" and len(labels) else f"targets {plan.data.train.target_shape}")
-    sub, glob, rand = plan.phase("sub"), plan.phase("global"), plan.phase("random")
+    sub, glob, rand = plan.level_phase(0), plan.phase("global"), plan.phase("random")
     glob, rand = (dataclasses.replace(c, batch_size=plan.batches.get(name, c.batch_size))  # a resume's kept batch
                   for name, c in (("global", glob), ("random", rand)))
     per_group = max(world.size // K, 1)
@@ -309,6 +341,12 @@ def dry_run_text(plan: Plan, world: comm.World) -> str:
                  f"{glob.epochs} epoch(s) of {steps['global']} steps{_progress(saved.get('global'))}"]
     if "random" in plan.strategies:
         todo += [f"train GNet-R {rand.epochs} epoch(s) of {steps['random']} steps{_progress(saved.get('random'))}"]
+    if len(plan.level_tiles) > 1:
+        todo.insert(0, "train and compose level by level: " + " -> ".join(
+            f"{len(tiles)} sub-networks on {'x'.join(map(str, tile_shape(tiles)))} tiles" for tiles in plan.level_tiles)
+            + " -> the global network, epochs per level "
+            + str([plan.level_phase(level).epochs for level in range(len(plan.level_tiles))])
+            + f" of {steps['sub']} steps (below: the finest)")
     return (f"  data checked from its metadata: {n} train / {len(plan.data.val)} val samples, {checked}\n"
             f"{elastic_text(plan, saved, world.size)}dry run: nothing trained, nothing written. The run would "
             f"{'; then '.join(todo)}; and write "
@@ -397,9 +435,10 @@ def elastic_batches(plan: Plan, entries: dict[str, dict], ranks: int) -> tuple[d
     for name, entry in sorted(entries.items()):
         if entry["finished"] or entry.get("ranks") is None:
             continue
-        configured = plan.phase(name.split("_")[0]).batch_size
-        total = entry.get("batch", configured * phase_peers(name, entry["ranks"], plan.partitions))
-        peers = phase_peers(name, ranks, plan.partitions)
+        configured = plan.phase("sub" if "sub_" in name else name).batch_size  # a level's sub-networks: [sub]
+        levels = plan.config.decompose.level_counts
+        total = entry.get("batch", configured * phase_peers(name, entry["ranks"], plan.partitions, levels))
+        peers = phase_peers(name, ranks, plan.partitions, levels)
         if total == configured * peers:
             continue
         try:
@@ -417,7 +456,8 @@ def elastic_text(plan: Plan, entries: dict[str, dict], ranks: int) -> str:
     if not before:
         return ""
     kept = [f"{name} at epoch {entries[name]['epoch'] + 1}, step {entries[name]['step'] + 1} with {batch} "
-            f"samples a rank ({batch * phase_peers(name, ranks, plan.partitions)} a step, as before)"
+            f"samples a rank ({batch * phase_peers(name, ranks, plan.partitions, plan.config.decompose.level_counts)} "
+            "a step, as before)"
             for name, batch in plan.batches.items()]
     placed = (f"; the sub-networks placed as a fresh start at {ranks} places them"
               if any(n.startswith("sub_") and not e["finished"] for n, e in entries.items()) else "")
@@ -454,8 +494,10 @@ def choose_resume(plan: Plan, world: comm.World) -> None:
                                                          "choosing the checkpoints to resume from")
     if refusal is not None:
         raise comm.collective_error(refusal)
-    mine = [slot for phase in plan.phases for slot in ([f"sub_{k}" for k in subnets_of_rank(
-        world.rank, world.size, plan.partitions)] if phase == "sub" else [phase])]
+    placements = level_placement(world.size, plan.config.decompose.level_counts) if "sub" in plan.phases else []
+    mine = [  # this rank's sub-networks of every level (one: subnets_of_rank's), then the data-parallel phases
+        level_slot(level, k) for level, placement in enumerate(placements)
+        for k, ranks in enumerate(placement) if world.rank in ranks] + [p for p in plan.phases if p != "sub"]
     error = None
     for name in mine:
         entry = plan.resume_from.get(name)
@@ -705,6 +747,166 @@ def global_phase(plan: Plan, world: comm.World, name: str, model: torch.nn.Modul
                     "elapsed_start": started, "elapsed_end": plan.clock()}
 
 
+def level_slot(level: int, k: int) -> str:
+    """Checkpoint slot and metrics phase of sub-network k of level `level`: today's sub_<k> at the
+    finest level, l<level>_sub_<k> above it."""
+    return f"sub_{k}" if level == 0 else f"l{level}_sub_{k}"
+
+
+def last_level_view(plan: Plan) -> Plan:
+    """The plan as compose_phase sees the last level of decompose.levels: its sub-networks are the
+    ones the global network is composed from (placed as one level places them)."""
+    d = plan.config.decompose
+    decompose = dataclasses.replace(d, partitions=d.level_counts[-1], grid=(), levels=(), level_epochs=())
+    sub = dataclasses.replace(plan.config.sub, epochs=plan.level_phase(len(d.level_counts) - 1).epochs)
+    return dataclasses.replace(plan, config=dataclasses.replace(plan.config, decompose=decompose, sub=sub),
+                               tiles=plan.level_tiles[-1])
+
+
+def compose_into(plan: Plan, world: comm.World, local: comm.World, level: int, j: int, below: dict,
+                 log: Logger) -> tuple:
+    """Sub-network j of level `level` from its group of level `level - 1` (`below`: the finer nets
+    this rank owns): one Gatherv over j's ranks (`local`; none when j has one rank, which then
+    holds the whole group) to j's owner, which composes them (compose_group) and checks Theorem
+    2.1 on probe images cut to j's tile.  Returns (the net, the check) on the owner, (None, {})
+    elsewhere."""
+    cfg, counts = plan.config, plan.config.decompose.level_counts
+    tic = time.perf_counter()
+    finer, tiles = plan.level_tiles[level - 1], plan.level_tiles[level]
+    finer_shape = tile_shape(finer) + plan.data.train.image_shape[-1:]
+    n = state_numel(build(cfg, counts[level - 1], finer_shape, 0))
+    members = level_group(j, counts, level - 1)
+    if local.size > 1:
+        flat = np.concatenate([np.zeros(0, np.float32)] + [flatten_state(below[k][0]).cpu().numpy()
+                                                          for k in members if k in below])
+        gathered = comm.gatherv(local, flat)
+        if not local.is_root:
+            return None, {}
+        order = level_gather(world.size, counts, level - 1, [n] * counts[level - 1])[j]["order"]
+        nets = {}
+        for i, k in enumerate(order):
+            nets[k] = build(cfg, counts[level - 1], finer_shape, 0)
+            unflatten_state(nets[k], torch.from_numpy(gathered[i * n:(i + 1) * n]))
+    else:
+        nets = {k: below[k][0] for k in members}
+    subnets = [nets[k].eval() for k in members]
+    parent = build(cfg, counts[level], tile_shape(tiles) + plan.data.train.image_shape[-1:], 0)
+    compose_group(subnets, parent, [finer[k] for k in members], tiles[j], cfg.model.task).eval()
+    probe_images, _ = plan.data.val.read(np.arange(min(16, len(plan.data.val))))
+    probe = make_batch(probe_images, mean=plan.data.mean, tile=tiles[j], augment=False, generator=None)
+    error = theorem_error(parent, subnets, probe, task=cfg.model.task,
+                          tiles=relative_tiles([finer[k] for k in members], tiles[j]))
+    log(f"[compose l{level}_sub_{j}] Theorem 2.1 on {len(probe)} probe tiles: max |F - sum_k F_k| = "
+        f"{error['max_abs']:.3g} (relative {error['max_rel']:.3g})")
+    if not error["max_rel"] <= THEOREM_RTOL:
+        raise RuntimeError(f"level {level}'s sub-network {j} does not equal the sum of its group's sub-networks: "
+                           f"relative error {error['max_rel']:.3g} > {THEOREM_RTOL:g}")
+    return parent, {"max_abs_error": error["max_abs"], "max_rel_error": error["max_rel"],
+                    "seconds": time.perf_counter() - tic}
+
+
+def train_level(plan: Plan, world: comm.World, log: Logger, level: int, below: dict | None) -> dict:
+    """Train this rank's sub-networks of level `level` of decompose.levels (level_placement): the
+    finest from their seeded initialisation, a coarser one from its group's composition
+    (compose_into, from `below`, the finer level's trained nets this rank owns).  No communication
+    beyond a sub-network's own ranks; returns sub_phase's record, with each composition's check
+    ("checks") and each composed net's score before training ("initial"), on its owner."""
+    cfg, counts = plan.config, plan.config.decompose.level_counts
+    placement, tiles = level_placement(world.size, counts)[level], plan.level_tiles[level]
+    shape = tile_shape(tiles) + plan.data.train.image_shape[-1:]
+    mine = [k for k, ranks in enumerate(placement) if world.rank in ranks]
+    local = comm.enter_sub_group(world, plan.backend, placement[mine[0]])
+    comm.set_phase("sub")
+    tic, started = time.perf_counter(), plan.clock()
+    trained, checks, initial, preempted = {}, {}, {}, None
+    for k in mine:
+        name, seed = level_slot(level, k), cfg.run.seed * 1000 + 100 * level + k
+        writer = placement[k][0] == world.rank
+        model = build(cfg, counts[level], shape, seed + 1)
+        if level:
+            composed, check = compose_into(plan, world, local, level, k, below, log)
+            model, checks[k] = (composed, check) if composed is not None else (model, None)
+        slot = CheckpointSeries(plan.out / "checkpoints", name, cfg.digest(), ranks=world.size) if writer else None
+        wrapped = data_parallel(model, local, plan.backend, cfg.sub.compile)
+        job = Job(name=name, model=wrapped, config=plan.level_phase(level), task=plan.task,
+                  data=phase_data(plan, tiles[k]), slot=slot, seed=seed, rank=world.rank,
+                  checkpoint_every=cfg.run.checkpoint_every, precision=cfg.run.precision,
+                  progress_seconds=cfg.run.progress_seconds, log=log, clock=plan.clock)
+        if level:
+            initial[k] = evaluate(wrapped, job.data, world.device, plan.task, precision=cfg.run.precision)
+        try:
+            history = run_job(job, local, name, plan)
+        except comm.Preempted as stop:  # told to everyone at the exchange after the level
+            preempted = str(stop)
+            break
+        release(wrapped)
+        if writer:
+            save_torch(_model_file(job.module, plan, tiles[k]), plan.out / f"{name.replace('sub', 'subnet')}.pt")
+            trained[k] = (job.module, history, job.optimizer_state)
+    comm.leave_sub_group(local)
+    here = time.perf_counter() - tic
+    return {"trained": trained, "seconds": here, "preempted": preempted, "checks": checks, "initial": initial,
+            "recorded_seconds": pieces_seconds(here, [history for _, history, _ in trained.values()]),
+            "reach": local.size, "elapsed_start": started, "elapsed_end": plan.clock()}
+
+
+def level_exchange(plan: Plan, world: comm.World, level: int, done: dict) -> dict | None:
+    """After each level: every rank learns whether one was stopped (then all stop, every
+    sub-network checkpointed), and rank 0 gets the level's record: each sub-network's score on its
+    tile, its composed start's score and its composition's check, the level's seconds (and, for
+    multilevel_ddc, the histories and the level's start on the job clock)."""
+    comm.set_phase("compose")
+    metric = plan.task.metric
+    timeout = plan.config.run.collective_timeout
+    slowest = max([row["seconds"] for _, history, _ in done["trained"].values() for row in history] + [done["seconds"]])
+    comm.arrive(world, f"finish level {level}", timeout + ARRIVAL_SLACK * plan.level_phase(level).epochs * slowest,
+                time.monotonic() - done["seconds"], f"run.collective_timeout {timeout:g} s + {ARRIVAL_SLACK} x the "
+                f"level's epochs x {slowest:.1f} s, the slowest sub epoch or level rank {world.rank} saw")
+    keys = ("preempted", "checks", "initial", "seconds", "recorded_seconds", "elapsed_start")
+    summaries = comm.allgather(world, {key: done[key] for key in keys}
+                               | {"histories": {k: history for k, (_, history, _) in done["trained"].items()}},
+                               f"gathering level {level}'s records")
+    stopped = [(r, s["preempted"]) for r, s in enumerate(summaries) if s["preempted"]]
+    if stopped:
+        raise comm.Preempted(f"rank {stopped[0][0]} was stopped in level {level} ({stopped[0][1]}); every "
+                             "sub-network is checkpointed")
+    if not world.is_root:
+        return None
+    merged = {key: {k: v for s in summaries for k, v in s[key].items() if v is not None}
+              for key in ("histories", "checks", "initial")}
+    count = plan.config.decompose.level_counts[level]
+    histories = [merged["histories"][k] for k in range(count)]
+    return {"level": level, "partitions": count, "tile": list(tile_shape(plan.level_tiles[level])),
+            "seconds": max(s["recorded_seconds"] for s in summaries), "epochs": plan.level_phase(level).epochs,
+            "per_subnet_" + metric: [h[-1][metric] for h in histories],
+            "composed_" + metric: [merged["initial"][k][metric] for k in range(count)] if level else None,
+            "max_abs_error": max((c["max_abs_error"] for c in merged["checks"].values()), default=None),
+            "max_rel_error": max((c["max_rel_error"] for c in merged["checks"].values()), default=None),
+            "compose_seconds": max((c["seconds"] for c in merged["checks"].values()), default=None),
+            "histories": histories, "elapsed_start": min(s["elapsed_start"] for s in summaries)}
+
+
+def multilevel_ddc(plan: Plan, world: comm.World, log: Logger) -> tuple[dict, torch.nn.Module | None, list]:
+    """decompose.levels' DDC: each level trains (train_level, level_exchange), then composes group by
+    group into the next; the last composes into the global network as one level does
+    (compose_phase).  Returns compose_phase's record, now with the finest level's histories and
+    every level's seconds as the sub phase's (results.json's sub section), its net, and rank 0's
+    per-level records (results.json's levels)."""
+    counts, below, records = plan.config.decompose.level_counts, None, []
+    for level in range(len(counts)):
+        done = train_level(plan, world, log, level, below)
+        records.append(level_exchange(plan, world, level, done))
+        below = done["trained"]
+    info, global_net = compose_phase(last_level_view(plan), world, done, log)
+    if not world.is_root:
+        return info, global_net, []
+    histories = records[0]["histories"]
+    info |= {"histories": dict(enumerate(histories)), "seconds_sub": sum(r["seconds"] for r in records),
+             "sub_elapsed": (records[0]["elapsed_start"], info["sub_elapsed"][1])}
+    return info, global_net, [{k: v for k, v in r.items() if k != "elapsed_start" and (r["level"] or k != "histories")}
+                              for r in records]  # the finest level's histories are the sub section's
+
+
 def pieces_seconds(here: float, histories: list[list[dict]]) -> float:
     """A phase's seconds across a stop and resume: what this process spent on it (`here`), or, when
     more, the sum of the recorded pieces, its epochs' seconds (every process that trained them: a
@@ -755,7 +957,7 @@ def calibrate_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
     cores as in the run): the rates, fixed costs and calibration seconds budget.plan_budget plans with.
     The slowest rank's figures count. Torch.distributed is shut down again before the sub phase."""
     comm.set_phase("calibrate")
-    cfg, K = plan.config, plan.partitions
+    cfg = plan.config
     data = _calibration_data(plan)
 
     def barrier():
@@ -764,14 +966,19 @@ def calibrate_phase(plan: Plan, world: comm.World, log: Logger) -> dict:
     mine, seconds = {}, {}
     if "sub" in plan.phases:
         tic = time.perf_counter()
-        owned = subnets_of_rank(world.rank, world.size, K)
-        local = comm.enter_sub_group(world, plan.backend, subnet_group(owned[0], world.size, K))
-        model = data_parallel(build(cfg, K, plan.tile_sample_shape, 0), local, plan.backend, cfg.sub.compile)
-        job = _calibration_job(plan, "sub", model, cfg.sub, phase_data(plan, plan.tiles[owned[0]], data), world, log)
-        mine["sub_step"] = time_steps(job, world.device, CALIBRATION_STEPS, CALIBRATION_WARMUP, barrier) * len(owned)
-        recalibration, scoring = time_evaluation(job, world.device, len(plan.data.val), barrier, CALIBRATION_SCORED)
-        mine["sub_evaluation"] = (recalibration + scoring) * len(owned)
-        comm.leave_sub_group(local)
+        for level, (count, placement) in enumerate(zip(cfg.decompose.level_counts,
+                                                       level_placement(world.size, cfg.decompose.level_counts))):
+            owned, tiles, key = [k for k, ranks in enumerate(placement) if world.rank in ranks], plan.level_tiles[level], \
+                ("sub" if level == 0 else f"sub_l{level}")  # each level of decompose.levels (one: today's sub phase)
+            local = comm.enter_sub_group(world, plan.backend, placement[owned[0]])
+            model = data_parallel(build(cfg, count, tile_shape(tiles) + plan.data.train.image_shape[-1:], 0), local,
+                                  plan.backend, cfg.sub.compile)
+            job = _calibration_job(plan, "sub", model, cfg.sub, phase_data(plan, tiles[owned[0]], data), world, log)
+            mine[f"{key}_step"] = time_steps(job, world.device, CALIBRATION_STEPS, CALIBRATION_WARMUP,
+                                             barrier) * len(owned)
+            recalibration, scoring = time_evaluation(job, world.device, len(plan.data.val), barrier, CALIBRATION_SCORED)
+            mine[f"{key}_evaluation"] = (recalibration + scoring) * len(owned)
+            comm.leave_sub_group(local)
         mine["compose"] = _time_compose(plan) if world.is_root else 0.0
         seconds["sub"] = time.perf_counter() - tic
     timed = {}  # what makes a data-parallel step cost what it does -> the phase measured with it
@@ -812,11 +1019,20 @@ def _budget_costs(plan: Plan, measured: dict, world: comm.World) -> tuple[dict, 
         calibration["ddc"] = measured["seconds_sub"] + measured.get("seconds_global", 0.0)
         fixed["ddc"] = (measured["compose"] + measured["global_setup"] + measured["global_recalibration"]
                         + scores * scoring)
+        levels = [budget.PhaseRates(measured[f"{key}_step"], measured[f"{key}_evaluation"], 0)
+                  for key in ["sub"] + [f"sub_l{level}" for level in range(1, len(plan.level_tiles))]]
+        # decompose.levels: every level trains the sub phase's planned steps, so a sub step costs one step of
+        # each level; each level above the finest scores its composed start once (a fixed cost)
+        fixed["ddc"] += sum(rate.evaluation for rate in levels[1:])
+        if len(levels) > 1:  # recorded with the plan, and each level's share of DDC's seconds from them
+            rates |= {f"sub_level_{level}": rate for level, rate in enumerate(levels)}
     if "random" in plan.strategies:
         calibration["random"] = measured.get("seconds_random", measured.get("seconds_global", 0.0))
         fixed["random"] = measured["random_setup"]
     for phase in plan.phases:
-        rates[phase] = budget.PhaseRates(measured[f"{phase}_step"], measured[f"{phase}_evaluation"],
+        step, evaluation = ((sum(rate.step for rate in levels), sum(rate.evaluation for rate in levels))
+                            if phase == "sub" else (measured[f"{phase}_step"], measured[f"{phase}_evaluation"]))
+        rates[phase] = budget.PhaseRates(step, evaluation,
                                          plan.pass_steps(phase, per_group if phase == "sub" else world.size))
     return calibration, fixed, rates
 
@@ -885,6 +1101,9 @@ def budget_phase(plan: Plan, world: comm.World, log: Logger, dry_run: bool = Fal
             made = budget.plan_budget(budgets, calibration, fixed, rates,
                                       {n: plan.phase(n).eval_every for n in plan.phases},
                                       {n: plan.phase(n).warmup_epochs for n in plan.phases}, share)
+            if len(plan.level_tiles) > 1:
+                made["level_shares"] = budget.level_shares(made, [rates[f"sub_level_{level}"]
+                                                                  for level in range(len(plan.level_tiles))])
             made |= chosen | {"spec": plan.config.run.budget, "measured": measured, "calibration_end": plan.clock(),
                               "made_for": binding}
         except ValueError as err:
@@ -983,14 +1202,16 @@ def run_phases(plan: Plan, world: comm.World, log: Logger, threads: int, determi
     elapsed = {}  # each strategy's seconds on the job clock
     if "ddc" in plan.strategies:
         started = plan.clock()
-        sub = sub_phase(plan, world, log)
-        compose_info, global_net = compose_phase(plan, world, sub, log)
+        if len(plan.level_tiles) > 1:
+            compose_info, global_net, results.levels = multilevel_ddc(plan, world, log)
+        else:
+            compose_info, global_net = compose_phase(plan, world, sub_phase(plan, world, log), log)
         model = global_net if world.is_root else build(cfg, 1, plan.data.train.image_shape, 0)
         trained = global_phase(plan, world, "global", model, log, compose_info.pop("optimizer_state", None))
         elapsed["ddc"] = plan.clock() - started
         if world.is_root:  # only rank 0 holds the composed net's check and every sub history
             results.sub, results.compose, results.global_ = ddc_sections(
-                compose_info, trained, plan.task.metric, plan.phase("sub").epochs)
+                compose_info, trained, plan.task.metric, plan.level_phase(0).epochs)
     if "random" in plan.strategies:
         started = plan.clock()
         baseline = build(cfg, 1, plan.data.train.image_shape, cfg.run.seed + RANDOM_INIT_SEED_OFFSET)

@@ -6,11 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddc_hpc.compose import (
-    compose, field_origins, flatten_fc_layers, flatten_state, output_tiled_layers, state_numel, theorem_error,
+    compose, compose_group, field_origins, flatten_fc_layers, flatten_state, output_tiled_layers, state_numel, theorem_error,
     unflatten_state,
 )
 from ddc_hpc.models import build_model, input_options, model_defaults, model_names, model_options
-from ddc_hpc.partition import tile_shape, tile_slices_nd
+from ddc_hpc.partition import level_grids, level_group, level_tiles, relative_tiles, tile_shape, tile_slices_nd
 
 torch.set_num_threads(1)
 TOLERANCE = 1e-5  # relative, float32
@@ -341,3 +341,42 @@ def test_a_bias_only_the_sub_networks_have_is_refused_not_dropped():
     subnets = [nn.Sequential(nn.Linear(4, 2)) for _ in range(2)]
     with pytest.raises(ValueError, match="bias"):
         compose(subnets, nn.Sequential(nn.Linear(4, 4, bias=False)))
+
+
+# ---- decompose.levels: every level's composition (issue 33) ----
+
+# One model of every 2-D family and one 3-D, at the smallest size whose finest tiles it takes.
+LEVEL_CASES = [("cifar_resnet20", 32, [16, 4]), ("resnet18", 32, [16, 4]), ("cnn11", 32, [16, 4]),
+               ("vgg11", 128, [16, 4]), ("resnet3d", 8, [8, 2])]
+
+
+@pytest.mark.parametrize("name, size, levels", LEVEL_CASES, ids=[c[0] for c in LEVEL_CASES])
+def test_every_level_of_a_multilevel_composition_satisfies_theorem_2_1(name, size, levels):
+    """16 sub-networks on 8x8 tiles compose group by group into 4 on 16x16 (each a global network
+    for its group's tile), those into the global network: Theorem 2.1 at each level, on the
+    composed sub-network's tile of x (per tile field for VGG's flatten-FC head), eval and train mode
+    (eval only with dropout, whose train mode draws masks)."""
+    torch.manual_seed(0)
+    dims = model_defaults(name)["dims"]
+    spatial = (size,) * dims
+    tiles = level_tiles(spatial, level_grids(levels, dims))
+    whole = tuple(slice(0, n) for n in spatial)
+
+    def net(count, tile):
+        return randomize_batchnorm(build_model(name, 10, count, width=16, **input_options(name, tile_shape([tile]), 3)))
+
+    x = torch.randn(4, 3, *spatial)
+    nets = [net(levels[0], tile) for tile in tiles[0]]
+    for level in range(len(levels)):
+        above = tiles[level + 1] if level + 1 < len(levels) else [whole]
+        count = levels[level + 1] if level + 1 < len(levels) else 1
+        composed_nets = []
+        for j, within in enumerate(above):
+            group = level_group(j, levels, level)
+            parent = compose_group([nets[k] for k in group], net(count, within), [tiles[level][k] for k in group], within)
+            for train in (False, True) if not any(isinstance(m, nn.Dropout) for m in parent.modules()) else (False,):
+                error = theorem_error(parent, [nets[k] for k in group], x[(..., *within)], train=train,
+                                      tiles=relative_tiles([tiles[level][k] for k in group], within))
+                assert error["max_rel"] <= TOLERANCE, f"level {level} -> {level + 1}, sub-network {j}: {error}"
+            composed_nets.append(randomize_batchnorm(parent) if count > 1 else parent)
+        nets = composed_nets

@@ -136,3 +136,16 @@ def test_deterministic_on_cuda_sets_cublas_and_says_what_stays_nondeterministic(
         assert comm.configure_determinism(False, "cuda") is None
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_one_level_jobs_keep_their_file_and_digest_and_more_levels_change_it(tmp_path):
+    """decompose.levels is left out of a one-level job's record (none, or [K]), so the jobs, runs
+    and checkpoints from before levels existed resume; [16, 4] is recorded and round-trips."""
+    base = load_config(overrides=["decompose.partitions=16"])
+    same = load_config(overrides=["decompose.partitions=16", "decompose.levels=[16]"])
+    assert "levels" not in base.to_dict()["decompose"] and same.to_toml() == base.to_toml()
+    assert same.digest() == base.digest()
+    two = load_config(overrides=["decompose.partitions=16", "decompose.levels=[16, 4]"])
+    assert two.digest() != base.digest() and two.decompose.level_counts == (16, 4)
+    (tmp_path / "config.toml").write_text(two.to_toml())
+    assert load_config(tmp_path / "config.toml").digest() == two.digest()

@@ -18,7 +18,7 @@ from torch.utils.data import DistributedSampler
 
 from conftest import results, run_pipeline, run_pipeline_here
 from ddc_hpc import run
-from ddc_hpc.config import PhaseConfig
+from ddc_hpc.config import Config, DecomposeConfig, PhaseConfig
 from ddc_hpc.partition import elastic_batch, phase_peers
 from ddc_hpc.train import batch_indices, pass_order, regroup_partial
 
@@ -86,6 +86,7 @@ def test_a_stopped_epochs_sums_are_carried_to_the_new_peers():
 
 def plan_with(batch: int = 32, partitions: int = 4, tmp_path=None):
     return types.SimpleNamespace(out=tmp_path or "runs/x", partitions=partitions, resume_from={},
+                                 config=Config(decompose=DecomposeConfig(partitions=partitions)),
                                  phase=lambda name: PhaseConfig(batch_size=batch), batches={})
 
 

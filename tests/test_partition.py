@@ -3,8 +3,9 @@
 import pytest
 
 from ddc_hpc.partition import (
-    default_grid, gatherv_layout, shard_range, subnet_group, subnet_owner, subnets_of_rank, tile_shape,
-    tile_slices, tile_slices_nd, validate_layout,
+    default_grid, gatherv_layout, level_gather, phase_peers, level_grids, level_group, level_placement, level_tiles,
+    relative_tiles, shard_range, subnet_group, subnet_owner, subnets_of_rank, tile_shape, tile_slices,
+    tile_slices_nd, validate_layout,
 )
 
 
@@ -167,3 +168,91 @@ def test_spread_puts_the_first_block_at_zero_and_the_last_at_the_end():
     assert spread(32, 20, 2) == [0, 12] and spread(10, 4, 3) == [0, 3, 6] and spread(7, 7, 1) == [0]
     assert [t[0].start for t in tile_slices_nd((32,), (3,), overlap=2, crop=1)] == [1 + s for s in spread(30, 12, 3)]
     assert field_origins((8, 8), (5, 5), (2, 2)) == [(a, b) for a in spread(8, 5, 2) for b in spread(8, 5, 2)]
+
+
+# ---- decompose.levels: multilevel composition (issue 33) ----
+
+def test_level_grids_refine_and_a_grid_that_does_not_is_refused():
+    assert level_grids([16, 4], 2) == [(4, 4), (2, 2)]
+    assert level_grids([8, 2], 3) == [(2, 2, 2), (1, 1, 2)]
+    assert level_grids([4], 2, (1, 4)) == [(1, 4)]
+    with pytest.raises(ValueError, match="does not refine"):
+        level_grids([16, 4], 2, (1, 16))
+
+
+@pytest.mark.parametrize("overlap, crop", [(0, 0), (4, 0), (2, 4)])
+def test_one_level_has_todays_tiles(overlap, crop):
+    assert level_tiles((32, 32), [(2, 2)], overlap, crop) == [tile_slices(32, 32, (2, 2), overlap, crop)]
+
+
+@pytest.mark.parametrize("overlap", [0, 2])
+def test_each_group_of_tiles_is_cut_from_its_next_level_tile(overlap):
+    """[16, 4] on 32x32: the 4 level-1 tiles are today's K = 4 tiles; group g (sub-networks 4g..4g+3)
+    cuts tile g into its 2x2 block (covering it exactly without overlap), all tiles of a level alike."""
+    fine, coarse = level_tiles((32, 32), level_grids([16, 4], 2), overlap)
+    assert coarse == tile_slices(32, 32, (2, 2), overlap)
+    for g, parent in enumerate(coarse):
+        group = [fine[k] for k in level_group(g, [16, 4], 0)]
+        assert relative_tiles(group, parent) == tile_slices(*tile_shape([parent]), (2, 2), overlap)
+    assert len({tile_shape([t]) for t in fine}) == 1
+    side = (16 + overlap) // 2 + overlap  # 8x8 without overlap
+    assert tile_shape(fine) == (side, side)
+
+
+def test_the_groups_of_the_last_level_make_the_global_network():
+    assert level_group(0, [16, 4], 1) == [0, 1, 2, 3]
+    assert level_group(3, [16, 4], 0) == [12, 13, 14, 15]
+    with pytest.raises(ValueError, match="level 2 has 1"):
+        level_group(1, [16, 4], 1)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 8, 16])
+def test_every_group_lives_on_the_ranks_of_the_sub_network_it_composes_into(size):
+    """No all-to-all: a level's group reaches only its next sub-network's ranks; the last level is
+    placed as one level is today; ranks beyond a level's K train its sub-networks data parallel."""
+    levels = [16, 4]
+    placement = level_placement(size, levels)
+    assert placement[-1] == [subnet_group(k, size, 4) for k in range(4)]
+    for j, ranks in enumerate(placement[1]):
+        for k in level_group(j, levels, 0):
+            assert set(placement[0][k]) <= set(ranks)
+    for level, count in enumerate(levels):
+        trained = [k for r in range(size) for k in range(count) if r in placement[level][k]]
+        assert sorted(set(trained)) == list(range(count))  # every sub-network trained, every rank busy
+        assert {r for ranks in placement[level] for r in ranks} == set(range(size))
+        if size > count:
+            assert {len(ranks) for ranks in placement[level]} == {size // count}
+
+
+@pytest.mark.parametrize("size", [1, 2, 4, 8])
+def test_each_levels_gatherv_brings_every_member_to_its_root_in_order(size):
+    """Simulate each level's Gathervs on flat states (sub-network k = [k] * its count): the root
+    reads back exactly its group's members, in the order the layout names."""
+    levels = [16, 4]
+    placement = level_placement(size, levels)
+    for level, count in enumerate(levels):
+        sizes = [3 + k % 2 for k in range(count)]
+        gathers = level_gather(size, levels, level, sizes)
+        assert len(gathers) == (levels[level + 1] if level + 1 < len(levels) else 1)
+        for gather in gathers:
+            blocks = [[k] * sizes[k] for r in gather["ranks"] for k in sorted(gather["members"])
+                      if placement[level][k][0] == r]
+            received = [v for block in blocks for v in block]
+            assert len(received) == sum(gather["counts"]) and gather["root"] == gather["ranks"][0]
+            assert gather["displs"] == gatherv_layout(gather["counts"])[1]
+            start = 0
+            for k in gather["order"]:
+                assert received[start:start + sizes[k]] == [k] * sizes[k]
+                start += sizes[k]
+            assert sorted(gather["order"]) == gather["members"]
+
+
+def test_relative_tiles_refuse_a_tile_outside():
+    with pytest.raises(ValueError, match="do not lie inside"):
+        relative_tiles([(slice(0, 8), slice(0, 8))], (slice(4, 16), slice(0, 16)))
+
+
+def test_phase_peers_count_a_levels_sub_network_by_its_placement():
+    """An elastic resume keeps a level's batch of a step: l1_sub_j's peers are its ranks at that level."""
+    assert phase_peers("l1_sub_0", 2, 16, [16, 4]) == 1 and phase_peers("l1_sub_3", 8, 16, [16, 4]) == 2
+    assert phase_peers("sub_5", 32, 16, [16, 4]) == 2 == len(level_placement(32, [16, 4])[0][5])
