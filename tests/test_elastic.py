@@ -20,6 +20,7 @@ from conftest import results, run_pipeline, run_pipeline_here
 from ddc_hpc import run
 from ddc_hpc.config import Config, DecomposeConfig, PhaseConfig
 from ddc_hpc.partition import elastic_batch, phase_peers
+from ddc_hpc.phases import THEOREM_RTOL
 from ddc_hpc.train import batch_indices, pass_order, regroup_partial
 
 N, SEED, EPOCH = 100, 7, 3
@@ -170,4 +171,4 @@ def test_a_run_stopped_in_the_sub_phase_at_1_rank_continues_at_4_in_data_paralle
     assert [(c["ranks"], sorted(c["resumed_from"])) for c in r["rank_counts"]] == [(1, []), (4, ["sub_0"])]
     n = r["sub"]["histories"][1][0]["train_samples"]  # sub_1: a fresh epoch over a group of 2, padded to even
     assert r["sub"]["histories"][0][0]["train_samples"] == n  # sub_0: 2 steps of 32 at 1 rank, the rest at 2
-    assert r["world_size"] == 4 and r["compose"]["max_rel_error"] <= run.THEOREM_RTOL
+    assert r["world_size"] == 4 and r["compose"]["max_rel_error"] <= THEOREM_RTOL
