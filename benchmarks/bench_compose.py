@@ -3,7 +3,7 @@
 At 4 ranks, K=4, for resnet50 (Food-101's 101 classes) and cifar_resnet110 (width 64, 10 classes),
 with the project's own code: each rank flattens its trained sub-network (`flatten_state`), one
 `comm.gatherv` brings the four to rank 0, which unflattens them (`unflatten_state`) and composes the
-global network (`compose`) — what `run.compose_phase` does between its metric allgather and its
+global network (`compose`) — what `phases.compose_phase` does between its metric allgather and its
 Theorem 2.1 check. Side by side on rank 0 in the same run, a numpy copy of the same bytes
 (`np.copyto` into a preallocated array, pages touched beforehand) gives memcpy's speed.
 

@@ -1,7 +1,7 @@
 """Issue 13.1: a rank's sub-networks trained fused in one pass against one after the other.
 
 With R ranks < K sub-networks a rank holds K/R of them, and the sub phase trains them in sequence
-(ddc_hpc.run.sub_phase over partition.subnets_of_rank). Fused, the rank's G = K/R members are one
+(ddc_hpc.phases.sub_phase over partition.subnets_of_rank). Fused, the rank's G = K/R members are one
 "ensemble" in torch.func's recipe: `stack_module_state` stacks their parameters and buffers,
 `vmap(functional_call)` runs them in one pass, each member on its own batch (a stacked
 [G, B, C, H, W] batch, in_dims=0: its own images cut to its own tile), BatchNorm in train mode

@@ -5,7 +5,7 @@ Three launches per round, interleaved, rounds repeated (the machine is shared):
 * **global phase, DDP-gloo**: `mpiexec -n 4`, the project's fit loop (`ddc_hpc.train.fit`: its
   batches via `make_batch`, its per-step NaN check, stop-signal allreduce and bookkeeping) on the
   model wrapped by torch DDP over gloo bootstrapped from MPI by `ddc_hpc.comm` — what
-  `run.global_phase` does;
+  `phases.global_phase` does;
 * **vanilla**: `torchrun --nproc-per-node 4 benchmarks/vanilla_ddp.py` — plain torch DDP (gloo);
 * **global phase, mpi4py engine**: as the first, with `ddc_hpc.engine.MPIDataParallel` in place of
   DDP (gradients over MPI Iallreduce; gloo kept for the loop's few scalars).

@@ -3,7 +3,7 @@
 The protocol of time-to-accuracy benchmarks (DAWNBench, MLPerf Training: every second on the
 clock, evaluation included) with the schedule fitted to the budget (Li, Yumer and Ramanan,
 "Budgeted training", ICLR 2020: anneal the lr to zero at the budget's end). A calibration on the
-real ranks (run.calibrate_phase) measures what a step, an evaluation and the fixed costs take;
+real ranks (calibration.calibrate_phase) measures what a step, an evaluation and the fixed costs take;
 `plan_budget` turns those rates into step counts so that DDC (sub phase, compose, GNet-T) and
 GNet-R each end annealed within their own budget. Pure arithmetic: the plan is recorded (the
 out dir's plan.json, results.json's `budget`) and a resume uses the recorded plan.

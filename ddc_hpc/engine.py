@@ -26,7 +26,7 @@ the fit loop the same interface: `model(x)`, `.module`, `.parameters()`, `.train
   evaluation forward after training. The others update their copies locally in between, which the
   next broadcast overwrites.
 * `close()` removes the hooks and frees the private communicator: the pipeline calls it where a
-  phase's training with the engine ends (run.release).
+  phase's training with the engine ends (phases.release).
 
 Only ddc_hpc.comm touches MPI: the engine uses comm.start_allreduce / start_bcast / progress / wait_all
 on a private communicator (comm.data_parallel_world). On a GPU the buckets are staged through host

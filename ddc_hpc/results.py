@@ -168,7 +168,7 @@ class Results:
     strategy: str | None = None
     world_size: int | None = None
     # every rank count the run had, in order, each with the checkpoints it continued from
-    # (run.record_rank_count); None in files written before it was recorded
+    # (resume.record_rank_count); None in files written before it was recorded
     rank_counts: list[dict] | None = None
     dataset: str | None = None
     # the data as identified: kind, resolved path, options, content digest, and the directory the run

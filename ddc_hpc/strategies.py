@@ -1,6 +1,6 @@
 """The strategies a run trains and the phases each is made of, declared once: run.strategy's
-choices and the config's relations, the planner (budget.py), the calibration and the pipeline
-(run.py), the dry run and the reports read this table.
+choices and the config's relations, the planner (budget.py), the calibration (calibration.py) and
+the pipeline (run.py, plan.py), the dry run and the reports read this table.
 
     run.strategy   trains             phases, in order (compose, between DDC's two, trains nothing)
     "ddc"          DDC                sub, global

@@ -209,7 +209,7 @@ def test_gnet_t_starts_from_the_sub_networks_adam_state_composed():
     """global.carry_optimizer: what compose_phase gathers (weights, then Adam's moments in the
     network's layout) composes into a state GNet-T's own Adam loads, the step count kept."""
     from ddc_hpc.config import PhaseConfig
-    from ddc_hpc.run import _adam_steps, _composed_adam_state, _payload
+    from ddc_hpc.phases import _adam_steps, _composed_adam_state, _payload
 
     torch.manual_seed(0)
     subnets, states = [], []

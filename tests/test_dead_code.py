@@ -22,7 +22,7 @@ from ddc_hpc.data.loader import SampleSet
 from ddc_hpc.data.sources import ArrayStore
 from ddc_hpc.engine import MPIDataParallel
 from ddc_hpc.results import Results, ddc_sections
-from ddc_hpc.run import release
+from ddc_hpc.phases import release
 
 
 def _release_frees_the_engine():

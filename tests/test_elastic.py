@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from conftest import results, run_pipeline, run_pipeline_here
-from ddc_hpc import run
+from ddc_hpc import resume
 from ddc_hpc.config import Config, DecomposeConfig, PhaseConfig
 from ddc_hpc.partition import elastic_batch, phase_peers
+from ddc_hpc.phases import THEOREM_RTOL
 from ddc_hpc.train import batch_indices, pass_order, regroup_partial
 
 N, SEED, EPOCH = 100, 7, 3
@@ -97,13 +98,13 @@ def entry(ranks=None, epoch=0, step=2, finished=False, **more):
 def test_elastic_batches_keep_each_stopped_phases_batch():
     plan = plan_with()
     stopped = {"sub_0": entry(2), "sub_1": entry(2, finished=True), "global": entry(2), "random": entry()}
-    assert run.elastic_batches(plan, stopped, 2) == ({}, None)  # the same count: nothing changes
-    assert run.elastic_batches(plan, stopped, 4) == ({"global": 16}, None)  # sub_0: alone at 2 and at 4
-    assert run.elastic_batches(plan, stopped, 1) == ({"global": 64}, None)
-    assert run.elastic_batches(plan, stopped, 8) == ({"sub_0": 16, "global": 8}, None)  # sub_0 by a group of 2
+    assert resume.elastic_batches(plan, stopped, 2) == ({}, None)  # the same count: nothing changes
+    assert resume.elastic_batches(plan, stopped, 4) == ({"global": 16}, None)  # sub_0: alone at 2 and at 4
+    assert resume.elastic_batches(plan, stopped, 1) == ({"global": 64}, None)
+    assert resume.elastic_batches(plan, stopped, 8) == ({"sub_0": 16, "global": 8}, None)  # sub_0 by a group of 2
     again = {"global": entry(4, batch=64)}  # resumed at 4 from 2, stopped again at 4: still 64 a step
-    assert run.elastic_batches(plan, again, 4) == ({"global": 16}, None)
-    batches, refusal = run.elastic_batches(plan, stopped, 3)
+    assert resume.elastic_batches(plan, again, 4) == ({"global": 16}, None)
+    batches, refusal = resume.elastic_batches(plan, stopped, 3)
     assert batches == {} and refusal.startswith("runs/x holds a run stopped at 2 rank(s) that cannot continue at 3: "
                                                 "global was stopped at a batch of 64 samples per step")
     assert "mpiexec -n 2" in refusal and "a new --out" in refusal
@@ -111,24 +112,24 @@ def test_elastic_batches_keep_each_stopped_phases_batch():
 
 def test_the_rank_counts_are_recorded_where_they_change(tmp_path):
     plan = plan_with(tmp_path=tmp_path)
-    assert run.record_rank_count(plan, 2) == [{"ranks": 2, "resumed_from": {}}]
-    assert run.record_rank_count(plan, 2) == [{"ranks": 2, "resumed_from": {}}]  # a resume at the same count
+    assert resume.record_rank_count(plan, 2) == [{"ranks": 2, "resumed_from": {}}]
+    assert resume.record_rank_count(plan, 2) == [{"ranks": 2, "resumed_from": {}}]  # a resume at the same count
     plan.resume_from = {"global": entry(2, epoch=1, step=3), "sub_0": entry(2, epoch=2, step=0, finished=True)}
-    had = run.record_rank_count(plan, 4)
+    had = resume.record_rank_count(plan, 4)
     assert had[1] == {"ranks": 4, "resumed_from": {"global": {"epoch": 1, "step": 3, "finished": False},
                                                    "sub_0": {"epoch": 2, "step": 0, "finished": True}}}
-    assert json.loads((tmp_path / run.RANKS_FILE).read_text()) == had
+    assert json.loads((tmp_path / resume.RANKS_FILE).read_text()) == had
 
 
 def test_the_dry_run_says_what_a_resume_at_another_count_will_do():
     plan = plan_with()
     stopped = {"sub_0": entry(2, finished=True), "global": entry(2, epoch=1, step=1)}
-    plan.batches, _ = run.elastic_batches(plan, stopped, 4)
-    assert run.elastic_text(plan, stopped, 2) == ""
-    assert run.elastic_text(plan, stopped, 4) == ("  resumes a run stopped at 2 rank(s) at 4; continues global at "
+    plan.batches, _ = resume.elastic_batches(plan, stopped, 4)
+    assert resume.elastic_text(plan, stopped, 2) == ""
+    assert resume.elastic_text(plan, stopped, 4) == ("  resumes a run stopped at 2 rank(s) at 4; continues global at "
                                                   "epoch 2, step 2 with 16 samples a rank (64 a step, as before)\n")
     plan.batches = {}
-    assert "the sub-networks placed as a fresh start at 1" in run.elastic_text(plan, {"sub_3": entry(4)}, 1)
+    assert "the sub-networks placed as a fresh start at 1" in resume.elastic_text(plan, {"sub_3": entry(4)}, 1)
 
 
 @pytest.mark.ranks(1)
@@ -170,4 +171,4 @@ def test_a_run_stopped_in_the_sub_phase_at_1_rank_continues_at_4_in_data_paralle
     assert [(c["ranks"], sorted(c["resumed_from"])) for c in r["rank_counts"]] == [(1, []), (4, ["sub_0"])]
     n = r["sub"]["histories"][1][0]["train_samples"]  # sub_1: a fresh epoch over a group of 2, padded to even
     assert r["sub"]["histories"][0][0]["train_samples"] == n  # sub_0: 2 steps of 32 at 1 rank, the rest at 2
-    assert r["world_size"] == 4 and r["compose"]["max_rel_error"] <= run.THEOREM_RTOL
+    assert r["world_size"] == 4 and r["compose"]["max_rel_error"] <= THEOREM_RTOL

@@ -47,7 +47,7 @@ from ddc_hpc.data.loader import SampleSet
 from ddc_hpc.data.sources import ArrayStore
 from ddc_hpc.models import _REGISTRY, build_model, input_options
 from ddc_hpc.partition import default_grid, tile_shape, tile_slices_nd
-from ddc_hpc.run import _composed_adam_state, _payload
+from ddc_hpc.phases import _composed_adam_state, _payload
 from ddc_hpc.train import (Job, PhaseData, Task, combine_moments, fit, make_optimizer, recalibrate_bn,
                            time_evaluation, time_steps, to_cuda_layout, to_device)
 
@@ -80,7 +80,7 @@ def _tiles(shape: tuple[int, ...], K: int) -> list[tuple[slice, ...]]:
 
 
 def _build(name: str, shape: tuple[int, ...], partitions: int = 1, seed: int = 0) -> nn.Module:
-    """As run.build: the network for samples of `shape` (*spatial, channels), on the device in use."""
+    """As plan.build: the network for samples of `shape` (*spatial, channels), on the device in use."""
     torch.manual_seed(seed)
     return build_model(name, 10, partitions=partitions, width=8, **input_options(name, shape[:-1], shape[-1]))
 
@@ -214,7 +214,7 @@ def test_budget_calibration_times_on_cuda():
 
 def _subnets(name: str, shape, K: int, tiles, carry: bool) -> list[list[nn.Module]]:
     """K sub-networks on cuda:0 as the sub phase hands them to compose: [network] or, with
-    global.carry_optimizer, after an Adam step [network, exp_avg, exp_avg_sq] (run._payload)."""
+    global.carry_optimizer, after an Adam step [network, exp_avg, exp_avg_sq] (phases._payload)."""
     sub_shape = tile_shape(tiles) + shape[-1:]
     payloads = []
     for _ in range(K):
@@ -248,7 +248,7 @@ def test_composition_on_cuda(name):
 
 def test_carried_adam_moments_on_cuda():
     """global.carry_optimizer: the sub-networks' Adam moments composed like their weights, loaded
-    into GNet-T's optimizer (run._composed_adam_state), which then steps on cuda:0."""
+    into GNet-T's optimizer (phases._composed_adam_state), which then steps on cuda:0."""
     shape, K = FAMILIES["cifar_resnet20"]
     tiles = _tiles(shape, K)
     with fake_cuda():

@@ -105,7 +105,7 @@ def test_the_graph_sees_relative_package_and_lazy_imports():
     graph = import_graph()
     assert "ddc_hpc.data.hdf5" in graph["ddc_hpc.data.sources"]  # from .hdf5 import ...
     assert "ddc_hpc.data" in graph["ddc_hpc.run"]  # the package's __init__ runs first
-    assert "ddc_hpc.data.sources" in graph["ddc_hpc.run"]
+    assert "ddc_hpc.data.sources" in graph["ddc_hpc.calibration"]
     assert "ddc_hpc.comm.state" in graph["ddc_hpc.comm.collectives"]  # from . import state
     assert "ddc_hpc.evaluate" in graph["ddc_hpc.frontier"]  # inside a function
     assert "ddc_hpc.models" not in graph["ddc_hpc.models.cnn"]  # its own package's namespace

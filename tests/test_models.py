@@ -162,7 +162,7 @@ def test_cnn11_comes_in_1d_2d_and_3d(dims, shape):
 
 
 def test_input_options_are_what_each_family_accepts_of_the_sample_shape():
-    """One derivation of a model's input options from a sample shape (run.build, info, the tests)."""
+    """One derivation of a model's input options from a sample shape (plan.build, info, the tests)."""
     from ddc_hpc.models import input_options
 
     assert input_options("vgg11", (64, 32), 1) == {"in_channels": 1, "input_size": (64, 32)}

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import TINY, results, run_pipeline, run_pipeline_here
-from ddc_hpc import comm, run, strategies
+from ddc_hpc import comm, resume, strategies
 from ddc_hpc.config import load_config
 
 STOPPED = ("run.strategy=random",)
@@ -81,5 +81,5 @@ def test_the_resume_choice_waits_run_collective_timeout(monkeypatch, tmp_path):
                                  phases=strategies.phases(config.run.strategy))
     world = comm.World(rank=0, size=1, local_rank=0, local_size=1, device=torch.device("cpu"))
     assert world.timeout == 300
-    run.choose_resume(plan, world)
+    resume.choose_resume(plan, world)
     assert waits == [4321, 4321]

@@ -14,7 +14,9 @@ from conftest import results, run_pipeline_here
 from ddc_hpc.checkpoint import save_torch
 from ddc_hpc.data import resolve_source, same_data, source_identity
 from ddc_hpc.evaluate import main as evaluate_main
-from ddc_hpc.run import _model_file, build, identify_source, prepare
+from ddc_hpc.phases import _model_file
+from ddc_hpc.plan import build
+from ddc_hpc.run import identify_source, prepare
 
 
 def _npz(path):

@@ -12,7 +12,7 @@ import pytest
 from ddc_hpc import budget, report, strategies
 from ddc_hpc.config import RunConfig, load_config, phases as phase_sections
 from ddc_hpc.errors import BadInput
-from ddc_hpc.run import Plan
+from ddc_hpc.plan import Plan
 from ddc_hpc.strategies import CHOICES, NAMES, NETWORKS, PHASES
 
 EVERY_PHASE = [name for name, _, _ in phase_sections(load_config())]

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-import ddc_hpc.run
+import ddc_hpc.plan
 from conftest import cli
 from ddc_hpc import build_model, compose, visualize
 from ddc_hpc.config import load_config
@@ -122,7 +122,7 @@ def test_features_coincide_for_a_freshly_composed_resnet_with_projections():
 
 def test_gnet_r_before_training_is_rebuilt_as_run_py_builds_it():
     config = load_config(None, ["model.width=8", "run.seed=3"])
-    baseline = ddc_hpc.run.build(config, 1, (32, 32, 3), config.run.seed + ddc_hpc.config.RANDOM_INIT_SEED_OFFSET)
+    baseline = ddc_hpc.plan.build(config, 1, (32, 32, 3), config.run.seed + ddc_hpc.config.RANDOM_INIT_SEED_OFFSET)
     rebuilt = visualize.random_init(baseline.ddc_spec, config.run.seed)
     for (name, a), b in zip(baseline.state_dict().items(), rebuilt.state_dict().values()):
         assert torch.equal(a, b), name
