@@ -1,6 +1,7 @@
 """End to end on a real one-node SLURM cluster (tools/slurm_cluster.sh): the sbatch templates, one MPI
 world across srun's tasks, SIGUSR1 -> checkpoint -> requeue -> resume, the wrong --mpi diagnosis, and a
-scaling study and a frontier submitted through sbatch (the frontier as a job array, one point requeued).
+scaling study and a frontier submitted through sbatch side by side (the frontier as a job array, one point
+requeued).
 
 The cluster is brought up once per session and taken down at the end. Without SLURM (not installed,
 not root) these tests skip, unless DDC_REQUIRE_SLURM=1 (CI), where that is a failure.
@@ -93,25 +94,10 @@ def wait_for_text(path: Path, pattern: str, timeout: float, env: dict, job_id: s
     pytest.fail(f"{path} never showed {pattern!r} (job {job_id}: {job_info(env, job_id).get('JobState')})")
 
 
-def test_cpu_template_runs_one_mpi_world_of_four(slurm, tmp_path):
-    out, log = tmp_path / "run", tmp_path / "job.out"
-    done = subprocess.run(
-        ["sbatch", "--wait", "--ntasks-per-node=4", "--cpus-per-task=1", f"--output={log}",
-         "slurm/cpu.sbatch", "jobs/quickstart.toml", str(out), *sets(*TINY)],
-        env=slurm, cwd=REPO, capture_output=True, text=True, timeout=240)
-    text = log.read_text() if log.exists() else ""
-    assert done.returncode == 0, done.stderr + text[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    assert results["world_size"] == 4 and results["partitions"] == 4 and results["strategy"] == "ddc"
-    assert results["slurm_restarts"] == 0 and not results["resumed"]
-    assert re.search(r"ddc: job \d+ restart 0 on \S+: 4 tasks x 1 cpus, srun --mpi=pmi2", text)
-    assert "4 rank(s)" in text and "srun exited 0" in text
-    assert sorted(p.name for p in (out / "logs").iterdir()) == [f"rank{r}.log" for r in range(4)]
-
-
 def test_sigusr1_checkpoints_requeues_and_resumes(slurm, tmp_path):
-    """What --signal=USR1@120 does before the time limit, sent by hand: the ranks checkpoint, rank 0
-    requeues the job, and the same job id runs the script again and resumes from its out dir."""
+    """The cpu template runs one MPI world of four across srun's tasks; what --signal=USR1@120 does
+    before the time limit, sent by hand: the ranks checkpoint, rank 0 requeues the job, and the same
+    job id runs the script again and resumes from its out dir."""
     out, log = tmp_path / "run", tmp_path / "job.out"
     job = submit(slurm, "--ntasks-per-node=4", "--cpus-per-task=1", f"--output={log}", "slurm/cpu.sbatch",
                  "jobs/quickstart.toml", str(out), *sets(*TINY, "global.epochs=8"))
@@ -127,8 +113,11 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm, tmp_path):
     assert re.search(rf"ddc: job {job} restart 0 ", text) and re.search(rf"ddc: job {job} restart 1 ", text)
     assert "stop signal in phase global" in text and f"requeued SLURM job {job}" in text
     results = json.loads((out / "results.json").read_text())
-    assert results["world_size"] == 4 and results["resumed"] and results["slurm_restarts"] >= 1
-    assert results["global"]["epochs"] == 8
+    assert results["world_size"] == 4 and results["partitions"] == 4 and results["strategy"] == "ddc"
+    assert results["resumed"] and results["slurm_restarts"] >= 1 and results["global"]["epochs"] == 8
+    assert re.search(rf"ddc: job {job} restart 0 on \S+: 4 tasks x 1 cpus, srun --mpi=pmi2", text)
+    assert "4 rank(s)" in text and "srun exited 0" in text
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [f"rank{r}.log" for r in range(4)]
     assert "resuming" in (out / "logs" / "rank0.log").read_text()
     assert (out / "checkpoints" / "global").is_dir()
 
@@ -191,26 +180,6 @@ def test_template_without_a_config_exits_2(slurm, tmp_path):
     assert "no job config 'jobs/no_such_job.toml'" in log.read_text()
 
 
-def test_scaling_submit_runs_and_collects_on_slurm(slurm, tmp_path):
-    study = tmp_path / "study"
-    done = subprocess.run(
-        [sys.executable, "-m", "ddc_hpc.scaling", "submit", "--nodes", "1", "--template", "slurm/cpu.sbatch",
-         "--config", "jobs/quickstart.toml", "--out", str(study), "--sbatch-arg=--ntasks-per-node=2",
-         "--sbatch-arg=--cpus-per-task=1", *sets(*TINY)],
-        env=slurm, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    manifest = json.loads((study / "scaling.json").read_text())
-    run_job, collect_job = manifest["runs"][0]["job_id"], manifest["collect_job_id"]
-    assert job_info(slurm, collect_job).get("Dependency", "").startswith(f"afterany:{run_job}")
-    info = wait_for(slurm, collect_job, 240)
-    collect_logs = "".join(p.read_text() for p in study.glob("collect-*.out"))
-    assert info["JobState"] == "COMPLETED", collect_logs + "".join(p.read_text() for p in study.glob("n1/slurm-*"))
-    with open(study / "scaling.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["scaling"], r["unit"], r["nodes"], r["ranks"]) for r in rows] == [("strong", "ranks", "1", "2")]
-    assert (study / "scaling_speedup.png").exists() and (study / "n1" / "results.json").exists()
-
-
 def test_a_slurm_budget_shares_the_jobs_time_left_between_the_strategies(slurm, tmp_path):
     """run.budget = "slurm": the time left of a 5-minute job (squeue %L, asked by rank 0 alone), less
     the templates' 120 s USR1 lead and 60 s for the results, shared by DDC and GNet-R with room for
@@ -231,12 +200,13 @@ def test_a_slurm_budget_shares_the_jobs_time_left_between_the_strategies(slurm, 
 def test_the_step_ends_only_after_a_slow_stop_checkpoint_and_the_requeue(slurm, tmp_path):
     """Issue 21 item 4: under `srun --kill-on-bad-exit=1` the first rank to exit 75 ends the step (SIGKILL
     KillWait = 5 s later: the ranks catch SIGTERM). The other ranks left while rank 0 might still be
-    writing a stop checkpoint slower than their 60 s wait (DDC_SLOW_WRITE: a large network on a slow
-    parallel file system; MPICH's MPI_Finalize happens to hold them here, other MPIs do not) or be in
-    `scontrol requeue` (DDC_SLOW_REQUEUE: a busy slurmctld, here longer than KillWait): the requeue was
-    lost. The others now leave only after rank 0 has published the checkpoint and requeued."""
+    writing a stop checkpoint slower than their wait (DDC_SLOW_WRITE: a large network on a slow parallel
+    file system; MPICH's MPI_Finalize happens to hold them here, other MPIs do not) or be in `scontrol
+    requeue` (DDC_SLOW_REQUEUE: a busy slurmctld, here longer than KillWait): the requeue was lost. The
+    others now leave only after rank 0 has published the checkpoint and requeued. Their wait is 60 s;
+    DDC_LEAVE_SECONDS makes it 15 s here, so that a 20 s write outlasts it."""
     out, log = tmp_path / "run", tmp_path / "job.out"
-    env = dict(slurm, DDC_STOP_AT="random:1:2", DDC_SLOW_WRITE="0:70", DDC_SLOW_REQUEUE="15")
+    env = dict(slurm, DDC_STOP_AT="random:1:2", DDC_SLOW_WRITE="0:20", DDC_SLOW_REQUEUE="8", DDC_LEAVE_SECONDS="15")
     job = submit(env, "--ntasks-per-node=2", "--cpus-per-task=1", f"--output={log}", "slurm/cpu.sbatch",
                  "jobs/quickstart.toml", str(out),
                  *sets(*TINY, "run.strategy=random", "random.epochs=1", "random.batch_size=32"))
@@ -260,12 +230,24 @@ def test_the_step_ends_only_after_a_slow_stop_checkpoint_and_the_requeue(slurm, 
             time.sleep(1)
 
 
-def test_a_frontier_is_submitted_a_point_requeued_and_the_study_collected(slurm, tmp_path):
-    """Issue 32 item 2: `python -m ddc_hpc.frontier submit` of a 2-point frontier (two budgets, one seed;
-    DDC alone on one rank: the smallest budgeted job) sends one job array and a collect job after it. One
-    point is stopped mid-run as before its time limit (SIGUSR1 to that array task): it checkpoints,
-    requeues itself and resumes with its recorded plan; the collect job waits for it, scores both points
-    and writes the frontier's table and figure."""
+def test_the_studies_are_submitted_a_point_requeued_and_collected(slurm, tmp_path):
+    """Issue 32 item 2, the two studies of ddc_hpc.study side by side on the cluster: a scaling study
+    (one node count) and `python -m ddc_hpc.frontier submit` of a 2-point frontier (two budgets, one
+    seed; DDC alone on one rank: the smallest budgeted job), each one job per point (the frontier's
+    as a job array) and a collect job after them. One frontier point is stopped mid-run as before its
+    time limit (SIGUSR1 to that array task): it checkpoints, requeues itself and resumes with its
+    recorded plan; the collect job waits for it, scores both points and writes the frontier's table
+    and figure."""
+    scaling = tmp_path / "scaling"
+    done = subprocess.run(
+        [sys.executable, "-m", "ddc_hpc.scaling", "submit", "--nodes", "1", "--template", "slurm/cpu.sbatch",
+         "--config", "jobs/quickstart.toml", "--out", str(scaling), "--sbatch-arg=--ntasks-per-node=2",
+         "--sbatch-arg=--cpus-per-task=1", *sets(*TINY)],
+        env=slurm, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = json.loads((scaling / "scaling.json").read_text())
+    scaling_run, scaling_collect = manifest["runs"][0]["job_id"], manifest["collect_job_id"]
+    assert job_info(slurm, scaling_collect).get("Dependency", "").startswith(f"afterany:{scaling_run}")
     study = tmp_path / "frontier"
     done = subprocess.run(
         [sys.executable, "-m", "ddc_hpc.frontier", "submit", "--budgets", "20", "25", "--seeds", "0", "--config",
@@ -295,3 +277,10 @@ def test_a_frontier_is_submitted_a_point_requeued_and_the_study_collected(slurm,
         scores = json.loads((study / point / "scores.json").read_text())
         assert set(scores) == {"ddc", "composed"} and 0 <= scores["ddc"]["val"] <= 1
     assert (study / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    info = wait_for(slurm, scaling_collect, 240)
+    collect_logs = "".join(p.read_text() for p in scaling.glob("collect-*.out"))
+    assert info["JobState"] == "COMPLETED", collect_logs + "".join(p.read_text() for p in scaling.glob("n1/slurm-*"))
+    with open(scaling / "scaling.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["scaling"], r["unit"], r["nodes"], r["ranks"]) for r in rows] == [("strong", "ranks", "1", "2")]
+    assert (scaling / "scaling_speedup.png").exists() and (scaling / "n1" / "results.json").exists()

@@ -1,4 +1,5 @@
-"""The test fault hooks: the one place that reads DDC_FAULT, DDC_STRAY, DDC_*_AT, DDC_SLOW_* and DDC_NCCL_STANDIN."""
+"""The test fault hooks: the one place that reads DDC_FAULT, DDC_STRAY, DDC_*_AT, DDC_SLOW_*, DDC_LEAVE_SECONDS
+and DDC_NCCL_STANDIN."""
 
 from __future__ import annotations
 
@@ -85,6 +86,12 @@ def slow_requeue_point() -> None:
     seconds = os.environ.get("DDC_SLOW_REQUEUE")
     if seconds:
         time.sleep(float(seconds))
+
+
+def leave_seconds(default: float) -> float:
+    """DDC_LEAVE_SECONDS=<seconds>: how long a stopped rank waits for the others before it leaves
+    (`default` without it), so that a test's slow stop checkpoint outlasts that wait in seconds."""
+    return float(os.environ.get("DDC_LEAVE_SECONDS") or default)
 
 
 def nccl_standin() -> str:

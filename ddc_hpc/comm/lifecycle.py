@@ -100,7 +100,7 @@ def _leave_after_stop(comm: state.MPI.Comm, rank: int) -> None:
     shutdown_distributed()
     if rank == 0 and _stop_signal == signal.SIGUSR1:
         requeue()
-    request, deadline = comm.Ibarrier(), time.monotonic() + LEAVE_SECONDS
+    request, deadline = comm.Ibarrier(), time.monotonic() + faults.leave_seconds(LEAVE_SECONDS)
     while not request.Test() and time.monotonic() < deadline:
         time.sleep(0.01)
     if request.Test():
