@@ -238,19 +238,25 @@ AUTO = "auto"
 SHARE_RANGE = (0.05, 0.95)  # the auto share is kept inside: GNet-T and the SNets both get some time
 
 
+def best_share(trials: list[dict], budget: float) -> tuple[float, list[dict]]:
+    """The best DDC share at `budget` of `trials` (each: strategy, budget, seed, sub_share,
+    sub_passes, tuning_accuracy) and its trials: the highest tuning accuracy, mean over its seeds;
+    ties go to the smaller share."""
+    shares: dict[float, list[dict]] = {}
+    for t in trials:
+        if t["strategy"] == "ddc" and t["budget"] == budget:
+            shares.setdefault(t["sub_share"], []).append(t)
+    best = max(sorted(shares), key=lambda s: sum(t["tuning_accuracy"] for t in shares[s]) / len(shares[s]))
+    return best, shares[best]
+
+
 def best_sub_passes(trials: list[dict]) -> list[tuple[float, float]]:
-    """(budget, sub passes) of the best DDC share at each budget of `trials` (each: strategy, budget,
-    seed, sub_share, sub_passes, tuning_accuracy): the share with the highest tuning accuracy,
-    mean over its seeds, and its mean passes; ties go to the smaller share."""
+    """(budget, sub passes) of the best DDC share at each budget of `trials` (best_share): its mean
+    passes over its seeds."""
     points = []
     for budget in sorted({t["budget"] for t in trials if t["strategy"] == "ddc"}):
-        shares: dict[float, list[dict]] = {}
-        for t in trials:
-            if t["strategy"] == "ddc" and t["budget"] == budget:
-                shares.setdefault(t["sub_share"], []).append(t)
-        mean = {s: sum(t["tuning_accuracy"] for t in ts) / len(ts) for s, ts in shares.items()}
-        best = max(sorted(shares), key=lambda s: mean[s])
-        points.append((budget, sum(t["sub_passes"] for t in shares[best]) / len(shares[best])))
+        _, best = best_share(trials, budget)
+        points.append((budget, sum(t["sub_passes"] for t in best) / len(best)))
     return points
 
 

@@ -35,12 +35,15 @@ fitted by the planner to the same file. `tune` writes that file: it runs the tun
 point of its own on the tuning split (`data.tune`): DDC alone at every share, GNet-R alone at every
 lr x warm-up, as many trials for each side (else exit 2); every finished trial's network is scored on
 the whole tuning split and the trials file is rewritten (atomically) with every trial's share or lr
-and warm-up, sub passes, tuning accuracy and elapsed seconds.
+and warm-up, sub passes, tuning accuracy and elapsed seconds; the trials are printed as a table, each
+side's choice marked, with the "auto" rule fitted to DDC's choices.
 
 `check-docs` recomputes, for every frontier section of the file (marked `<!-- frontier: ARGS -->`,
 ARGS the `collect` arguments naming its records: `--out DIR --budgets ... --seeds ...`), the table and
 the time-to-accuracy ratios from the committed records (results.json, scores.json) and exits 1 naming
-each number the text gives otherwise; the file and its records are found from the repository root.
+each number the text gives otherwise, and holds every table of tuning trials (marked `<!-- tuning:
+FILE -->`) to the table its trials file gives (`tune` prints it); the file and its records are found
+from the repository root.
 
 Exit codes: 0 done, 2 bad arguments (one `error:` line), 1 a point or a submission failed, or
 check-docs found the text wrong.
@@ -58,6 +61,7 @@ import sys
 from pathlib import Path
 
 from . import study
+from .budget import best_share, best_sub_passes, fit_sub_passes
 from .errors import BadInput, run_serial
 from .files import atomic_write
 from .plotting import pyplot
@@ -259,6 +263,7 @@ def table(result: dict) -> str:
 # ---------------------------------------------------------------- every number of the text on a record
 
 MARKER = re.compile(r"<!--\s*frontier:(.*?)-->")
+TUNING = re.compile(r"<!--\s*tuning:(.*?)-->")  # the trials file whose table (trials_table) follows
 TIME_TO = re.compile(r"GNet-R at (?P<budget>[\d,.]+) s \((?P<target>[\d.]+) % in (?P<elapsed>[\d,]+) s\):"
                      r"(?P<rest>[^\n]*?)(?P<bound><= )?(?P<ddc>[\d,]+) s, ratio (?:<= )?\**(?P<ratio>[\d.]+)")
 
@@ -313,18 +318,30 @@ def check_section(text: str, result: dict) -> list[str]:
     return problems
 
 
+def _section(text: str, marker: re.Match) -> str:
+    """The text from `marker` to the next section (`## `)."""
+    end = re.compile(r"^## ", re.M).search(text, marker.end())
+    return text[marker.end(): end.start() if end else len(text)]
+
+
 def check_docs(path: Path) -> list[str]:
-    """Every frontier section of `path` checked against its records (check_section); relative
-    paths start at the repository root."""
+    """Every frontier section of `path` checked against its records (check_section), and every
+    table of tuning trials against its trials file; relative paths start at the repository root."""
     path = Path(REPO, path)
     text = path.read_text()
     markers = list(MARKER.finditer(text))
     if not markers:
         return [f"{path} marks no frontier section (<!-- frontier: --out DIR --budgets ... --seeds ... -->)"]
     problems = []
+    for marker in TUNING.finditer(text):
+        trials = Path(REPO, marker.group(1).strip())
+        if not trials.exists():
+            problems.append(f"{path}: the tuning trials file {marker.group(1).strip()} does not exist")
+        elif trials_table(json.loads(trials.read_text())["trials"]) not in _section(text, marker):
+            problems.append(f"{path}: the table of the tuning trials in {marker.group(1).strip()} is not what "
+                            "the file gives (python -m ddc_hpc.frontier tune prints it)")
     for marker in markers:
-        end = re.compile(r"^## ", re.M).search(text, marker.end())
-        section = text[marker.end(): end.start() if end else len(text)]
+        section = _section(text, marker)
         args = parse_args(["collect", *shlex.split(marker.group(1))])
         where = f"{path} ({marker.group(1).strip()})"
         points = collect(Path(REPO, args.out), args.budgets, args.seeds, score=False)
@@ -393,6 +410,39 @@ def best_random(trials: list[dict], budget: float) -> dict:
     return {"lr": lr, "warmup_epochs": warmup, "tuning_budget": nearest}
 
 
+def trials_table(trials: list[dict]) -> str:
+    """The tuning trials as docs/RESULTS.md shows them: per budget each side's settings (tuning
+    accuracy and elapsed seconds, mean over seeds; DDC's sub passes), each side's choice marked (DDC:
+    best_share, GNet-R: best_random), and the "auto" rule fitted to DDC's choices."""
+    lines = ["| budget [s] | side | setting | tuning accuracy [%] | elapsed [s] | sub passes | chosen |",
+             "|---|---|---|---|---|---|---|"]
+    for budget in sorted({t["budget"] for t in trials}):
+        here = [t for t in trials if t["budget"] == budget]
+        sides, chosen = {t["strategy"] for t in here}, set()
+        if "ddc" in sides:
+            chosen.add(("ddc", best_share(here, budget)[0]))
+        if "random" in sides:
+            pick = best_random(here, budget)
+            chosen.add(("random", (pick["lr"], pick["warmup_epochs"])))
+        settings: dict[tuple, list[dict]] = {}
+        for t in here:
+            key = (t["strategy"], t["sub_share"] if t["strategy"] == "ddc" else (t["lr"], t["warmup_epochs"]))
+            settings.setdefault(key, []).append(t)
+        for (strategy, setting), runs in sorted(settings.items(), key=lambda kv: kv[0]):
+            said = (f"sub share {setting:g}" if strategy == "ddc" else f"lr {setting[0]:g}, warm-up {setting[1]:g}")
+            passes = f"{statistics.fmean(t['sub_passes'] for t in runs):.2f}" if strategy == "ddc" else "-"
+            lines.append(f"| {budget:g} | {NAMES[strategy].split(' ')[0]} | {said} | "
+                         f"{100 * statistics.fmean(t['tuning_accuracy'] for t in runs):.2f} | "
+                         f"{statistics.fmean(t['elapsed'] for t in runs):.0f} | {passes} | "
+                         f"{'**yes**' if (strategy, setting) in chosen else ''} |")
+    points = best_sub_passes(trials)
+    if len(points) > 1:
+        rule = fit_sub_passes(points)
+        lines += ["", f"DDC's \"auto\" rule from its choices: P(B) = {rule['coefficient']:.4g} x B^{rule['exponent']:.3f} "
+                  "sub passes (" + ", ".join(f"{p:.2f} at {b:g} s" for b, p in points) + ")"]
+    return "\n".join(lines)
+
+
 def trial_grid(args) -> list[tuple[str, dict, tuple[str, ...]]]:
     """(name, what it tries, its overrides) of every trial at one budget and seed: DDC at each share,
     GNet-R at each lr x warm-up; BadInput unless both sides get as many."""
@@ -441,7 +491,7 @@ def tune(args) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps({"config": args.config, "set": [*args.set, *tuning], "ranks": args.ranks,
                                    "trials": records}, indent=1).encode())
-    print(f"{TOOL}: {len(records)} of {len(points)} trials in {path}")
+    print(trials_table(records) if records else "", f"\n{TOOL}: {len(records)} of {len(points)} trials in {path}")
     return 1 if failed else 0
 
 
@@ -490,7 +540,7 @@ def cmd_check_docs(args) -> int:
     problems = check_docs(Path(args.file))
     if problems:
         raise SystemExit("\n".join(problems))
-    print(f"{args.file}: every frontier table and time-to-accuracy line agrees with its records")
+    print(f"{args.file}: every frontier table, time-to-accuracy line and trials table agrees with its records")
     return 0
 
 

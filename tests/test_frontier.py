@@ -9,7 +9,8 @@ import json
 import pytest
 
 from ddc_hpc.errors import BadInput
-from ddc_hpc.frontier import best_random, check_section, figure, frontier, main, summary, table, time_to, trial_grid
+from ddc_hpc.frontier import (best_random, check_section, figure, frontier, main, summary, table, time_to, trial_grid,
+                              trials_table)
 
 
 def point(budget, seed, ddc, rnd, ddc_elapsed=None, rnd_elapsed=None):
@@ -110,10 +111,45 @@ def test_each_side_gets_as_many_tuning_trials_and_gnet_r_the_best_at_the_nearest
     assert best_random(trials, 1600) == {"lr": 1.4e-3, "warmup_epochs": 0.05, "tuning_budget": 800}
 
 
+def test_the_trials_table_marks_each_sides_choice_and_check_docs_holds_it_to_its_file(tmp_path, capsys):
+    ddc = [{"strategy": "ddc", "budget": b, "seed": 0, "sub_share": s, "sub_passes": p, "tuning_accuracy": a,
+            "elapsed": b + 1} for b, s, p, a in [(200, 0.3, 0.5, 0.40), (200, 0.5, 0.9, 0.42), (800, 0.5, 3.0, 0.55),
+                                                  (800, 0.7, 4.5, 0.58)]]
+    rnd = [{"strategy": "random", "budget": b, "seed": 0, "lr": lr, "warmup_epochs": 0.05, "tuning_accuracy": a,
+            "elapsed": b - 1} for b, lr, a in [(200, 7e-4, 0.38), (200, 1.4e-3, 0.37), (800, 7e-4, 0.52),
+                                                (800, 1.4e-3, 0.54)]]
+    text = trials_table(ddc + rnd)
+    assert "| 200 | DDC | sub share 0.5 | 42.00 | 201 | 0.90 | **yes** |" in text
+    assert "| 800 | GNet-R | lr 0.0014, warm-up 0.05 | 54.00 | 799 | - | **yes** |" in text
+    assert "| 800 | DDC | sub share 0.5 | 55.00 | 801 | 3.00 |  |" in text
+    assert "P(B) = 0.001918 x B^1.161 sub passes (0.90 at 200 s, 4.50 at 800 s)" in text  # 5 x as many in 4 x the time
+    trials = tmp_path / "trials.json"
+    trials.write_text(json.dumps({"trials": ddc + rnd}))
+    records = tmp_path / "records" / "b200-s0"
+    records.mkdir(parents=True)
+    (records / "results.json").write_text(json.dumps({"model": "m", "partitions": 4, "budget": {
+        "elapsed_seconds": {"ddc": 201, "random": 199}, "landed": {"ddc": 1, "random": 1}, "sub_share": 0.5}}))
+    (records / "scores.json").write_text(json.dumps({"ddc": {"val": 0.5}, "random": {"val": 0.4}}))
+    frontier_part = table(summary(frontier_points_of(tmp_path / "records")))
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"## Tuning\n\n<!-- tuning: {trials} -->\n\n{text}\n\n## Frontier\n\n"
+                   f"<!-- frontier: --out {tmp_path / 'records'} --budgets 200 --seeds 0 -->\n\n{frontier_part}\n")
+    main(["check-docs", str(doc)])
+    assert "trials table agrees with its records" in capsys.readouterr().out
+    doc.write_text(doc.read_text().replace("| 42.00 |", "| 43.00 |"))
+    with pytest.raises(SystemExit, match=f"the table of the tuning trials in {trials} is not what the file gives"):
+        main(["check-docs", str(doc)])
+
+
+def frontier_points_of(records):
+    from ddc_hpc.frontier import collect
+    return collect(records, score=False)
+
+
 def test_the_committed_frontier_sections_agree_with_their_records(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # paths are the repository's, wherever the check starts
     main(["check-docs"])
-    assert "docs/RESULTS.md: every frontier table and time-to-accuracy line agrees" in capsys.readouterr().out
+    assert "docs/RESULTS.md: every frontier table, time-to-accuracy line and trials table agrees" in capsys.readouterr().out
 
 
 def test_the_round_3_command_line_still_runs_the_study():
