@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,17 +66,20 @@ def test_gpu_mode_without_cuda_measures_nothing(tmp_path):
     assert not list(tmp_path.glob("*.results.json"))
 
 
-def test_cpu_smoke_runs_one_model_of_every_family(tmp_path):
+def test_the_family_checks_cover_every_family_and_run_by_name(tmp_path):
     """Issue 21 item 1: cnn3d crashed on CUDA (channels_last on 5-D weights) and no GPU check ran a 3-D
-    model. The checks (cifar_resnet20 and one model of each other family) cover every family of the
-    registry; --only picks checks by name."""
+    model. The checks (cifar_resnet20 and one model of each other family, the script's table) cover
+    every family of the registry; --only picks checks by name. The CPU smoke runs the 3-D one alone:
+    every family's device paths are checked without a GPU by tests/test_fake_cuda.py."""
     from ddc_hpc.models import _REGISTRY
 
-    done = _run(tmp_path, "--cpu-smoke", "--only", "family-*")
-    report = (tmp_path / "report.md").read_text() if (tmp_path / "report.md").exists() else ""
-    assert done.returncode == 0, done.stderr[-3000:] + report
-    ran = [json.loads((tmp_path / f"family-{m}.results.json").read_text()) for m in FAMILIES]
-    assert [r["model"] for r in ran] == list(FAMILIES) and all(r["compose"]["max_rel_error"] <= 1e-4 for r in ran)
-    assert "1rank-" not in report and "2rank-" not in report  # --only left the others out
+    table = re.search(r"declare -A family=\((.*?)\n\)", SCRIPT.read_text(), re.S).group(1)
+    assert tuple(re.findall(r"^\s*\[(\w+)\]=", table, re.M)) == FAMILIES
     covered = {_REGISTRY[name].family for name in (*FAMILIES, "cifar_resnet20")}
     assert covered == {entry.family for entry in _REGISTRY.values()}
+    done = _run(tmp_path, "--cpu-smoke", "--only", "family-cnn3d")
+    report = (tmp_path / "report.md").read_text() if (tmp_path / "report.md").exists() else ""
+    assert done.returncode == 0, done.stderr[-3000:] + report
+    ran = json.loads((tmp_path / "family-cnn3d.results.json").read_text())
+    assert ran["model"] == "cnn3d" and ran["compose"]["max_rel_error"] <= 1e-4
+    assert [p.name for p in tmp_path.glob("*.results.json")] == ["family-cnn3d.results.json"]  # --only: no other

@@ -1,5 +1,6 @@
 """decompose.levels (issue 33): a multilevel epoch run in-process at 1, 2 and 4 ranks, every level's
-composition checked against Theorem 2.1, a stop in each level and a bitwise resume.
+composition checked against Theorem 2.1, a stop in each level and a bitwise resume, and a resume at
+another rank count (issue 32's elastic resume) inside a level.
 
 [4, 2] on the TINY job keeps it cheap: 4 sub-networks on 16x16 tiles compose pairwise into 2 on
 32x16 tiles, those into the global network.  At 4 ranks the 2 level-1 sub-networks have 2 ranks
@@ -15,7 +16,7 @@ import json
 import pytest
 import torch
 
-from conftest import assert_seconds_cover_the_recorded_pieces, each_world, run_pipeline_here, shared_tmp
+from conftest import assert_seconds_cover_the_recorded_pieces, each_world, run_pipeline, run_pipeline_here, shared_tmp
 from ddc_hpc import report
 from ddc_hpc.results import load_results
 
@@ -95,3 +96,25 @@ def test_a_budgeted_multilevel_run_plans_every_level_and_records_its_share(mpi_t
     histories = result["sub"]["histories"] + result["levels"][1]["histories"]
     assert all(len(history) == planned["epochs"] for history in histories)
     assert "per level" in (out / "logs" / "rank0.log").read_text()
+
+
+@pytest.mark.ranks(1)
+def test_a_level_stopped_at_1_rank_continues_at_4_in_data_parallel_groups(tmp_path):
+    """Elastic resume inside a level: stopped in level 1 at 1 rank (both level-1 sub-networks on rank
+    0), resumed at 4 ranks, where each level-1 sub-network has a group of 2; the stopped one keeps its
+    batch and its place in the epoch, the finished ones are read from their checkpoints."""
+    out = tmp_path / "run"
+    stopped = run_pipeline_here(out, *LEVELS, *DETERMINISTIC, env={"DDC_STOP_AT": "l1_sub_1:1:2"})
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    resumed = run_pipeline(4, out, *LEVELS, *DETERMINISTIC)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = (out / "logs" / "rank2.log").read_text()  # l1_sub_1's group at 4 ranks: ranks 2 and 3
+    assert "[l1_sub_1] continued from a run of 1 rank(s)" in log and "[l1_sub_1] resuming at epoch 1, step 3" in log
+    assert "[l1_sub_0] finished earlier; loaded from checkpoint" in (out / "logs" / "rank0.log").read_text()
+    result = json.loads((out / "results.json").read_text())
+    first, then = result["rank_counts"]
+    assert (first["ranks"], then["ranks"]) == (1, 4)
+    assert then["resumed_from"]["l1_sub_1"] == {"epoch": 0, "step": 2, "finished": False}
+    assert then["resumed_from"]["l1_sub_0"]["finished"] and then["resumed_from"]["sub_3"]["finished"]
+    assert result["levels"][1]["max_rel_error"] <= 1e-4 and result["compose"]["max_rel_error"] <= 1e-4
+    assert result["world_size"] == 4
