@@ -101,10 +101,8 @@ def test_the_frontier_job_is_what_issue_20_asks_for_and_fair():
     assert config.data.limit == 0 and config.run.strategy == "both" and config.run.budget == 600
     # issue 31: fixed splits, choices on the tuning split, the share chosen per budget by the planner
     assert (config.data.split_seed, config.data.tuning_size, config.data.tune) == (0, 2500, False)
-    # the first edition's share until the trials file is committed; then "auto" and the file
-    trials = Path(__file__).parents[1] / "docs/runs/tuning/cifar10-frontier.json"
-    assert (config.run.sub_share, config.run.sub_share_trials) == (
-        ("auto", "docs/runs/tuning/cifar10-frontier.json") if trials.exists() else (0.5, ""))
+    assert (config.run.sub_share, config.run.sub_share_trials) == ("auto", "docs/runs/tuning/cifar10-frontier.json")
+    assert (Path(__file__).parents[1] / config.run.sub_share_trials).exists()
     phases = (config.sub, config.global_, config.random)
     assert all(p.schedule == "linear" and p.eval_every == 0 and p.optimizer == "adam" for p in phases)
     same = ("batch_size", "optimizer", "schedule", "bn_recalibrate_batches", "weight_decay", "eval_every")
